@@ -1,0 +1,1 @@
+"""moeforge.fpga_boards — see DESIGN.md; filled by later issues."""

@@ -1,0 +1,1 @@
+"""moeforge.host_runtime — see DESIGN.md; filled by later issues."""

@@ -1,0 +1,142 @@
+"""The `moeforge` command line.
+
+Every user error (bad config, missing file, wrong shape) ends in one line on stderr
+and exit status 2; no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import AccelConfig
+from .errors import MoeforgeError
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage errors: one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _load_config(path: str) -> AccelConfig:
+    return AccelConfig.from_toml(path)
+
+
+def cmd_config(args) -> int:
+    cfg = _load_config(args.config)
+    if args.json:
+        print(json.dumps({"hash": cfg.content_hash(), **cfg.to_dict()}, indent=2))
+    else:
+        print(f"# {args.config}: valid, content hash {cfg.content_hash()}")
+        print(cfg.to_toml(), end="")
+    return 0
+
+
+def _accuracy_rows(cfg, seed, tokens):
+    from moeforge.hls_models.accuracy import measure_accuracy
+    return measure_accuracy(cfg, seed=seed, eval_tokens=tokens)
+
+
+def cmd_accuracy(args) -> int:
+    cfgs = [(p, _load_config(p)) for p in args.config]
+    reports = []
+    for path, cfg in cfgs:
+        if cfg.family == "custom":
+            raise MoeforgeError(f"{path}: family 'custom' has no transformers block to compare with")
+        reports.append((path, _accuracy_rows(cfg, args.seed, args.tokens)))
+    if args.json:
+        print(json.dumps([{"config": p, **r.as_dict()} for p, r in reports], indent=2))
+        return 0
+    print(f"{'config':28} {'family':12} {'rel L2 err':>10} {'routing (device input)':>23} {'routing (float input)':>22}")
+    for p, r in reports:
+        print(f"{p:28} {r.family:12} {r.rel_l2 * 100:9.2f}% {r.route_match * 100:22.2f}% "
+              f"{r.route_match_float_input * 100:21.2f}%")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    """Quantise a random-weight transformers block of the config's family into a weight image."""
+    import torch
+
+    from moeforge.hls_models import QuantizedMoELayer, make_hf_block, make_hf_input
+    cfg = _load_config(args.config)
+    if cfg.family == "custom":
+        raise MoeforgeError(f"{args.config}: family 'custom' has no transformers block to build")
+    torch.manual_seed(args.seed)
+    block = make_hf_block(cfg, seed=args.seed)
+    q = QuantizedMoELayer.from_hf(block, cfg, calib=make_hf_input(cfg, args.calib_tokens, seed=args.seed + 1))
+    q.save(args.output)
+    print(f"wrote {args.output} ({cfg.name}, config {cfg.short_hash})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    cfg = _load_config(args.config)
+    print(f"moeforge demo — {args.config}: {cfg.name}, family {cfg.family}, d_model={cfg.d_model}, "
+          f"d_ff={cfg.d_ff}, {cfg.n_experts} experts, top-{cfg.top_k}, {cfg.routing}, "
+          f"router {cfg.router_bits}-bit, config hash {cfg.short_hash}")
+    print("\n[1] golden model (int8 experts, bit-exact device arithmetic) vs the float transformers block")
+    r = _accuracy_rows(cfg, args.seed, args.tokens)
+    print(f"    tokens evaluated          {r.tokens}")
+    print(f"    relative L2 error         {r.rel_l2 * 100:.2f}%   (target ≤ 3%)")
+    print(f"    same expert set (device input)  {r.route_match * 100:.2f}%   (target ≥ 99.5%)")
+    print(f"    same expert set (float input)   {r.route_match_float_input * 100:.2f}%")
+    print(f"    max |error|               {r.max_abs_err:.4f}")
+    ok = r.rel_l2 <= 0.03 and r.route_match >= 0.995
+    print(f"\n{'PASS' if ok else 'FAIL'}: golden model within the stated error bounds")
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="moeforge", description="MoE-layer accelerator toolkit")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("config", help="validate a config file and print it with its content hash")
+    c.add_argument("config")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_config)
+
+    a = sub.add_parser("accuracy", help="golden model vs float transformers block, per config")
+    a.add_argument("config", nargs="+")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--tokens", type=int, default=2048)
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_accuracy)
+
+    q = sub.add_parser("quantize", help="quantise a random-weight block of the config's family to a .safetensors image")
+    q.add_argument("--config", required=True)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--calib-tokens", type=int, default=512)
+    q.add_argument("-o", "--output", required=True, type=Path)
+    q.set_defaults(func=cmd_quantize)
+
+    d = sub.add_parser("demo", help="the README's demo: accuracy report for a config")
+    d.add_argument("--config", default="configs/tiny.toml")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--tokens", type=int, default=2048)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("tokens", "calib_tokens"):
+        if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
+            print(f"moeforge: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    try:
+        return args.func(args)
+    except MoeforgeError as exc:
+        print(f"moeforge: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("moeforge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""`AccelConfig`: the one description of an MoE-layer accelerator.
+
+Everything else — the golden model, the RTL parameters, the host runtime's device
+check — derives from this frozen dataclass, so a value lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["AccelConfig", "SECTIONS"]
+
+ACTIVATIONS = ("relu", "swiglu")
+ROUTINGS = ("softmax_topk", "topk_softmax", "sigmoid_topk")
+GROUP_SCORES = ("max", "top2_sum")
+SHARED_GATES = ("none", "sigmoid")
+CACHE_POLICIES = ("lru", "lfu", "pinned")
+FAMILIES = ("custom", "switch", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3")
+
+# TOML section of each field; also the order fields are written in.
+SECTIONS = {
+    "model": ("name", "family", "d_model", "d_ff", "n_experts", "top_k", "activation",
+              "shared_d_ff", "shared_gate"),
+    "routing": ("routing", "renormalize", "n_group", "topk_group", "group_score",
+                "selection_bias", "routed_scaling_factor"),
+    "precision": ("weight_bits", "act_bits", "router_bits"),
+    "hardware": ("mac_rows", "mac_cols", "cache_slots", "cache_policy", "pinned_experts",
+                 "token_buffer_depth", "clock_mhz"),
+}
+
+MAX_DIM = 1 << 16
+
+
+def _check_int(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer in [{lo}, {hi}], not {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(name, f"must be in [{lo}, {hi}], not {value!r}")
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}; not {value!r}")
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ConfigError(name, f"must be true or false, not {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccelConfig:
+    """Model shape, routing, precision and hardware of one MoE-layer accelerator.
+
+    Parameters (model)
+    ------------------
+    d_model, d_ff : hidden size and per-expert intermediate size.
+    n_experts, top_k : routed experts and experts chosen per token.
+    activation : ``relu`` (Switch FFN) or ``swiglu`` (gate, up, down).
+    shared_d_ff : intermediate size of the always-computed shared expert MLP (0: none).
+    shared_gate : ``none`` (DeepSeek, always on) or ``sigmoid`` (Qwen2's per-token gate).
+
+    Parameters (routing)
+    --------------------
+    routing : ``softmax_topk`` (softmax over all experts, then top-k),
+        ``topk_softmax`` (top-k of logits, softmax over the k) or ``sigmoid_topk``.
+    renormalize : divide the k gate weights by their sum.
+    n_group, topk_group : group-limited selection (1 group: none).
+    group_score : a group's score, its best expert (``max``) or its best two summed.
+    selection_bias : sigmoid routing adds a per-expert bias for selection only.
+    routed_scaling_factor : multiplies routed gate weights.
+
+    Parameters (precision)
+    ----------------------
+    weight_bits, act_bits : expert weights and activations (8).
+    router_bits : router weight precision, 8 to 16 bits.
+
+    Parameters (hardware)
+    ---------------------
+    mac_rows, mac_cols : the R×C int8 MAC array.
+    cache_slots, cache_policy, pinned_experts : on-chip expert cache.
+    token_buffer_depth : largest batch the device holds.
+    clock_mhz : clock target.
+
+    Raises
+    ------
+    ConfigError
+        naming the first invalid field and its accepted range.
+    """
+
+    # model
+    name: str = "moe"
+    family: str = "custom"
+    d_model: int = 64
+    d_ff: int = 128
+    n_experts: int = 8
+    top_k: int = 2
+    activation: str = "swiglu"
+    shared_d_ff: int = 0
+    shared_gate: str = "none"
+    # routing
+    routing: str = "softmax_topk"
+    renormalize: bool = False
+    n_group: int = 1
+    topk_group: int = 1
+    group_score: str = "max"
+    selection_bias: bool = False
+    routed_scaling_factor: float = 1.0
+    # precision
+    weight_bits: int = 8
+    act_bits: int = 8
+    router_bits: int = 16
+    # hardware
+    mac_rows: int = 8
+    mac_cols: int = 8
+    cache_slots: int = 2
+    cache_policy: str = "lru"
+    pinned_experts: tuple[int, ...] = field(default=())
+    token_buffer_depth: int = 64
+    clock_mhz: float = 50.0
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError("name", f"must be a non-empty string, not {self.name!r}")
+        _check_choice("family", self.family, FAMILIES)
+        _check_int("d_model", self.d_model, 1, MAX_DIM)
+        _check_int("d_ff", self.d_ff, 1, MAX_DIM)
+        _check_int("n_experts", self.n_experts, 1, 1024)
+        _check_int("top_k", self.top_k, 1, self.n_experts)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_int("shared_d_ff", self.shared_d_ff, 0, MAX_DIM)
+        _check_choice("shared_gate", self.shared_gate, SHARED_GATES)
+        if self.shared_gate != "none" and self.shared_d_ff == 0:
+            raise ConfigError("shared_gate", f"needs a shared expert (shared_d_ff > 0); "
+                              f"use 'none' when shared_d_ff is 0, not {self.shared_gate!r}")
+
+        _check_choice("routing", self.routing, ROUTINGS)
+        _check_bool("renormalize", self.renormalize)
+        _check_int("n_group", self.n_group, 1, self.n_experts)
+        if self.n_experts % self.n_group:
+            raise ConfigError("n_group", f"must divide n_experts={self.n_experts}, not {self.n_group!r}")
+        _check_int("topk_group", self.topk_group, 1, self.n_group)
+        per_group = self.n_experts // self.n_group
+        if self.top_k > self.topk_group * per_group:
+            raise ConfigError("top_k", f"must be at most topk_group × experts per group = "
+                              f"{self.topk_group * per_group}, not {self.top_k!r}")
+        _check_choice("group_score", self.group_score, GROUP_SCORES)
+        if self.group_score == "top2_sum" and self.n_group > 1 and per_group < 2:
+            raise ConfigError("group_score", "top2_sum needs at least 2 experts per group")
+        _check_bool("selection_bias", self.selection_bias)
+        if self.selection_bias and self.routing != "sigmoid_topk":
+            raise ConfigError("selection_bias", f"is only defined for routing='sigmoid_topk', "
+                              f"not {self.routing!r}")
+        rsf = self.routed_scaling_factor
+        if isinstance(rsf, bool) or not isinstance(rsf, (int, float)) or not (0 < rsf <= 64) \
+                or not math.isfinite(rsf):
+            raise ConfigError("routed_scaling_factor", f"must be a number in (0, 64], not {rsf!r}")
+        object.__setattr__(self, "routed_scaling_factor", float(rsf))
+
+        _check_int("weight_bits", self.weight_bits, 8, 8)
+        _check_int("act_bits", self.act_bits, 8, 8)
+        _check_int("router_bits", self.router_bits, 8, 16)
+
+        _check_int("mac_rows", self.mac_rows, 1, 64)
+        _check_int("mac_cols", self.mac_cols, 1, 64)
+        _check_int("cache_slots", self.cache_slots, 1, self.n_experts)
+        _check_choice("cache_policy", self.cache_policy, CACHE_POLICIES)
+        pinned = self.pinned_experts
+        if isinstance(pinned, list):
+            pinned = tuple(pinned)
+        if not isinstance(pinned, tuple):
+            raise ConfigError("pinned_experts", f"must be a list of expert indices, not {pinned!r}")
+        for e in pinned:
+            _check_int("pinned_experts", e, 0, self.n_experts - 1)
+        if len(set(pinned)) != len(pinned):
+            raise ConfigError("pinned_experts", f"must not repeat an expert, not {list(pinned)!r}")
+        if len(pinned) > self.cache_slots - 1 and pinned:
+            raise ConfigError("pinned_experts", f"may hold at most cache_slots - 1 = "
+                              f"{self.cache_slots - 1} experts (one slot stays free for misses), "
+                              f"not {len(pinned)}")
+        if self.cache_policy == "pinned" and not pinned:
+            raise ConfigError("pinned_experts", "must name at least one expert when cache_policy='pinned'")
+        if self.cache_policy != "pinned" and pinned:
+            raise ConfigError("pinned_experts", f"is only used with cache_policy='pinned', "
+                              f"not {self.cache_policy!r}")
+        object.__setattr__(self, "pinned_experts", pinned)
+        _check_int("token_buffer_depth", self.token_buffer_depth, 1, 4096)
+        clk = self.clock_mhz
+        if isinstance(clk, bool) or not isinstance(clk, (int, float)) or not (1 <= clk <= 1000):
+            raise ConfigError("clock_mhz", f"must be a number in [1, 1000], not {clk!r}")
+        object.__setattr__(self, "clock_mhz", float(clk))
+
+    # --- derived values -------------------------------------------------
+    @property
+    def experts_per_group(self) -> int:
+        return self.n_experts // self.n_group
+
+    @property
+    def router_rows(self) -> int:
+        """Router GEMV rows: one per expert, plus Qwen2's shared-expert gate."""
+        return self.n_experts + (1 if self.shared_gate == "sigmoid" else 0)
+
+    def replace(self, **changes) -> "AccelConfig":
+        return dataclasses.replace(self, **changes)
+
+    # --- serialisation --------------------------------------------------
+    def to_dict(self) -> dict:
+        out = {}
+        for section, names in SECTIONS.items():
+            out[section] = {n: (list(v) if isinstance(v := getattr(self, n), tuple) else v)
+                            for n in names}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AccelConfig":
+        if not isinstance(data, dict):
+            raise ConfigError("config", f"must be a table of sections, not {type(data).__name__}")
+        kwargs = {}
+        for section, values in data.items():
+            if section not in SECTIONS:
+                raise ConfigError(section, f"is not a known section; expected one of {', '.join(SECTIONS)}")
+            if not isinstance(values, dict):
+                raise ConfigError(section, "must be a table ([section]), not a value")
+            for key, value in values.items():
+                if key not in SECTIONS[section]:
+                    raise ConfigError(f"{section}.{key}", f"is not a known key; [{section}] accepts "
+                                      f"{', '.join(SECTIONS[section])}")
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    def to_toml(self, path: str | Path | None = None) -> str:
+        import tomli_w
+        text = tomli_w.dumps(self.to_dict())
+        if path is not None:
+            path = Path(path)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)  # never leave a half-written config behind
+        return text
+
+    @classmethod
+    def from_toml(cls, path_or_text: str | Path) -> "AccelConfig":
+        """Read a config from a TOML file (or TOML text if it holds a newline)."""
+        if isinstance(path_or_text, str) and "\n" in path_or_text:
+            text, where = path_or_text, "<text>"
+        else:
+            where = str(path_or_text)
+            try:
+                text = Path(path_or_text).read_text()
+            except FileNotFoundError:
+                raise ConfigError("config", f"file {where} does not exist") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError("config", f"cannot read {where}: {exc}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{where} is not valid TOML: {exc}") from None
+        return cls.from_dict(data)
+
+    def content_hash(self) -> str:
+        """SHA-256 over the canonical JSON of every field: equal configs, equal hash."""
+        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+    @property
+    def short_hash(self) -> str:
+        return self.content_hash()[:12]
+
+    @classmethod
+    def from_hf(cls, hf_config, **hardware) -> "AccelConfig":
+        """Model and routing from a `transformers` MoE config; hardware from defaults or kwargs."""
+        from .hf_config import model_fields_from_hf
+        fields_ = model_fields_from_hf(hf_config)
+        unknown = set(hardware) - {f.name for f in fields(cls)}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ConfigError(name, "is not an AccelConfig field")
+        fields_.update(hardware)
+        return cls(**fields_)

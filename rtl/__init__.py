@@ -1,0 +1,1 @@
+"""moeforge.rtl — see DESIGN.md; filled by later issues."""

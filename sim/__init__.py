@@ -1,0 +1,1 @@
+"""moeforge.sim — see DESIGN.md; filled by later issues."""

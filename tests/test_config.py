@@ -1,0 +1,134 @@
+"""AccelConfig: validation of every field, TOML round trip, content hash, command-line errors."""
+
+import glob
+import subprocess
+import sys
+
+import pytest
+
+from moeforge import AccelConfig, ConfigError
+from moeforge.cli import main
+
+CONFIGS = sorted(glob.glob("configs/*.toml"))
+
+
+def test_example_configs_cover_every_family():
+    families = {AccelConfig.from_toml(p).family for p in CONFIGS}
+    assert {"switch", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"} <= families
+    assert "configs/tiny.toml" in CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_toml_round_trip(path, tmp_path):
+    cfg = AccelConfig.from_toml(path)
+    out = tmp_path / "c.toml"
+    cfg.to_toml(out)
+    again = AccelConfig.from_toml(out)
+    assert again == cfg
+    assert again.content_hash() == cfg.content_hash()
+
+
+def test_hash_is_stable_and_sensitive():
+    a = AccelConfig()
+    assert a.content_hash() == AccelConfig().content_hash()
+    assert len(a.content_hash()) == 64
+    assert a.replace(mac_rows=4).content_hash() != a.content_hash()
+    # known value: the hash is over canonical JSON, so it must not drift between releases
+    assert AccelConfig.from_toml("configs/tiny.toml").short_hash == "5aafdc5f8bfc"
+
+
+BAD = [
+    (dict(top_k=9, n_experts=8), "top_k", "[1, 8]"),
+    (dict(d_model=0), "d_model", "[1, 65536]"),
+    (dict(d_ff=-4), "d_ff", "[1, 65536]"),
+    (dict(n_experts=0), "n_experts", "[1, 1024]"),
+    (dict(d_model=64.0), "d_model", "integer"),
+    (dict(activation="gelu"), "activation", "relu, swiglu"),
+    (dict(routing="expert_choice"), "routing", "softmax_topk"),
+    (dict(n_group=3), "n_group", "divide n_experts=8"),
+    (dict(n_group=4, topk_group=5), "topk_group", "[1, 4]"),
+    (dict(n_group=4, topk_group=1, top_k=3), "top_k", "at most topk_group"),
+    (dict(group_score="mean"), "group_score", "max, top2_sum"),
+    (dict(n_experts=4, n_group=4, topk_group=2, group_score="top2_sum"), "group_score", "2 experts per group"),
+    (dict(selection_bias=True), "selection_bias", "sigmoid_topk"),
+    (dict(routed_scaling_factor=0), "routed_scaling_factor", "(0, 64]"),
+    (dict(routed_scaling_factor=float("nan")), "routed_scaling_factor", "(0, 64]"),
+    (dict(renormalize="yes"), "renormalize", "true or false"),
+    (dict(shared_gate="sigmoid"), "shared_gate", "shared_d_ff > 0"),
+    (dict(shared_gate="softmax", shared_d_ff=32), "shared_gate", "none, sigmoid"),
+    (dict(shared_d_ff=-1), "shared_d_ff", "[0, 65536]"),
+    (dict(weight_bits=4), "weight_bits", "[8, 8]"),
+    (dict(act_bits=16), "act_bits", "[8, 8]"),
+    (dict(router_bits=32), "router_bits", "[8, 16]"),
+    (dict(mac_rows=0), "mac_rows", "[1, 64]"),
+    (dict(mac_cols=128), "mac_cols", "[1, 64]"),
+    (dict(cache_slots=9), "cache_slots", "[1, 8]"),
+    (dict(cache_policy="fifo"), "cache_policy", "lru, lfu, pinned"),
+    (dict(cache_policy="pinned"), "pinned_experts", "at least one"),
+    (dict(cache_policy="pinned", cache_slots=2, pinned_experts=(0, 1)), "pinned_experts", "cache_slots - 1"),
+    (dict(cache_policy="pinned", cache_slots=4, pinned_experts=(9,)), "pinned_experts", "[0, 7]"),
+    (dict(cache_policy="pinned", cache_slots=4, pinned_experts=(1, 1)), "pinned_experts", "repeat"),
+    (dict(pinned_experts=(1,)), "pinned_experts", "cache_policy='pinned'"),
+    (dict(token_buffer_depth=0), "token_buffer_depth", "[1, 4096]"),
+    (dict(clock_mhz=0.5), "clock_mhz", "[1, 1000]"),
+    (dict(family="gpt"), "family", "mixtral"),
+    (dict(name=""), "name", "non-empty"),
+]
+
+
+@pytest.mark.parametrize("kwargs,field,accepted", BAD, ids=[f"{b[1]}-{i}" for i, b in enumerate(BAD)])
+def test_invalid_values_name_field_and_range(kwargs, field, accepted):
+    with pytest.raises(ConfigError) as exc:
+        AccelConfig(**kwargs)
+    assert exc.value.field == field
+    assert str(exc.value).startswith(f"{field}:")
+    assert accepted in str(exc.value)
+
+
+def test_unknown_toml_key_and_section(tmp_path):
+    text = AccelConfig().to_toml()
+    with pytest.raises(ConfigError, match=r"model\.d_modle: is not a known key"):
+        AccelConfig.from_toml(text.replace("d_model", "d_modle"))
+    with pytest.raises(ConfigError, match="extra: is not a known section"):
+        AccelConfig.from_toml(text + "\n[extra]\na = 1\n")
+
+
+def test_toml_that_does_not_parse(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[model\nd_model = 64\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        AccelConfig.from_toml(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        AccelConfig.from_toml(tmp_path / "missing.toml")
+
+
+def test_wrong_type_in_toml_is_a_config_error():
+    text = AccelConfig().to_toml().replace("top_k = 2", 'top_k = "two"')
+    with pytest.raises(ConfigError, match="top_k"):
+        AccelConfig.from_toml(text)
+
+
+def test_frozen():
+    with pytest.raises(AttributeError):
+        AccelConfig().d_model = 3
+
+
+def test_cli_bad_config_is_one_line_exit_2(tmp_path, capsys):
+    p = tmp_path / "bad.toml"
+    p.write_text(AccelConfig().to_toml().replace("top_k = 2", "top_k = 99"))
+    assert main(["config", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "top_k" in err and "Traceback" not in err
+
+
+def test_cli_subprocess_exit_codes(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("not toml [")
+    r = subprocess.run([sys.executable, "-m", "moeforge.cli", "config", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "not valid TOML" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "moeforge.cli", "config", "configs/tiny.toml"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "5aafdc5f8bfc" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "moeforge.cli", "frobnicate"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
