@@ -1,0 +1,149 @@
+"""The device's integer primitives, exactly as docs/arithmetic.md states them.
+
+Every function takes and returns int64 tensors and is exact: the RTL must produce
+the same integers. Constants here are the single source for the golden model, the
+RTL table ROMs and the documentation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "MULT_BITS", "LOGIT_FRAC", "GATE_FRAC", "GATE_ONE", "RSF_FRAC", "SILU_FRAC",
+    "EXP_HI_SHIFT", "EXP_HI_SIZE", "EXP_LO_SIZE", "EXP_D_MAX", "SIG_STEP_SHIFT", "SIG_SIZE",
+    "saturate", "round_shift", "requantize", "multiplier_shift",
+    "exp_hi_table", "exp_lo_table", "sigmoid_lut", "exp_neg", "sigmoid_exact", "silu_fixed",
+    "quantize_symmetric",
+]
+
+# Requantisation multipliers are unsigned 16-bit, normalised to [2^15, 2^16).
+MULT_BITS = 16
+# Router logits are fixed point with 12 fractional bits (units of 1/4096).
+LOGIT_FRAC = 12
+# Gate weights and sigmoid/exp outputs: unsigned Q1.15 (1.0 == 32768).
+GATE_FRAC = 15
+GATE_ONE = 1 << GATE_FRAC
+# routed_scaling_factor as an unsigned Q.12 integer.
+RSF_FRAC = 12
+# SwiGLU gate pre-activation: signed fixed point in units of 1/4096, saturated to int24.
+SILU_FRAC = LOGIT_FRAC
+SILU_BITS = 24
+
+# exp(-d) for d >= 0 in units 2^-LOGIT_FRAC: two tables, coarse (step 1/32) and fine.
+EXP_HI_SHIFT = 7                     # d >> 7 indexes the coarse table (1/32 steps)
+EXP_LO_SIZE = 1 << EXP_HI_SHIFT      # 128 entries, step 1/4096
+EXP_HI_SIZE = 512                    # covers d < 16.0
+EXP_D_MAX = EXP_HI_SIZE << EXP_HI_SHIFT  # d >= 16.0 gives exp = 0
+
+# Sigmoid LUT for SiLU: step 1/64 over [-8, 8): 1024 entries, index = x >> 6.
+SIG_STEP_SHIFT = LOGIT_FRAC - 6
+SIG_SIZE = 1024
+
+
+def saturate(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Clamp to the signed `bits`-bit range."""
+    return x.clamp(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+
+
+def round_shift(x: torch.Tensor, shift) -> torch.Tensor:
+    """(x + 2^(shift-1)) >> shift with an arithmetic shift: round half up. shift >= 1."""
+    if isinstance(shift, torch.Tensor):
+        return (x + (torch.ones_like(shift) << (shift - 1))) >> shift
+    return (x + (1 << (shift - 1))) >> shift
+
+
+def requantize(acc: torch.Tensor, mult, shift, bits: int) -> torch.Tensor:
+    """sat_bits(round_shift(acc * mult, shift)): the one requantiser of the device."""
+    return saturate(round_shift(acc * mult, shift), bits)
+
+
+def multiplier_shift(real: torch.Tensor | float, max_shift: int = 62) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode positive reals m as (M, S) with M in [2^15, 2^16) and m ≈ M / 2^S.
+
+    Reals too small for `max_shift` encode as M = 0 (the output is then 0); reals that
+    would need S < 1 raise, because the accumulator cannot be scaled up losslessly.
+    """
+    m = torch.as_tensor(real, dtype=torch.float64)
+    if (m < 0).any() or not torch.isfinite(m).all():
+        raise ValueError("requantisation multipliers must be finite and non-negative")
+    exp = torch.where(m > 0, torch.floor(torch.log2(torch.where(m > 0, m, 1.0))), 0.0)
+    shift = (MULT_BITS - 1 - exp).to(torch.int64)
+    mult = torch.round(m * torch.pow(2.0, shift.to(torch.float64))).to(torch.int64)
+    carry = mult >= (1 << MULT_BITS)
+    mult = torch.where(carry, mult >> 1, mult)
+    shift = torch.where(carry, shift - 1, shift)
+    if ((shift < 1) & (m > 0)).any():
+        bad = m[(shift < 1) & (m > 0)].max().item()
+        raise ValueError(f"requantisation multiplier {bad:g} is too large (needs a shift below 1)")
+    tiny = (shift > max_shift) | (m == 0)
+    mult = torch.where(tiny, 0, mult)
+    shift = torch.where(tiny, max_shift, shift)
+    return mult, shift
+
+
+def quantize_symmetric(x: torch.Tensor, scale, bits: int = 8) -> torch.Tensor:
+    """round-half-even(x / scale), saturated: the host-side float to int conversion."""
+    return saturate(torch.round(x.to(torch.float64) / torch.as_tensor(scale, dtype=torch.float64)),
+                    bits).to(torch.int64)
+
+
+def _table(values) -> torch.Tensor:
+    return torch.tensor([int(round(v)) for v in values], dtype=torch.int64)
+
+
+def exp_hi_table() -> torch.Tensor:
+    """round(exp(-i/32) * 2^15) for i in [0, 512)."""
+    step = EXP_LO_SIZE / (1 << LOGIT_FRAC)
+    return _table(math.exp(-i * step) * GATE_ONE for i in range(EXP_HI_SIZE))
+
+
+def exp_lo_table() -> torch.Tensor:
+    """round(exp(-j/4096) * 2^15) for j in [0, 128)."""
+    return _table(math.exp(-j / (1 << LOGIT_FRAC)) * GATE_ONE for j in range(EXP_LO_SIZE))
+
+
+def sigmoid_lut() -> torch.Tensor:
+    """round(sigmoid((i + 0.5)/64) * 2^15) for i in [-512, 512), stored from index -512."""
+    step = 1 << (LOGIT_FRAC - SIG_STEP_SHIFT)
+    return _table(GATE_ONE / (1 + math.exp(-(i + 0.5) / step)) for i in range(-SIG_SIZE // 2, SIG_SIZE // 2))
+
+
+_EXP_HI = exp_hi_table()
+_EXP_LO = exp_lo_table()
+_SIG = sigmoid_lut()
+
+
+def exp_neg(d: torch.Tensor) -> torch.Tensor:
+    """exp(-d) in Q1.15 for d >= 0 in units 2^-12: HI[d>>7] * LO[d&127] rounded >> 15; 0 past 16.0."""
+    d = d.to(torch.int64)
+    inside = d < EXP_D_MAX
+    dc = torch.where(inside, d, 0)
+    hi = _EXP_HI[dc >> EXP_HI_SHIFT]
+    lo = _EXP_LO[dc & (EXP_LO_SIZE - 1)]
+    return torch.where(inside, round_shift(hi * lo, GATE_FRAC), 0)
+
+
+def sigmoid_exact(logit: torch.Tensor) -> torch.Tensor:
+    """sigmoid of a logit (units 2^-12) in Q1.15 through exp_neg and one rounded division.
+
+    L >= 0: (2^30 + (2^15+e)/2) // (2^15 + e);  L < 0: (e·2^15 + (2^15+e)/2) // (2^15 + e),
+    where e = exp_neg(|L|). Used by the router (scores, Qwen2's shared-expert gate).
+    """
+    e = exp_neg(logit.abs())
+    den = GATE_ONE + e
+    num = torch.where(logit >= 0, torch.full_like(e, GATE_ONE * GATE_ONE), e * GATE_ONE)
+    return torch.div(num + (den >> 1), den, rounding_mode="floor")
+
+
+def silu_fixed(g: torch.Tensor) -> torch.Tensor:
+    """SiLU of g (units 2^-12, int24) by the sigmoid LUT: round_shift(g * sig(g), 15).
+
+    sig(g) = LUT[(g >> 6) + 512] inside [-8, 8), 2^15 at or above 8, 0 below -8.
+    """
+    idx = g >> SIG_STEP_SHIFT
+    half = SIG_SIZE // 2
+    sig = torch.where(idx >= half, GATE_ONE, torch.where(idx < -half, 0, _SIG[idx.clamp(-half, half - 1) + half]))
+    return round_shift(g * sig, GATE_FRAC)
