@@ -12,34 +12,37 @@ import math
 import torch
 
 __all__ = [
-    "MULT_BITS", "LOGIT_FRAC", "GATE_FRAC", "GATE_ONE", "RSF_FRAC", "SILU_FRAC",
-    "EXP_HI_SHIFT", "EXP_HI_SIZE", "EXP_LO_SIZE", "EXP_D_MAX", "SIG_STEP_SHIFT", "SIG_SIZE",
+    "MULT_BITS", "LOGIT_FRAC", "GATE_FRAC", "GATE_ONE", "RSF_FRAC", "SILU_FRAC", "SILU_BITS",
+    "EXP_ARG_SHIFT", "EXP_HI_SHIFT", "EXP_HI_SIZE", "EXP_LO_SIZE", "EXP_D_MAX", "SIG_STEP_SHIFT", "SIG_SIZE",
     "saturate", "round_shift", "requantize", "multiplier_shift",
     "exp_hi_table", "exp_lo_table", "sigmoid_lut", "exp_neg", "sigmoid_exact", "silu_fixed",
-    "quantize_symmetric",
+    "quantize_symmetric", "fwht_blocks",
 ]
 
 # Requantisation multipliers are unsigned 16-bit, normalised to [2^15, 2^16).
 MULT_BITS = 16
-# Router logits are fixed point with 12 fractional bits (units of 1/4096).
-LOGIT_FRAC = 12
+# Router logits are fixed point with 16 fractional bits: near-ties finer than 2^-16
+# are the only routing decisions the integer router can get wrong.
+LOGIT_FRAC = 16
 # Gate weights and sigmoid/exp outputs: unsigned Q1.15 (1.0 == 32768).
 GATE_FRAC = 15
 GATE_ONE = 1 << GATE_FRAC
 # routed_scaling_factor as an unsigned Q.12 integer.
 RSF_FRAC = 12
 # SwiGLU gate pre-activation: signed fixed point in units of 1/4096, saturated to int24.
-SILU_FRAC = LOGIT_FRAC
+SILU_FRAC = 12
 SILU_BITS = 24
 
-# exp(-d) for d >= 0 in units 2^-LOGIT_FRAC: two tables, coarse (step 1/32) and fine.
-EXP_HI_SHIFT = 7                     # d >> 7 indexes the coarse table (1/32 steps)
+# exp(-d) for d >= 0 in units 2^-LOGIT_FRAC: the argument is rounded to 2^-12
+# steps, then two tables, coarse (step 1/32) and fine (step 1/4096).
+EXP_ARG_SHIFT = LOGIT_FRAC - 12
+EXP_HI_SHIFT = 7                     # (d >> 4) >> 7 indexes the coarse table (1/32 steps)
 EXP_LO_SIZE = 1 << EXP_HI_SHIFT      # 128 entries, step 1/4096
 EXP_HI_SIZE = 512                    # covers d < 16.0
-EXP_D_MAX = EXP_HI_SIZE << EXP_HI_SHIFT  # d >= 16.0 gives exp = 0
+EXP_D_MAX = (EXP_HI_SIZE << (EXP_HI_SHIFT + EXP_ARG_SHIFT)) - (1 << (EXP_ARG_SHIFT - 1))  # from here exp = 0
 
-# Sigmoid LUT for SiLU: step 1/64 over [-8, 8): 1024 entries, index = x >> 6.
-SIG_STEP_SHIFT = LOGIT_FRAC - 6
+# Sigmoid LUT for SiLU: step 1/64 over [-8, 8): 1024 entries, index = g >> 6.
+SIG_STEP_SHIFT = SILU_FRAC - 6
 SIG_SIZE = 1024
 
 
@@ -96,18 +99,17 @@ def _table(values) -> torch.Tensor:
 
 def exp_hi_table() -> torch.Tensor:
     """round(exp(-i/32) * 2^15) for i in [0, 512)."""
-    step = EXP_LO_SIZE / (1 << LOGIT_FRAC)
-    return _table(math.exp(-i * step) * GATE_ONE for i in range(EXP_HI_SIZE))
+    return _table(math.exp(-i / 32) * GATE_ONE for i in range(EXP_HI_SIZE))
 
 
 def exp_lo_table() -> torch.Tensor:
     """round(exp(-j/4096) * 2^15) for j in [0, 128)."""
-    return _table(math.exp(-j / (1 << LOGIT_FRAC)) * GATE_ONE for j in range(EXP_LO_SIZE))
+    return _table(math.exp(-j / 4096) * GATE_ONE for j in range(EXP_LO_SIZE))
 
 
 def sigmoid_lut() -> torch.Tensor:
     """round(sigmoid((i + 0.5)/64) * 2^15) for i in [-512, 512), stored from index -512."""
-    step = 1 << (LOGIT_FRAC - SIG_STEP_SHIFT)
+    step = 1 << (SILU_FRAC - SIG_STEP_SHIFT)
     return _table(GATE_ONE / (1 + math.exp(-(i + 0.5) / step)) for i in range(-SIG_SIZE // 2, SIG_SIZE // 2))
 
 
@@ -117,17 +119,21 @@ _SIG = sigmoid_lut()
 
 
 def exp_neg(d: torch.Tensor) -> torch.Tensor:
-    """exp(-d) in Q1.15 for d >= 0 in units 2^-12: HI[d>>7] * LO[d&127] rounded >> 15; 0 past 16.0."""
-    d = d.to(torch.int64)
-    inside = d < EXP_D_MAX
-    dc = torch.where(inside, d, 0)
-    hi = _EXP_HI[dc >> EXP_HI_SHIFT]
-    lo = _EXP_LO[dc & (EXP_LO_SIZE - 1)]
+    """exp(-d) in Q1.15 for d >= 0 in units 2^-16.
+
+    a = rshift(d, 4) (the argument rounded to 2^-12); HI[a >> 7] · LO[a & 127], rounded
+    >> 15; 0 when a >= 16.0.
+    """
+    a = round_shift(d.to(torch.int64), EXP_ARG_SHIFT) if EXP_ARG_SHIFT else d.to(torch.int64)
+    inside = a < (EXP_HI_SIZE << EXP_HI_SHIFT)
+    a = torch.where(inside, a, 0)
+    hi = _EXP_HI[a >> EXP_HI_SHIFT]
+    lo = _EXP_LO[a & (EXP_LO_SIZE - 1)]
     return torch.where(inside, round_shift(hi * lo, GATE_FRAC), 0)
 
 
 def sigmoid_exact(logit: torch.Tensor) -> torch.Tensor:
-    """sigmoid of a logit (units 2^-12) in Q1.15 through exp_neg and one rounded division.
+    """sigmoid of a logit (units 2^-16) in Q1.15 through exp_neg and one rounded division.
 
     L >= 0: (2^30 + (2^15+e)/2) // (2^15 + e);  L < 0: (e·2^15 + (2^15+e)/2) // (2^15 + e),
     where e = exp_neg(|L|). Used by the router (scores, Qwen2's shared-expert gate).
@@ -147,3 +153,22 @@ def silu_fixed(g: torch.Tensor) -> torch.Tensor:
     half = SIG_SIZE // 2
     sig = torch.where(idx >= half, GATE_ONE, torch.where(idx < -half, 0, _SIG[idx.clamp(-half, half - 1) + half]))
     return round_shift(g * sig, GATE_FRAC)
+
+
+def fwht_blocks(p: torch.Tensor, block: int) -> torch.Tensor:
+    """Unnormalised Walsh-Hadamard transform of each `block` consecutive values (last dim).
+
+    Butterflies (a, b) → (a + b, a - b) over log2(block) stages, Sylvester order: exact
+    integer arithmetic that the RTL repeats stage by stage. Growth: log2(block) bits.
+    """
+    if block == 1:
+        return p
+    *lead, n = p.shape
+    v = p.reshape(*lead, n // block, block)
+    h = 1
+    while h < block:
+        v = v.reshape(*lead, n // block, block // (2 * h), 2, h)
+        a, b = v[..., 0, :], v[..., 1, :]
+        v = torch.stack((a + b, a - b), dim=-2)
+        h *= 2
+    return v.reshape(*lead, n)

@@ -31,7 +31,7 @@ SECTIONS = {
               "shared_d_ff", "shared_gate"),
     "routing": ("routing", "renormalize", "n_group", "topk_group", "group_score",
                 "selection_bias", "routed_scaling_factor"),
-    "precision": ("weight_bits", "act_bits", "router_bits"),
+    "precision": ("weight_bits", "act_bits", "router_bits", "hidden_rotation"),
     "hardware": ("mac_rows", "mac_cols", "cache_slots", "cache_policy", "pinned_experts",
                  "token_buffer_depth", "clock_mhz"),
 }
@@ -82,6 +82,9 @@ class AccelConfig:
     ----------------------
     weight_bits, act_bits : expert weights and activations (8).
     router_bits : router weight precision, 8 to 16 bits.
+    hidden_rotation : block size of the Walsh-Hadamard rotation applied to each expert's
+        hidden vector before it is quantised to int8 (spreads outliers; 1: none;
+        0: automatic, the largest power of two up to 64 that divides the hidden sizes).
 
     Parameters (hardware)
     ---------------------
@@ -118,6 +121,7 @@ class AccelConfig:
     weight_bits: int = 8
     act_bits: int = 8
     router_bits: int = 16
+    hidden_rotation: int = 0
     # hardware
     mac_rows: int = 8
     mac_cols: int = 8
@@ -168,6 +172,14 @@ class AccelConfig:
         _check_int("weight_bits", self.weight_bits, 8, 8)
         _check_int("act_bits", self.act_bits, 8, 8)
         _check_int("router_bits", self.router_bits, 8, 16)
+        _check_int("hidden_rotation", self.hidden_rotation, 0, 64)
+        r = self.hidden_rotation
+        if r & (r - 1):
+            raise ConfigError("hidden_rotation", f"must be 0 (automatic) or a power of two in [1, 64], not {r!r}")
+        for name in ("d_ff", "shared_d_ff"):
+            size = getattr(self, name)
+            if r and size and size % r:
+                raise ConfigError("hidden_rotation", f"must divide {name}={size}, not {r!r}")
 
         _check_int("mac_rows", self.mac_rows, 1, 64)
         _check_int("mac_cols", self.mac_cols, 1, 64)
@@ -202,6 +214,14 @@ class AccelConfig:
     @property
     def experts_per_group(self) -> int:
         return self.n_experts // self.n_group
+
+    @property
+    def rotation_block(self) -> int:
+        """The Walsh-Hadamard block size actually used for expert hidden vectors."""
+        if self.hidden_rotation:
+            return self.hidden_rotation
+        g = math.gcd(self.d_ff, self.shared_d_ff)
+        return min(64, g & -g)
 
     @property
     def router_rows(self) -> int:

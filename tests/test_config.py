@@ -34,7 +34,7 @@ def test_hash_is_stable_and_sensitive():
     assert len(a.content_hash()) == 64
     assert a.replace(mac_rows=4).content_hash() != a.content_hash()
     # known value: the hash is over canonical JSON, so it must not drift between releases
-    assert AccelConfig.from_toml("configs/tiny.toml").short_hash == "5aafdc5f8bfc"
+    assert AccelConfig.from_toml("configs/tiny.toml").short_hash == "54adebd4a72b"
 
 
 BAD = [
@@ -60,6 +60,9 @@ BAD = [
     (dict(weight_bits=4), "weight_bits", "[8, 8]"),
     (dict(act_bits=16), "act_bits", "[8, 8]"),
     (dict(router_bits=32), "router_bits", "[8, 16]"),
+    (dict(hidden_rotation=3), "hidden_rotation", "power of two"),
+    (dict(hidden_rotation=128), "hidden_rotation", "[0, 64]"),
+    (dict(d_ff=48, hidden_rotation=32), "hidden_rotation", "divide d_ff=48"),
     (dict(mac_rows=0), "mac_rows", "[1, 64]"),
     (dict(mac_cols=128), "mac_cols", "[1, 64]"),
     (dict(cache_slots=9), "cache_slots", "[1, 8]"),
@@ -129,6 +132,6 @@ def test_cli_subprocess_exit_codes(tmp_path):
     assert "not valid TOML" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "moeforge.cli", "config", "configs/tiny.toml"],
                        capture_output=True, text=True)
-    assert r.returncode == 0 and "5aafdc5f8bfc" in r.stdout
+    assert r.returncode == 0 and "54adebd4a72b" in r.stdout
     r = subprocess.run([sys.executable, "-m", "moeforge.cli", "frobnicate"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr

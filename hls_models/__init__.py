@@ -1,0 +1,23 @@
+"""Float reference layers, import from `transformers`, and (with golden) the bit-exact model.
+
+`transformers` is imported only inside the functions that need it.
+"""
+
+from .hf_import import float_weights_from_hf
+from .hf_random import family_configs, hf_config_for, make_hf_block, make_hf_input
+from .reference import FloatMoELayer
+from .weights import FloatMoEWeights
+
+__all__ = [
+    "FloatMoEWeights",
+    "FloatMoELayer",
+    "float_weights_from_hf",
+    "make_hf_block",
+    "make_hf_input",
+    "hf_config_for",
+    "family_configs",
+]
+
+from .golden import QuantizedMoELayer  # noqa: E402
+
+__all__ += ["QuantizedMoELayer"]

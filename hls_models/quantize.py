@@ -1,0 +1,132 @@
+"""Float weights + calibration tokens → the integer parameters of `QuantizedMoELayer`.
+
+Weights: symmetric int8 per output channel (router: one scale, `router_bits`).
+Activations: symmetric per tensor, scales chosen on the calibration tokens
+(MSE-optimal clipping for int8 tensors, max-abs with margin for int16 ones).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from moeforge.config import AccelConfig
+from moeforge.errors import ShapeError
+
+from .calibration import maxabs_scale, mse_scale, per_channel_weight_scale
+from .fixed_point import GATE_FRAC, LOGIT_FRAC, SILU_FRAC, fwht_blocks, multiplier_shift, quantize_symmetric
+from .golden import OUT_BITS, UP_BITS, ExpertBank, QuantizedMoELayer
+from .weights import FloatMoEWeights
+
+__all__ = ["quantize_layer"]
+
+# int16 tensors keep a 2x margin over their calibration maximum: 14 bits still resolve.
+INT16_MARGIN = 2.0
+
+
+def _q_weight(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = per_channel_weight_scale(w, bits)
+    q = quantize_symmetric(w, scale[..., None], bits)
+    return q.to(torch.int8 if bits == 8 else torch.int16), scale
+
+
+def _encode(real: torch.Tensor | float, what: str):
+    try:
+        m, s = multiplier_shift(real)
+    except ValueError as exc:
+        raise ShapeError(f"cannot quantise {what}: {exc}") from None
+    return m.to(torch.int32), s.to(torch.int32)
+
+
+def _stack(pairs):
+    return torch.stack([m for m, _ in pairs]), torch.stack([s for _, s in pairs])
+
+
+def _rotate(v: torch.Tensor, block: int) -> torch.Tensor:
+    """Orthonormal block Walsh-Hadamard rotation of the last dim (float, host side)."""
+    return fwht_blocks(v, block) / block ** 0.5
+
+
+def _bank(w_gate, w_up, w_down, activation: str, rotation: int, x_hat: torch.Tensor, x_scale: float):
+    """Quantise n experts; returns the bank fields (down requant still unset) and float outputs for s_o.
+
+    The hidden vector p is rotated, h = H·p/√R, before its int8 quantisation, and the
+    down projection is rotated to match, W' = W·H/√R, so W'·h = W·p: the rotation spreads
+    SwiGLU's heavy-tailed products over R values and halves the int8 error of h.
+    """
+    up_q, up_s = _q_weight(w_up)
+    w_down_rot = _rotate(w_down, rotation)
+    down_q, down_s = _q_weight(w_down_rot)
+    up_enc, hid_enc, hid_scales, outs = [], [], [], []
+    for e in range(w_up.shape[0]):
+        u = x_hat @ w_up[e].T
+        s_u = maxabs_scale(F.relu(u) if activation == "relu" else u, UP_BITS, INT16_MARGIN)
+        up_enc.append(_encode(x_scale * up_s[e] / s_u, f"expert {e} up"))
+        if activation == "relu":
+            p, unit = F.relu(u), s_u
+        else:
+            p, unit = F.silu(x_hat @ w_gate[e].T) * u, 2.0 ** -SILU_FRAC * s_u
+        h = _rotate(p, rotation)
+        s_h = mse_scale(h, 8)
+        hid_enc.append(_encode(unit / (rotation ** 0.5 * s_h), f"expert {e} hidden"))
+        hid_scales.append(s_h)
+        h_hat = torch.clamp(torch.round(h / s_h), -128, 127) * s_h
+        outs.append(h_hat @ w_down_rot[e].T)
+    bank = dict(w_up=up_q, w_down=down_q, rotation=rotation)
+    bank["up_mult"], bank["up_shift"] = _stack(up_enc)
+    bank["hid_mult"], bank["hid_shift"] = _stack(hid_enc)
+    if activation == "swiglu":
+        gate_q, gate_s = _q_weight(w_gate)
+        bank["w_gate"] = gate_q
+        bank["gate_mult"], bank["gate_shift"] = _encode(x_scale * gate_s * 2.0 ** SILU_FRAC, "gate projection")
+    return bank, torch.tensor(hid_scales, dtype=torch.float64), down_s, torch.stack(outs)
+
+
+def _finish_bank(bank: dict, hid_scales, down_s, o_scale: float, activation: str) -> ExpertBank:
+    bank["down_mult"], bank["down_shift"] = _encode(hid_scales[:, None] * down_s / o_scale, "down projection")
+    return ExpertBank(activation=activation, **bank)
+
+
+def quantize_layer(weights: FloatMoEWeights, cfg: AccelConfig, calib: torch.Tensor) -> QuantizedMoELayer:
+    from .reference import FloatMoELayer
+
+    w = weights.float().check(cfg)
+    if not isinstance(calib, torch.Tensor) or not torch.is_floating_point(calib):
+        raise ShapeError("calib must be a float tensor of tokens [N, d_model]")
+    calib = calib.detach().to(torch.float32).reshape(-1, calib.shape[-1])
+    if calib.shape[1] != cfg.d_model or calib.shape[0] == 0:
+        raise ShapeError(f"calib shape {list(calib.shape)} is not [N > 0, d_model={cfg.d_model}]")
+
+    x_scale = mse_scale(calib, 8)
+    x_hat = (quantize_symmetric(calib, x_scale).to(torch.float64) * x_scale).to(torch.float32)
+
+    # Router: one scale over every row, so logits of all experts share a fixed point.
+    rows = w.router if w.shared_expert_gate is None else torch.cat([w.router, w.shared_expert_gate[None]])
+    qmax = (1 << (cfg.router_bits - 1)) - 1
+    r_scale = rows.abs().max().item() / qmax or 1.0
+    router_weight = quantize_symmetric(rows, r_scale, cfg.router_bits).to(torch.int16)
+    router_mult, router_shift = _encode(x_scale * r_scale * 2.0 ** LOGIT_FRAC, "router logits")
+    sel_bias = None
+    if cfg.selection_bias:
+        sel_bias = torch.round(w.selection_bias.to(torch.float64) * 2 ** GATE_FRAC).to(torch.int32)
+
+    R = cfg.rotation_block
+    bank, hid_s, down_s, outs = _bank(w.w_gate, w.w_up, w.w_down, cfg.activation, R, x_hat, x_scale)
+    sh = None
+    if cfg.shared_d_ff:
+        sh_gate = None if w.shared_gate_proj is None else w.shared_gate_proj[None]
+        sh, sh_hid_s, sh_down_s, sh_outs = _bank(sh_gate, w.shared_up[None], w.shared_down[None],
+                                                 cfg.activation, R, x_hat, x_scale)
+        outs = torch.cat([outs, sh_outs])
+    o_scale = maxabs_scale(outs, OUT_BITS, INT16_MARGIN)
+    experts = _finish_bank(bank, hid_s, down_s, o_scale, cfg.activation)
+    shared = _finish_bank(sh, sh_hid_s, sh_down_s, o_scale, cfg.activation) if sh is not None else None
+
+    y_ref = FloatMoELayer(cfg, w).forward(x_hat)
+    y_scale = mse_scale(y_ref, 8)
+    out_mult, out_shift = _encode(o_scale * 2.0 ** -GATE_FRAC / y_scale, "combiner output")
+
+    return QuantizedMoELayer(cfg, router_weight=router_weight, router_mult=router_mult, router_shift=router_shift,
+                             selection_bias=sel_bias, experts=experts, shared=shared,
+                             out_mult=out_mult, out_shift=out_shift,
+                             x_scale=x_scale, y_scale=y_scale, o_scale=o_scale)

@@ -1,0 +1,96 @@
+"""Integer routing: logits → top-k experts and Q1.15 gate weights (docs/arithmetic.md §3–4).
+
+Vectorised over tokens; ties always go to the lower expert (or group) index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from moeforge.config import AccelConfig
+
+from .fixed_point import GATE_ONE, RSF_FRAC, exp_neg, round_shift, sigmoid_exact
+
+__all__ = ["RouteResult", "route_from_logits", "topk_lowest_index", "rsf_fixed"]
+
+_NEG = -(1 << 50)  # below every real score (|score| < 2^33): marks experts outside the chosen groups
+
+
+@dataclass
+class RouteResult:
+    """What the router unit hands to the scheduler, per token."""
+
+    logits: torch.Tensor       # [T, E] int64, units 2^-16
+    indices: torch.Tensor      # [T, k] int64, in selection order (best first)
+    gates: torch.Tensor        # [T, k] int64, Q1.15 after routed scaling
+    shared_gate: torch.Tensor  # [T] int64, Q1.15 (2^15 for always-on, 0 without shared expert)
+
+
+def topk_lowest_index(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest integers per row, best first; equal scores: lower index first."""
+    n = score.shape[-1]
+    idx = torch.arange(n, dtype=torch.int64)
+    # Scores are within ±2^50 and n <= 1024, so the composite key is exact in int64.
+    key = score * 1024 + (1023 - idx)
+    return torch.topk(key, k, dim=-1, sorted=True).indices
+
+
+def _group_mask(score: torch.Tensor, cfg: AccelConfig) -> torch.Tensor:
+    """Boolean [T, E]: experts in the topk_group best groups (all experts without grouping)."""
+    if cfg.n_group == 1:
+        return torch.ones_like(score, dtype=torch.bool)
+    T = score.shape[0]
+    grouped = score.view(T, cfg.n_group, cfg.experts_per_group)
+    if cfg.group_score == "max":
+        gscore = grouped.max(dim=-1).values
+    else:
+        gscore = torch.topk(grouped, 2, dim=-1).values.sum(dim=-1)
+    chosen = topk_lowest_index(gscore, cfg.topk_group)
+    gmask = torch.zeros(T, cfg.n_group, dtype=torch.bool)
+    gmask.scatter_(1, chosen, True)
+    return gmask.repeat_interleave(cfg.experts_per_group, dim=1)
+
+
+def _divide_q15(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """round-half-up(num · 2^15 / den) for den > 0; 0 where den == 0."""
+    safe = torch.where(den > 0, den, 1)
+    q = torch.div(num * GATE_ONE + (safe >> 1), safe, rounding_mode="floor")
+    return torch.where(den > 0, q, 0)
+
+
+def rsf_fixed(cfg: AccelConfig) -> int:
+    """routed_scaling_factor as Q.12."""
+    return int(round(cfg.routed_scaling_factor * (1 << RSF_FRAC)))
+
+
+def route_from_logits(logits: torch.Tensor, cfg: AccelConfig,
+                      selection_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k selection and gate weights from routed-expert logits [T, E] (int64)."""
+    k = cfg.top_k
+    if cfg.routing == "sigmoid_topk":
+        prob = sigmoid_exact(logits)
+        choice = prob + selection_bias if selection_bias is not None else prob
+    else:
+        choice = logits
+    allowed = _group_mask(choice, cfg)
+    indices = topk_lowest_index(torch.where(allowed, choice, _NEG), k)
+
+    if cfg.routing == "sigmoid_topk":
+        sel = prob.gather(1, indices)
+        gates = _divide_q15(sel, sel.sum(dim=1, keepdim=True)) if cfg.renormalize else sel
+    else:
+        sel_logits = logits.gather(1, indices)
+        if cfg.routing == "topk_softmax":
+            ref = sel_logits.max(dim=1, keepdim=True).values
+            sel = exp_neg(ref - sel_logits)
+            denom = sel.sum(dim=1, keepdim=True)
+        else:
+            ref = logits.max(dim=1, keepdim=True).values
+            sel = exp_neg(ref - sel_logits)
+            denom = sel.sum(dim=1, keepdim=True) if cfg.renormalize else exp_neg(ref - logits).sum(dim=1, keepdim=True)
+        gates = _divide_q15(sel, denom)
+    gates = round_shift(gates * rsf_fixed(cfg), RSF_FRAC)
+    return indices, gates
+

@@ -1,0 +1,109 @@
+"""A quantised layer as a `safetensors` file: the weight image the device is loaded with.
+
+The file carries the integer tensors plus, in its metadata, the config (TOML), the
+config's content hash, the host-side float scales and a format version, so that a
+file can never be loaded against a config it was not made for.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from moeforge.config import AccelConfig
+from moeforge.errors import ConfigError, WeightsError
+
+__all__ = ["save_layer", "load_layer", "FORMAT"]
+
+FORMAT = "moeforge-layer/1"
+
+
+def save_layer(layer, path: str | Path) -> None:
+    from safetensors.torch import save_file
+    path = Path(path)
+    meta = {"format": FORMAT, "config": layer.cfg.to_toml(), "config_hash": layer.cfg.content_hash(),
+            "x_scale": repr(layer.x_scale), "y_scale": repr(layer.y_scale), "o_scale": repr(layer.o_scale)}
+    tensors = {k: v.contiguous() for k, v in layer.tensors().items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)  # atomic: an existing image is never left half-written
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot write the weight image ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _expect(tensors, name, shape, dtype, path):
+    t = tensors.get(name)
+    if t is None:
+        raise WeightsError(f"{path}: tensor {name!r} is missing")
+    if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+        raise WeightsError(f"{path}: tensor {name!r} is {t.dtype} {list(t.shape)}, "
+                           f"the config needs {dtype} {list(shape)}")
+    return t
+
+
+def _bank(tensors, prefix, n, F, D, activation, rotation, path):
+    from .golden import ExpertBank
+    i8, i32 = torch.int8, torch.int32
+    spec = {"w_up": ((n, F, D), i8), "up_mult": ((n, F), i32), "up_shift": ((n, F), i32),
+            "hid_mult": ((n,), i32), "hid_shift": ((n,), i32),
+            "w_down": ((n, D, F), i8), "down_mult": ((n, D), i32), "down_shift": ((n, D), i32)}
+    if activation == "swiglu":
+        spec.update({"w_gate": ((n, F, D), i8), "gate_mult": ((n, F), i32), "gate_shift": ((n, F), i32)})
+    fields = {f: _expect(tensors, f"{prefix}.{f}", *spec[f], path) for f in spec}
+    return ExpertBank(activation=activation, rotation=rotation, **fields), {f"{prefix}.{f}" for f in spec}
+
+
+def load_layer(path: str | Path, cfg: AccelConfig | None = None):
+    """Load a weight image; with `cfg`, refuse an image made for a different config."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    from .golden import QuantizedMoELayer
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weight file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise WeightsError(f"{path}: not a moeforge layer image (format {meta.get('format')!r}, expected {FORMAT!r})")
+    try:
+        file_cfg = AccelConfig.from_toml(meta["config"])
+        scales = {k: float(meta[k]) for k in ("x_scale", "y_scale", "o_scale")}
+    except (KeyError, ValueError, ConfigError) as exc:
+        raise WeightsError(f"{path}: damaged metadata ({exc})") from None
+    if cfg is not None and cfg.content_hash() != file_cfg.content_hash():
+        raise WeightsError(f"{path}: layer quantised for config {file_cfg.name} ({file_cfg.short_hash}), "
+                           f"not for {cfg.name} ({cfg.short_hash})")
+    c = file_cfg
+    used = {"router.weight", "router.mult", "router.shift", "combiner.mult", "combiner.shift"}
+    router = _expect(tensors, "router.weight", (c.router_rows, c.d_model), torch.int16, path)
+    scalars = {k: int(_expect(tensors, k, (), torch.int32, path)) for k in
+               ("router.mult", "router.shift", "combiner.mult", "combiner.shift")}
+    bias = None
+    if c.selection_bias:
+        bias = _expect(tensors, "router.selection_bias", (c.n_experts,), torch.int32, path)
+        used.add("router.selection_bias")
+    experts, names = _bank(tensors, "experts", c.n_experts, c.d_ff, c.d_model, c.activation,
+                           c.rotation_block, path)
+    used |= names
+    shared = None
+    if c.shared_d_ff:
+        shared, names = _bank(tensors, "shared", 1, c.shared_d_ff, c.d_model, c.activation,
+                              c.rotation_block, path)
+        used |= names
+    extra = sorted(set(tensors) - used)
+    if extra:
+        raise WeightsError(f"{path}: unexpected tensor {extra[0]!r} for this config")
+    return QuantizedMoELayer(c, router_weight=router, router_mult=scalars["router.mult"],
+                             router_shift=scalars["router.shift"], selection_bias=bias,
+                             experts=experts, shared=shared, out_mult=scalars["combiner.mult"],
+                             out_shift=scalars["combiner.shift"], **scales)

@@ -1,0 +1,161 @@
+"""Golden-model invariants: dtypes, determinism, batch independence, saturation, ties, errors."""
+
+import pytest
+import torch
+
+from moeforge import ShapeError, WeightsError
+from moeforge.hls_models import QuantizedMoELayer, family_configs, make_hf_block, make_hf_input
+
+FAMILIES = family_configs()
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def layer(request):
+    cfg = FAMILIES[request.param]
+    block = make_hf_block(cfg, seed=3)
+    return QuantizedMoELayer.from_hf(block, cfg, calib=make_hf_input(cfg, 256, seed=4))
+
+
+def _tokens(layer, n, seed=0):
+    return layer.quantize_input(make_hf_input(layer.cfg, n, seed=seed))
+
+
+def test_integer_dtypes_and_shape(layer):
+    x = _tokens(layer, 17)
+    y = layer.forward_int(x)
+    assert y.dtype == torch.int8 and y.shape == x.shape
+    r = layer.route_int(x)
+    assert r.indices.dtype == torch.int64 and r.indices.shape == (17, layer.cfg.top_k)
+    assert r.gates.dtype == torch.int64 and (r.gates >= 0).all()
+    for t in layer.tensors().values():
+        assert not torch.is_floating_point(t)
+
+
+def test_deterministic(layer):
+    x = _tokens(layer, 33)
+    assert torch.equal(layer.forward_int(x), layer.forward_int(x.clone()))
+
+
+def test_batch_independence(layer):
+    """A token's output does not depend on the other tokens of its batch."""
+    x = _tokens(layer, 24, seed=5)
+    y = layer.forward_int(x)
+    for i in (0, 7, 23):
+        assert torch.equal(layer.forward_int(x[i:i + 1])[0], y[i])
+    perm = torch.randperm(24, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(layer.forward_int(x[perm]), y[perm])
+    assert torch.equal(layer.forward_int(torch.cat([x, _tokens(layer, 9, seed=6)]))[:24], y)
+
+
+def test_saturating_inputs_stay_in_range(layer):
+    D = layer.cfg.d_model
+    for v in (127, -128):
+        x = torch.full((3, D), v, dtype=torch.int8)
+        y = layer.forward_int(x)
+        assert y.dtype == torch.int8
+        assert torch.equal(y[0], y[1])
+
+
+def test_output_saturates_instead_of_wrapping(layer):
+    x = _tokens(layer, 16, seed=8)
+    y = layer.forward_int(x).to(torch.int64)
+    big = QuantizedMoELayer.__new__(QuantizedMoELayer)  # a copy with a huge output gain
+    big.__dict__.update(layer.__dict__)
+    big.out_shift = layer.out_shift - 12  # 4096x gain: nearly every output saturates
+    yb = big.forward_int(x).to(torch.int64)
+    assert yb.max().item() == 127 and yb.min().item() == -128
+    nz = y != 0
+    assert torch.equal(torch.sign(yb[nz]), torch.sign(y[nz]))  # saturated, never wrapped
+
+
+def test_tie_goes_to_lower_expert_index(layer):
+    cfg = layer.cfg
+    tied = QuantizedMoELayer.__new__(QuantizedMoELayer)
+    tied.__dict__.update(layer.__dict__)
+    w = torch.zeros_like(layer.router_weight)
+    tied.router_weight = w
+    if tied.selection_bias is not None:
+        tied.selection_bias = torch.zeros_like(tied.selection_bias)
+    r = tied.route_int(_tokens(layer, 5))
+    # every logit equal: the lowest k indices (of the lowest groups) win, best first
+    assert r.indices.tolist() == [list(range(cfg.top_k))] * 5
+    # two equal best rows: the lower index comes first
+    w2 = torch.zeros_like(layer.router_weight)
+    a, b = cfg.n_experts - 1, cfg.n_experts - 2  # same group (the last one)
+    w2[a] = w2[b] = 1000
+    tied.router_weight = w2
+    x = torch.full((2, cfg.d_model), 5, dtype=torch.int8)
+    assert tied.route_int(x).indices[:, :2].tolist() == [[b, a][:cfg.top_k]] * 2
+
+
+def test_gates_sum_to_one_when_renormalised(layer):
+    cfg = layer.cfg
+    r = layer.route_int(_tokens(layer, 64, seed=9))
+    if cfg.renormalize or cfg.routing == "topk_softmax":
+        expected = round(cfg.routed_scaling_factor * 32768)
+        assert ((r.gates.sum(dim=1) - expected).abs() <= cfg.top_k * 2).all()
+    else:
+        assert (r.gates.sum(dim=1) <= round(cfg.routed_scaling_factor * 32768) + cfg.top_k).all()
+
+
+def test_bad_inputs_are_shape_errors(layer):
+    D = layer.cfg.d_model
+    with pytest.raises(ShapeError, match="int8"):
+        layer.forward_int(torch.zeros(2, D))
+    with pytest.raises(ShapeError, match=r"\[tokens, d_model="):
+        layer.forward_int(torch.zeros(2, D + 1, dtype=torch.int8))
+    with pytest.raises(ShapeError, match="float"):
+        layer(torch.zeros(2, D, dtype=torch.int8))
+    with pytest.raises(ShapeError, match="d_model"):
+        layer(torch.zeros(2, D - 1))
+
+
+def test_float_call_accepts_leading_dims(layer):
+    x = make_hf_input(layer.cfg, 12, seed=2)
+    y = layer(x.reshape(3, 4, -1))
+    assert y.shape == (3, 4, layer.cfg.d_model) and y.dtype == torch.float32
+    assert torch.equal(y.reshape(12, -1), layer(x))
+
+
+def test_weight_image_round_trip(layer, tmp_path):
+    p = tmp_path / "layer.safetensors"
+    layer.save(p)
+    back = QuantizedMoELayer.load(p, layer.cfg)
+    x = _tokens(layer, 20)
+    assert torch.equal(back.forward_int(x), layer.forward_int(x))
+    assert back.x_scale == layer.x_scale and back.y_scale == layer.y_scale
+
+
+def test_unsupported_block_and_shape_mismatch():
+    cfg = FAMILIES["mixtral"]
+    calib = make_hf_input(cfg, 8, seed=0)
+    with pytest.raises(WeightsError, match="not a supported MoE block"):
+        QuantizedMoELayer.from_hf(torch.nn.Linear(cfg.d_model, cfg.d_model), cfg, calib=calib)
+    block = make_hf_block(cfg, seed=0)
+    with pytest.raises(ShapeError):
+        QuantizedMoELayer.from_hf(block, cfg.replace(d_ff=cfg.d_ff * 2), calib=calib)
+    with pytest.raises(ShapeError, match="calib"):
+        QuantizedMoELayer.from_hf(block, cfg, calib=torch.zeros(4, cfg.d_model + 1))
+
+
+def test_weight_image_refuses_other_config_and_damage(tmp_path):
+    cfg = FAMILIES["qwen2_moe"]
+    q = QuantizedMoELayer.from_hf(make_hf_block(cfg, seed=1), cfg, calib=make_hf_input(cfg, 64, seed=1))
+    p = tmp_path / "q.safetensors"
+    q.save(p)
+    good = p.read_bytes()
+    with pytest.raises(WeightsError, match="quantised for config"):
+        QuantizedMoELayer.load(p, cfg.replace(mac_rows=4))
+    with pytest.raises(WeightsError, match="no such weight file"):
+        QuantizedMoELayer.load(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(WeightsError, match="not a readable safetensors"):
+        QuantizedMoELayer.load(tmp_path / "junk.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes(good[: len(good) // 2])
+    with pytest.raises(WeightsError):
+        QuantizedMoELayer.load(tmp_path / "cut.safetensors")
+    from safetensors.torch import save_file
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(WeightsError, match="not a moeforge layer image"):
+        QuantizedMoELayer.load(tmp_path / "other.safetensors")
+    assert p.read_bytes() == good  # failed loads never touch the file
