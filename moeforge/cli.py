@@ -93,6 +93,23 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_verilog(args) -> int:
+    from moeforge.rtl.units import all_verilog, unit_verilog
+    cfg = _load_config(args.config)
+    text = unit_verilog(cfg, args.unit) if args.unit else all_verilog(cfg)
+    if args.output is None or str(args.output) == "-":
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise MoeforgeError(f"cannot write {out}: folder {out.parent} does not exist")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(out)  # a failed run never leaves a half-written file behind
+    print(f"wrote {out} ({args.unit or 'all units'}, config {cfg.name} {cfg.short_hash})", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="moeforge", description="MoE-layer accelerator toolkit")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -115,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-tokens", type=int, default=512)
     q.add_argument("-o", "--output", required=True, type=Path)
     q.set_defaults(func=cmd_quantize)
+
+    v = sub.add_parser("verilog", help="write the Verilog of one unit, or of every unit built so far")
+    v.add_argument("--config", required=True)
+    v.add_argument("--unit", help="unit name (default: all units)")
+    v.add_argument("-o", "--output", type=Path, help="output file (default: stdout)")
+    v.set_defaults(func=cmd_verilog)
 
     d = sub.add_parser("demo", help="the README's demo: accuracy report for a config")
     d.add_argument("--config", default="configs/tiny.toml")

@@ -135,3 +135,31 @@ def test_cli_subprocess_exit_codes(tmp_path):
     assert r.returncode == 0 and "54adebd4a72b" in r.stdout
     r = subprocess.run([sys.executable, "-m", "moeforge.cli", "frobnicate"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name,family,shape", [
+    ("MixtralConfig", "mixtral", (4096, 14336, 8, 2)),
+    ("Qwen2MoeConfig", "qwen2_moe", (2048, 1408, 60, 4)),
+    ("Qwen3MoeConfig", "qwen3_moe", (2048, 768, 128, 8)),
+    ("OlmoeConfig", "olmoe", (2048, 2048, 64, 8)),
+    ("DeepseekV3Config", "deepseek_v3", (7168, 2048, 256, 8)),
+    ("SwitchTransformersConfig", "switch", (768, 2048, 8, 1)),
+])
+def test_from_hf_full_size_configs(name, family, shape):
+    transformers = pytest.importorskip("transformers")
+    cfg = AccelConfig.from_hf(getattr(transformers, name)(), mac_rows=16, cache_slots=4)
+    assert cfg.family == family
+    assert (cfg.d_model, cfg.d_ff, cfg.n_experts, cfg.top_k) == shape
+    assert cfg.mac_rows == 16 and cfg.cache_slots == 4 and cfg.mac_cols == AccelConfig().mac_cols
+
+
+def test_from_hf_errors():
+    transformers = pytest.importorskip("transformers")
+    with pytest.raises(ConfigError, match="mac_colz: is not an AccelConfig field"):
+        AccelConfig.from_hf(transformers.MixtralConfig(), mac_colz=4)
+    with pytest.raises(ConfigError, match="model_type"):
+        AccelConfig.from_hf(transformers.LlamaConfig())
+    with pytest.raises(ConfigError, match="top_k"):  # the default DeepseekV2Config has no top-k
+        AccelConfig.from_hf(transformers.DeepseekV2Config())
+    with pytest.raises(ConfigError, match="activation"):
+        AccelConfig.from_hf(transformers.MixtralConfig(hidden_act="gelu"))
