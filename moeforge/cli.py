@@ -110,6 +110,30 @@ def cmd_verilog(args) -> int:
     return 0
 
 
+def cmd_sim(args) -> int:
+    from moeforge.sim.unit_sim import run_unit
+    cfg = _load_config(args.config)
+    if args.unit is None:
+        raise MoeforgeError("whole-layer simulation needs the accelerator top level, which is not "
+                            "built yet; simulate one unit with --unit NAME")
+    r = run_unit(cfg, args.unit, tokens=args.tokens, seed=args.seed, waves=args.waves, stall=args.stall)
+    if not args.waves:
+        import shutil
+        shutil.rmtree(r.pop("workdir"), ignore_errors=True)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        verdict = "bit-exact" if r["passed"] and r["mismatches"] == 0 else "MISMATCH"
+        extra = f", MAC utilisation {r['mac_util'] * 100:.1f}%" if "mac_util" in r else ""
+        print(f"{r['unit']} @ {r['config']}: {verdict} — {r['tokens']} tokens, {r['cycles']} cycles, "
+              f"{r['mismatches']} mismatches{extra}, {r['sim_cycles_per_s']:.0f} simulated cycles/s")
+        if "failure" in r:
+            print(r["failure"], file=sys.stderr)
+        if "waves" in r:
+            print(f"waves: {r['waves']}")
+    return 0 if r["passed"] and r["mismatches"] == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="moeforge", description="MoE-layer accelerator toolkit")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -138,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--unit", help="unit name (default: all units)")
     v.add_argument("-o", "--output", type=Path, help="output file (default: stdout)")
     v.set_defaults(func=cmd_verilog)
+
+    s = sub.add_parser("sim", help="cosimulate a unit in Verilator against the golden model")
+    s.add_argument("--config", required=True)
+    s.add_argument("--unit", help="unit name (the whole layer arrives with the accelerator top level)")
+    s.add_argument("--tokens", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--stall", type=float, default=0.3, help="probability of a stall cycle on each stream")
+    s.add_argument("--waves", action="store_true", help="write a waveform file and print its path")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.set_defaults(func=cmd_sim)
 
     d = sub.add_parser("demo", help="the README's demo: accuracy report for a config")
     d.add_argument("--config", default="configs/tiny.toml")

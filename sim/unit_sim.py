@@ -1,0 +1,124 @@
+"""Run one unit's cosimulation against the golden model: `moeforge sim --unit NAME`.
+
+A bench pairs a stimulus maker (golden model → inputs and expected outputs, as JSON)
+with a cocotb module in `moeforge.sim.benches`. The cocotb side writes a summary that
+comes back here with the wall time, so the command line can print cycles, mismatches,
+MAC utilisation and simulated cycles per second.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from moeforge.config import AccelConfig
+from moeforge.errors import ConfigError
+
+__all__ = ["BENCHES", "UnitBench", "run_unit", "random_layer"]
+
+
+@dataclass(frozen=True)
+class UnitBench:
+    unit: str                       # name in rtl.units.UNITS
+    module: str                     # cocotb module
+    stimulus: Callable[..., dict]   # (cfg, component, q, tokens, seed) -> JSON-able dict
+
+
+def random_layer(cfg: AccelConfig, seed: int):
+    """A quantised random-weight layer for `cfg` (a transformers block of its family when it has one)."""
+    from moeforge.hls_models import QuantizedMoELayer, make_hf_block, make_hf_input
+    if cfg.family == "custom":
+        raise ConfigError("family", "unit simulations draw weights from a transformers block of the "
+                          "config's family; 'custom' has none")
+    block = make_hf_block(cfg, seed=seed)
+    return QuantizedMoELayer.from_hf(block, cfg, calib=make_hf_input(cfg, 512, seed=seed + 7))
+
+
+def _stream_prefix(component, name: str) -> str:
+    from moeforge.rtl.export import verilog_ports
+    return verilog_ports(component)[f"{name}.valid"].name.removesuffix("__valid")
+
+
+def _requantiser_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
+    """The down projection's requantisation of one expert: one beat per output channel and
+    group of `lanes` tokens (a beat shares its channel's multiplier and shift)."""
+    from moeforge.hls_models.fixed_point import requantize
+    from moeforge.hls_models.golden import _gemm
+    from moeforge.hls_models.hf_random import make_hf_input
+    x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed)).to(torch.int64)
+    e = int(torch.randint(cfg.n_experts, (1,), generator=torch.Generator().manual_seed(seed)))
+    bank = q.experts
+    acc = _gemm(bank.hidden(e, x), bank.w_down[e])            # [T, D] int32 range
+    lanes = dut.lanes
+    pad = (-tokens) % lanes
+    acc = torch.cat([acc, torch.zeros(pad, cfg.d_model, dtype=torch.int64)])
+    beats, expected = [], []
+    for d in range(cfg.d_model):
+        m, s = int(bank.down_mult[e, d]), int(bank.down_shift[e, d])
+        for t0 in range(0, tokens + pad, lanes):
+            a = acc[t0:t0 + lanes, d]
+            beats.append([a.tolist(), [m] * lanes, s])
+            expected.append(requantize(a, m, s, dut.out_bits).tolist())
+    return dict(beats=beats, expected=expected, in_width=dut.in_width, out_bits=dut.out_bits,
+                lanes=lanes, i_stream=_stream_prefix(dut, "i_stream"),
+                o_stream=_stream_prefix(dut, "o_stream"), macs=0)
+
+
+BENCHES: dict[str, UnitBench] = {
+    "requantiser": UnitBench("requantiser", "moeforge.sim.benches.requantiser", _requantiser_stimulus),
+}
+
+
+def run_unit(cfg: AccelConfig, unit: str, *, tokens: int, seed: int, waves: bool = False,
+             stall: float = 0.3, perturb: bool = False, workdir: str | Path | None = None) -> dict:
+    """Build (cached) and run `unit`'s bench; returns the summary (see the command line)."""
+    from moeforge.rtl.export import to_verilog
+    from moeforge.rtl.units import elaborate
+    from moeforge.sim.build import build_cached, run_cocotb
+
+    if unit not in BENCHES:
+        raise ConfigError("unit", f"has no cosimulation bench yet; benches: {', '.join(BENCHES)}")
+    if not 1 <= tokens <= cfg.token_buffer_depth:
+        raise ConfigError("tokens", f"must be in [1, token_buffer_depth={cfg.token_buffer_depth}], not {tokens}")
+    bench = BENCHES[unit]
+    dut = elaborate(cfg, unit)
+    q = random_layer(cfg, seed)
+    stim = bench.stimulus(cfg, dut, q, tokens, seed)
+    if perturb:  # prove the check can fail: one expected value off by one
+        stim["expected"][len(stim["expected"]) // 2][0] += 1
+    stim.update(seed=seed, in_stall=stall, out_stall=stall)
+    handle = build_cached(to_verilog(dut, unit), unit, waves=waves)
+    own_dir = workdir is None
+    tmp = Path(tempfile.mkdtemp(prefix=f"moeforge-sim-{unit}-")) if own_dir else Path(workdir)
+    tmp.mkdir(parents=True, exist_ok=True)
+    bench_file = tmp / "bench.json"
+    bench_file.write_text(json.dumps(stim))
+    t0 = time.monotonic()
+    results = run_cocotb(handle, bench.module, test_dir=tmp, seed=seed, check=False,
+                         extra_env={"MOEFORGE_BENCH": str(bench_file),
+                                    "COCOTB_REWRITE_ASSERTION_FILES": "none"})
+    wall = time.monotonic() - t0
+    summary_file = bench_file.with_suffix(".summary.json")
+    if not summary_file.exists():
+        raise RuntimeError(f"the {unit} bench ended without a summary: {results.summary()}")
+    s = json.loads(summary_file.read_text())
+    macs = stim.get("macs", 0)
+    out = {"unit": unit, "config": cfg.name, "tokens": tokens, "seed": seed, "passed": results.ok,
+           "mismatches": s["mismatches"], "cycles": s["cycles"],
+           "sim_cycles_per_s": round(s["cycles"] / s["wall_s"], 1) if s.get("wall_s") else None,
+           "wall_s": round(wall, 2),
+           "build_cached": handle.cached, "build_seconds": round(handle.seconds, 2)}
+    if macs:
+        out["mac_util"] = round(s.get("mac_busy", 0) / max(1, s["cycles"]), 4)
+    if not results.ok:
+        out["failure"] = "; ".join(f.message for f in results.failures)[:2000]
+    if waves and results.waves_path:
+        out["waves"] = str(results.waves_path)
+    out["workdir"] = str(tmp)
+    return out

@@ -1,0 +1,37 @@
+"""`moeforge sim --unit` and sim.unit_sim: bit-exact summaries, failures that are reported, bad input."""
+
+import json
+
+import pytest
+
+from moeforge import AccelConfig
+from moeforge.cli import main
+from moeforge.sim.unit_sim import run_unit
+
+pytestmark = pytest.mark.verilator
+TINY = "configs/tiny.toml"
+
+
+def test_cli_sim_requantiser_json(capsys):
+    assert main(["sim", "--config", TINY, "--unit", "requantiser", "--tokens", "8", "--seed", "3",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["passed"] and r["mismatches"] == 0 and r["cycles"] > 0 and r["sim_cycles_per_s"] > 0
+
+
+def test_perturbed_reference_fails(tmp_path):
+    r = run_unit(AccelConfig.from_toml(TINY), "requantiser", tokens=8, seed=3, perturb=True, workdir=tmp_path)
+    assert not r["passed"] and r["mismatches"] == 1
+    assert "mismatch at token" in r["failure"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--unit", "requantiser", "--tokens", "0"], "tokens"),
+    (["--unit", "requantiser", "--tokens", "33"], "token_buffer_depth=32"),
+    (["--unit", "nonesuch"], "unit"),
+    ([], "--unit"),
+])
+def test_cli_sim_bad_input_exit_2(argv, message, capsys):
+    assert main(["sim", "--config", TINY, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
