@@ -28,8 +28,14 @@ def _requantiser(cfg: AccelConfig):
     return Requantiser(in_width=32, out_bits=16, lanes=cfg.mac_rows)
 
 
+def _combiner(cfg: AccelConfig):
+    from .combiner import Combiner
+    return Combiner.from_config(cfg, lanes=cfg.mac_rows)
+
+
 UNITS: dict[str, Unit] = {
     "requantiser": Unit("requantiser", _requantiser, "int32 → int8/int16 with multiplier, shift, rounding"),
+    "combiner": Unit("combiner", _combiner, "gate-weighted sum of expert outputs per token, then int8"),
 }
 
 
