@@ -33,9 +33,15 @@ def _combiner(cfg: AccelConfig):
     return Combiner.from_config(cfg, lanes=cfg.mac_rows)
 
 
+def _router(cfg: AccelConfig):
+    from .router import Router
+    return Router.from_config(cfg, lanes=cfg.mac_rows)
+
+
 UNITS: dict[str, Unit] = {
     "requantiser": Unit("requantiser", _requantiser, "int32 → int8/int16 with multiplier, shift, rounding"),
     "combiner": Unit("combiner", _combiner, "gate-weighted sum of expert outputs per token, then int8"),
+    "router": Unit("router", _router, "gating GEMV, top-k, softmax/sigmoid gates, shared-expert gate"),
 }
 
 

@@ -105,10 +105,28 @@ def _combiner_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
             "perturb": None, "batches": [batch], "expected": batch["expected"]}
 
 
+def _router_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
+    """Load the layer's router through the write port, route random tokens; expected route_int."""
+    from moeforge.hls_models.hf_random import make_hf_input
+    from moeforge.rtl.export import verilog_ports
+    from moeforge.rtl.router import router_image
+    x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed))
+    r = q.route_int(x)
+    expected = [r.indices[t].tolist() + r.gates[t].tolist() + [int(r.shared_gate[t])] for t in range(tokens)]
+    ports = verilog_ports(dut)
+    batch = dict(name="cli", image=router_image(q, lanes=dut.lanes), tokens=x.tolist(), expected=expected)
+    return {"lanes": dut.lanes, "slices": dut.slices, "n_experts": dut.n_experts, "top_k": dut.top_k,
+            "cycles_per_token": dut.cycles_per_token(), "i_tokens": _stream_prefix(dut, "i_tokens"),
+            "o_route": _stream_prefix(dut, "o_route"), "wr_addr": ports["wr.addr"].name,
+            "wr_data": ports["wr.data"].name, "wr_en": ports["wr.en"].name, "wr_stall": 0.2,
+            "batches": [batch], "expected": expected}
+
+
 BENCHES: dict[str, UnitBench] = {
     "requantiser": UnitBench("requantiser", "moeforge.sim.benches.requantiser", _requantiser_stimulus),
     "combiner": UnitBench("combiner", "moeforge.sim.benches.combiner", _combiner_stimulus,
                           testcase="combiner_batches"),
+    "router": UnitBench("router", "moeforge.sim.benches.router", _router_stimulus, testcase="router_batches"),
 }
 
 

@@ -12,16 +12,21 @@ pytestmark = pytest.mark.verilator
 TINY = "configs/tiny.toml"
 
 
-def test_cli_sim_requantiser_json(capsys):
-    assert main(["sim", "--config", TINY, "--unit", "requantiser", "--tokens", "8", "--seed", "3",
-                 "--json"]) == 0
+UNITS = ["requantiser", "combiner", "router"]
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_cli_sim_json(unit, capsys):
+    assert main(["sim", "--config", TINY, "--unit", unit, "--tokens", "8", "--seed", "3", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
+    assert r["unit"] == unit and r["tokens"] == 8
     assert r["passed"] and r["mismatches"] == 0 and r["cycles"] > 0 and r["sim_cycles_per_s"] > 0
 
 
-def test_perturbed_reference_fails(tmp_path):
-    r = run_unit(AccelConfig.from_toml(TINY), "requantiser", tokens=8, seed=3, perturb=True, workdir=tmp_path)
-    assert not r["passed"] and r["mismatches"] == 1
+@pytest.mark.parametrize("unit", UNITS)
+def test_perturbed_reference_fails(unit, tmp_path):
+    r = run_unit(AccelConfig.from_toml(TINY), unit, tokens=8, seed=3, perturb=True, workdir=tmp_path)
+    assert not r["passed"] and r["mismatches"] >= 1
     assert "mismatch at token" in r["failure"]
 
 

@@ -1,0 +1,137 @@
+"""cocotb bench of the Router, run by tests/sim/test_router.py and `moeforge sim --unit router`.
+
+``MOEFORGE_TEST_PARAMS`` names a JSON file written by the pytest side from the same `Router` it
+exported:
+
+``lanes``, ``slices``, ``n_experts``, ``top_k``, ``cycles_per_token``
+    the unit's parameters;
+``i_tokens``, ``o_route``, ``wr_addr``, ``wr_data``, ``wr_en``
+    stream prefixes and port names, from the component's signature;
+``in_stall``, ``out_stall``, ``wr_stall``
+    stall probabilities: ``i_tokens`` valid, ``o_route`` ready, idle cycles between writes;
+``batches``
+    each ``{name, image: [[addr, data]...], tokens: [[d_model ints]...],
+    expected: [[experts..., gates..., shared_gate] per token]}`` from
+    ``QuantizedMoELayer.route_int``; a batch loads its image through the write port, then
+    streams its tokens.
+"""
+
+import json
+import os
+import random
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import RisingEdge
+
+from moeforge.rtl.router import route_layout, token_layout
+from moeforge.sim.scoreboard import Scoreboard
+from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout
+
+P = json.loads(open(os.environ["MOEFORGE_TEST_PARAMS"]).read()) \
+    if "MOEFORGE_TEST_PARAMS" in os.environ else {}
+
+
+def token_slices(tokens):
+    """Packed i_tokens payloads: each token as `slices` beats, `last` on its final one."""
+    lay = token_layout(lanes=P["lanes"])
+    lanes, slices = P["lanes"], P["slices"]
+    return [pack_layout(lay, {"data": tok[s * lanes:(s + 1) * lanes], "last": int(s == slices - 1)})
+            for tok in tokens for s in range(slices)]
+
+
+def route_values(payload):
+    """[experts..., gates..., shared_gate] of one o_route beat."""
+    v = unpack_layout(route_layout(n_experts=P["n_experts"], top_k=P["top_k"]), payload)
+    return v["experts"] + v["gates"] + [v["shared_gate"]]
+
+
+async def start(dut):
+    Clock(dut.clk, 10, unit="ns").start()
+    dut.rst.value = 1
+    getattr(dut, f"{P['i_tokens']}__valid").value = 0
+    getattr(dut, f"{P['o_route']}__ready").value = 0
+    getattr(dut, P["wr_en"]).value = 0
+    getattr(dut, P["wr_addr"]).value = 0
+    getattr(dut, P["wr_data"]).value = 0
+    for _ in range(3):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+
+
+async def write_image(dut, image, rng, stall):
+    """One write per cycle through {addr, data, en}, with random idle cycles in between."""
+    addr, data, en = (getattr(dut, P[n]) for n in ("wr_addr", "wr_data", "wr_en"))
+    for a, d in image:
+        while rng.random() < stall:
+            en.value = 0
+            await RisingEdge(dut.clk)
+        addr.value, data.value, en.value = a, d, 1
+        await RisingEdge(dut.clk)
+    en.value = 0
+    await RisingEdge(dut.clk)
+
+
+class Bench:
+    """The i_tokens driver (and a passive monitor of it), the o_route sink and the scoreboard,
+    all started right after reset so that their cycle counts agree."""
+
+    def __init__(self, dut, *, seed, in_stall, out_stall):
+        self.dut = dut
+        self.sb = Scoreboard("router")
+        self.sink = StreamSink(dut, P["o_route"], dut.clk, stall_prob=out_stall, seed=seed + 1,
+                               callback=lambda b: self.sb.add_received(route_values(b.payload),
+                                                                       cycle=b.cycle))
+        self.driver = StreamDriver(dut, P["i_tokens"], dut.clk, stall_prob=in_stall,
+                                   seed=seed + 2)
+        self.in_mon = StreamMonitor(dut, P["i_tokens"], dut.clk).start()
+        self.sink.start()
+
+    async def run_batch(self, batch, rng, *, wr_stall):
+        """Load the batch's image, stream its tokens, wait for all its routes."""
+        await write_image(self.dut, batch["image"], rng, wr_stall)
+        self.sb.add_expected_many(batch["expected"])
+        await self.driver.send(token_slices(batch["tokens"]))
+        # Generous bound: every token may wait for stalls on both sides.
+        bound = 3 * len(batch["tokens"]) * (P["cycles_per_token"] + 2 * P["slices"]) + 200
+        await self.sink.wait_for(self.sb.expected_total, max_cycles=bound)
+        cocotb.log.info("batch %r: %d tokens routed", batch["name"], len(batch["tokens"]))
+
+    async def finish(self):
+        for _ in range(P["cycles_per_token"] + 20):  # nothing extra may come out afterwards
+            await RisingEdge(self.dut.clk)
+        self.sink.stop()
+        self.in_mon.stop()
+        self.sb.finish()
+        assert self.in_mon.payloads == [b.payload for b in self.driver.sent], \
+            "input monitor and driver disagree"
+
+
+@cocotb.test(timeout_time=500, timeout_unit="ms")
+async def router_batches(dut):
+    """Every batch: its router state through the write port, then its tokens with random
+    stalls and back-pressure; experts, gates and shared gate bit-exact."""
+    await start(dut)
+    rng = random.Random(cocotb.RANDOM_SEED)
+    bench = Bench(dut, seed=cocotb.RANDOM_SEED, in_stall=P["in_stall"], out_stall=P["out_stall"])
+    for batch in P["batches"]:
+        await bench.run_batch(batch, rng, wr_stall=P["wr_stall"])
+    await bench.finish()
+
+
+@cocotb.test(timeout_time=100, timeout_unit="ms")
+async def router_throughput(dut):
+    """The first batch without stalls: each token's route transfers `cycles_per_token` cycles
+    after (and including) its first slice, and the next token's first slice follows at once."""
+    await start(dut)
+    rng = random.Random(cocotb.RANDOM_SEED)
+    bench = Bench(dut, seed=cocotb.RANDOM_SEED, in_stall=0.0, out_stall=0.0)
+    batch = P["batches"][0]
+    await bench.run_batch(batch, rng, wr_stall=0.0)
+    await bench.finish()
+    firsts = [b.cycle for b in bench.in_mon.beats[::P["slices"]]]
+    outs = [b.cycle for b in bench.sink.beats]
+    spans = [o - f + 1 for f, o in zip(firsts, outs, strict=True)]
+    assert spans == [P["cycles_per_token"]] * len(spans), (spans, P["cycles_per_token"])
+    assert [f - o for o, f in zip(outs, firsts[1:])] == [1] * (len(firsts) - 1), (firsts, outs)
+    cocotb.log.info("%d tokens, %d cycles per token", len(outs), P["cycles_per_token"])
