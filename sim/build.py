@@ -148,6 +148,7 @@ class TestCaseResult:
     message: str = ""
     details: str = ""
     sim_time_ns: float | None = None
+    real_time_s: float | None = None   # wall time of the test itself (simulator start excluded)
 
 
 @dataclass(frozen=True)
@@ -435,8 +436,11 @@ def _parse_results(xml_path: Path) -> tuple[list[TestCaseResult], int | None]:
         with contextlib.suppress(KeyError, TypeError, ValueError):
             if props.get("sim_time_unit") == "ns":
                 sim_time = float(props["sim_time_duration"])
+        real_time = None
+        with contextlib.suppress(TypeError, ValueError):
+            real_time = float(tc.get("time"))
         cases.append(TestCaseResult(name=tc.get("name", "?"), status=status, message=message,
-                                    details=details, sim_time_ns=sim_time))
+                                    details=details, sim_time_ns=sim_time, real_time_s=real_time))
     return cases, seed
 
 
