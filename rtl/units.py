@@ -38,10 +38,24 @@ def _router(cfg: AccelConfig):
     return Router.from_config(cfg, lanes=cfg.mac_rows)
 
 
+def _hidden(cfg: AccelConfig):
+    from .hidden import HiddenUnit
+    # as the expert engine instantiates it: one lane per gate/up row pair (SwiGLU) or per row (ReLU)
+    lanes = cfg.mac_rows // 2 if cfg.activation == "swiglu" else cfg.mac_rows
+    return HiddenUnit.from_config(cfg, lanes=lanes)
+
+
+def _expert_ffn(cfg: AccelConfig):
+    from .expert_ffn import ExpertFFN
+    return ExpertFFN.from_config(cfg)
+
+
 UNITS: dict[str, Unit] = {
     "requantiser": Unit("requantiser", _requantiser, "int32 → int8/int16 with multiplier, shift, rounding"),
     "combiner": Unit("combiner", _combiner, "gate-weighted sum of expert outputs per token, then int8"),
     "router": Unit("router", _router, "gating GEMV, top-k, softmax/sigmoid gates, shared-expert gate"),
+    "hidden": Unit("hidden", _hidden, "gate/up requantisation, SiLU or ReLU, t·u, Hadamard rotation, int8 h"),
+    "expert_ffn": Unit("expert_ffn", _expert_ffn, "one expert over its tokens on the R×C int8 MAC array"),
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +27,7 @@ from moeforge.errors import MoeforgeError
 __all__ = [
     "ToolchainError", "verilator_root", "verilator_bin", "verilator_env", "verilator_version",
     "check_build_tools", "fst_supported", "verilator_lint", "LintResult", "AMARANTH_LINT_WAIVERS",
+    "HIERARCHY_WAIVERS", "lint_problems",
 ]
 
 # Appended to MAKEFLAGS: include the precompiled header as a plain header (see module docstring).
@@ -182,6 +184,11 @@ lint_off -rule WIDTHEXPAND
 // WIDTHTRUNC on `!x` for a multi-bit x: Yosys' $logic_not is written as Verilog `!`, which is
 // defined for vectors (true when all bits are 0).
 lint_off -rule WIDTHTRUNC -file "*" -match "Logical operator LOGNOT expects 1 bit on the LHS*"
+// CASEINCOMPLETE: Yosys writes each signal of an Amaranth process as `always @*` that first
+// assigns its default (the register's value, or the comb reset), then a `casez` over the FSM
+// state or `m.Switch` subject listing only the values that change it. An unlisted value keeps
+// the default: no latch, nothing undefined.
+lint_off -rule CASEINCOMPLETE
 """
 
 
@@ -236,3 +243,41 @@ def verilator_lint(verilog_text: str, top: str, *, waivers: str | None = AMARANT
                      if line.startswith(("%Warning", "%Error")))
     return LintResult(ok=proc.returncode == 0 and not warnings, returncode=proc.returncode,
                       warnings=warnings, output=output)
+
+
+# The shared Amaranth waivers, plus one for hierarchy: Amaranth writes a component and its
+# submodules (e.g. an engine and its MAC array) into one Verilog text named after the top module, so the
+# other modules' names cannot match the file name.
+HIERARCHY_WAIVERS = AMARANTH_LINT_WAIVERS + """\
+// DECLFILENAME: every module of the hierarchy is in the top module's file (Amaranth's output).
+lint_off -rule DECLFILENAME
+"""
+_UNUSED = re.compile(r"%Warning-UNUSEDSIGNAL: [^:]+:(\d+):\d+: Signal is not used: '(.+)'")
+_DECL = re.compile(r"\s*wire\b(\s*\[[^]]*\])?\s*\\?(\S+)\s*;")
+
+
+def lint_problems(verilog: str, top: str) -> list[str]:
+    """`verilator_lint -Wall` warnings that are design problems, not generator artefacts.
+
+    Besides the waived rules, an UNUSEDSIGNAL on a combinational *wire* is an artefact: Amaranth
+    emits a named wire for each named signal and port of every module of the hierarchy, and Yosys
+    connects the readers to the driving expression, so the name itself is read by nobody (ports
+    passed between the engine and its MAC array, memory port fields, signals read in two
+    places). Such a wire holds no state and synthesis drops it. An unused *register* (or memory)
+    is never excused: those are declared ``reg``, and a warning on one stays a problem.
+    """
+    result = verilator_lint(verilog, top, waivers=HIERARCHY_WAIVERS)
+    lines = verilog.splitlines()
+    problems = []
+    for w in result.warnings:
+        if w.startswith("%Error: Exiting due to"):
+            continue
+        m = _UNUSED.match(w)
+        if m:
+            decl = _DECL.match(lines[int(m[1]) - 1])
+            if decl and decl[2] == m[2]:
+                continue
+        problems.append(w)
+    if result.returncode != 0 and not result.warnings:
+        problems.append(result.output)
+    return problems

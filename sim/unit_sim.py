@@ -37,6 +37,8 @@ class UnitBench:
     module: str                     # cocotb module
     stimulus: Callable[..., dict]
     testcase: str | None = None     # run only this cocotb test of the module
+    harness: Callable | None = None     # cfg → (unit, the design to build around it); default the unit
+    summarise: Callable | None = None   # (bench summary, stimulus) → {mismatches, cycles, wall_s, mac_busy}
 
 
 def random_layer(cfg: AccelConfig, seed: int):
@@ -122,11 +124,64 @@ def _router_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
             "batches": [batch], "expected": expected}
 
 
+def _expert_ffn_harness(cfg):
+    """The routed experts' engine on a weight memory holding every expert's image."""
+    from amaranth.utils import ceil_log2
+
+    from moeforge.rtl.expert_ffn import ExpertFFN, ExpertImageLayout
+    from moeforge.rtl.gemm import WeightMemoryHarness
+    words = ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff,
+                              rows=cfg.mac_rows, cols=cfg.mac_cols).words
+    eng = ExpertFFN.from_config(cfg, w_addr_width=max(1, ceil_log2(cfg.n_experts * words)))
+    return eng, WeightMemoryHarness(eng, depth=cfg.n_experts * words)
+
+
+def _expert_ffn_stimulus(cfg, eng, q, tokens: int, seed: int, harness=None) -> dict:
+    """One batch as the scheduler runs it: the golden router's experts in ascending order, each
+    a job over the tokens that chose it, back to back; expected ``ExpertBank.forward``."""
+    from moeforge.hls_models.hf_random import make_hf_input
+    from moeforge.rtl.expert_ffn import expert_image
+    from moeforge.rtl.export import verilog_ports
+    x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed))
+    route = q.route_int(x)
+    words, R, D = eng.image.words, eng.rows, cfg.d_model
+    jobs = []
+    for e in torch.unique(route.indices).tolist():
+        tok = torch.nonzero((route.indices == e).any(dim=1)).flatten()
+        xe = x[tok]
+        o = q.expert_int(e, xe)
+        expected = [o[t, g * R:(g + 1) * R].tolist() + [t, int(g == D // R - 1)]
+                    for t in range(len(tok)) for g in range(D // R)]
+        jobs.append(dict(name=f"expert {e}", w_base=e * words, x=xe.tolist(), expected=expected,
+                         busy=eng.busy(len(tok)), cycles=eng.cycles(len(tok))))
+    image = [[e * words + i, w] for e in range(cfg.n_experts)
+             for i, w in enumerate(expert_image(q.experts, e, cfg))]
+    ports = verilog_ports(harness)
+    prefix = lambda s: ports[f"{s}.valid"].name.removesuffix("__valid")   # noqa: E731
+    return {"engine": dict(activation=eng.activation, d_model=eng.d_model, d_ff=eng.d_ff,
+                           rows=eng.rows, cols=eng.cols, t_max=eng.t_max, rotation=eng.rotation,
+                           w_addr_width=eng.w_addr_width),
+            "ports": {"i_job": prefix("i_job"), "i_x": prefix("i_x"), "o_y": prefix("o_y"),
+                      **{n: ports[n].name for n in ("w_wr.addr", "w_wr.data", "w_wr.en",
+                                                     "busy_cycles", "total_cycles")}},
+            "image": image, "jobs": jobs, "perturb": None,
+            "expected": jobs[len(jobs) // 2]["expected"], "macs": sum(j["busy"] for j in jobs)}
+
+
+def _expert_ffn_summary(s: dict, stim: dict) -> dict:
+    return {"cycles": int(s["sim_cycles"]), "wall_s": s["wall_s"],
+            "mac_busy": sum(b for b, _ in s["periods"]),
+            "mac_util_busy": round(sum(b for b, _ in s["periods"]) / max(1, sum(t for _, t in s["periods"])), 4)}
+
+
 BENCHES: dict[str, UnitBench] = {
     "requantiser": UnitBench("requantiser", "moeforge.sim.benches.requantiser", _requantiser_stimulus),
     "combiner": UnitBench("combiner", "moeforge.sim.benches.combiner", _combiner_stimulus,
                           testcase="combiner_batches"),
     "router": UnitBench("router", "moeforge.sim.benches.router", _router_stimulus, testcase="router_batches"),
+    "expert_ffn": UnitBench("expert_ffn", "moeforge.sim.benches.expert_ffn", _expert_ffn_stimulus,
+                            testcase="expert_ffn_jobs", harness=_expert_ffn_harness,
+                            summarise=_expert_ffn_summary),
 }
 
 
@@ -142,26 +197,37 @@ def run_unit(cfg: AccelConfig, unit: str, *, tokens: int, seed: int, waves: bool
     if not 1 <= tokens <= cfg.token_buffer_depth:
         raise ConfigError("tokens", f"must be in [1, token_buffer_depth={cfg.token_buffer_depth}], not {tokens}")
     bench = BENCHES[unit]
-    dut = elaborate(cfg, unit)
+    if bench.harness is None:
+        dut = top = elaborate(cfg, unit)
+    else:
+        try:
+            dut, top = bench.harness(cfg)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError("unit", f"{unit} cannot be built for config {cfg.name}: {exc}") from None
     q = random_layer(cfg, seed)
-    stim = bench.stimulus(cfg, dut, q, tokens, seed)
+    stim = (bench.stimulus(cfg, dut, q, tokens, seed) if bench.harness is None
+            else bench.stimulus(cfg, dut, q, tokens, seed, harness=top))
     if perturb:  # prove the check can fail: one expected value off by one
         stim["expected"][len(stim["expected"]) // 2][0] += 1  # (a shared list with batches' expected)
     stim.update(seed=seed, in_stall=stall, out_stall=stall)
-    handle = build_cached(to_verilog(dut, unit), unit, waves=waves)
+    handle = build_cached(to_verilog(top, unit), unit, waves=waves)
     own_dir = workdir is None
     tmp = Path(tempfile.mkdtemp(prefix=f"moeforge-sim-{unit}-")) if own_dir else Path(workdir)
     tmp.mkdir(parents=True, exist_ok=True)
     bench_file = tmp / "bench.json"
+    summary_file = bench_file.with_suffix(".summary.json")
+    if bench.summarise is not None:
+        stim["summary"] = str(summary_file)
     bench_file.write_text(json.dumps(stim))
     t0 = time.monotonic()
     results = run_cocotb(handle, bench.module, test_dir=tmp, seed=seed, check=False, testcase=bench.testcase,
                          extra_env={"MOEFORGE_BENCH": str(bench_file), "MOEFORGE_TEST_PARAMS": str(bench_file),
                                     "COCOTB_REWRITE_ASSERTION_FILES": "none"})
     wall = time.monotonic() - t0
-    summary_file = bench_file.with_suffix(".summary.json")
     if summary_file.exists():
         s = json.loads(summary_file.read_text())
+        if bench.summarise is not None:
+            s = {"mismatches": 0 if results.ok else 1, **bench.summarise(s, stim)}
     else:   # a bench that stops at the first mismatch: at least one when it failed
         sim_ns = sum(c.sim_time_ns or 0 for c in results.cases)
         real = sum(c.real_time_s or 0 for c in results.cases)
@@ -174,6 +240,8 @@ def run_unit(cfg: AccelConfig, unit: str, *, tokens: int, seed: int, waves: bool
            "build_cached": handle.cached, "build_seconds": round(handle.seconds, 2)}
     if macs:
         out["mac_util"] = round(s.get("mac_busy", 0) / max(1, s["cycles"]), 4)
+        if "mac_util_busy" in s:     # over the engine's busy periods (from the first job's acceptance)
+            out["mac_util_busy"] = s["mac_util_busy"]
     if not results.ok:
         out["failure"] = "; ".join(f.message for f in results.failures)[:2000]
     if waves and results.waves_path:

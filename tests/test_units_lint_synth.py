@@ -1,4 +1,8 @@
-"""Every registered unit at every example config: Verilator -Wall lint and Yosys generic synth."""
+"""Every registered unit at every example config: Verilator -Wall lint and Yosys generic synth.
+
+Lint waivers: `moeforge.sim.toolchain.AMARANTH_LINT_WAIVERS` and `HIERARCHY_WAIVERS`, each
+justified there; `lint_problems` excuses only unused combinational alias wires, never state.
+"""
 
 import glob
 
@@ -7,7 +11,7 @@ import pytest
 from moeforge import AccelConfig
 from moeforge.fpga_boards.yosys import synth_check
 from moeforge.rtl.units import UNITS, unit_verilog
-from moeforge.sim.toolchain import verilator_lint
+from moeforge.sim.toolchain import lint_problems
 
 CONFIGS = sorted(glob.glob("configs/*.toml"))
 
@@ -19,8 +23,8 @@ CONFIGS = sorted(glob.glob("configs/*.toml"))
 def test_lint_and_synth(config, unit):
     cfg = AccelConfig.from_toml(config)
     text = unit_verilog(cfg, unit)
-    lint = verilator_lint(text, unit)
-    assert lint.ok, f"{unit} @ {config}: " + "; ".join(lint.warnings[:5])
+    problems = lint_problems(text, unit)
+    assert problems == [], f"{unit} @ {config}: " + "; ".join(problems[:5])
     report = synth_check(text, unit)
     assert report.cells > 0
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.verilator
 TINY = "configs/tiny.toml"
 
 
-UNITS = ["requantiser", "combiner", "router"]
+UNITS = ["requantiser", "combiner", "router", "expert_ffn"]
 
 
 @pytest.mark.parametrize("unit", UNITS)
@@ -21,6 +21,8 @@ def test_cli_sim_json(unit, capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["unit"] == unit and r["tokens"] == 8
     assert r["passed"] and r["mismatches"] == 0 and r["cycles"] > 0 and r["sim_cycles_per_s"] > 0
+    if unit == "expert_ffn":      # the unit with MACs reports their utilisation
+        assert 0 < r["mac_util"] <= 1
 
 
 @pytest.mark.parametrize("unit", UNITS)

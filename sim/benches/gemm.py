@@ -1,0 +1,144 @@
+# amaranth: UnusedElaboratable=no
+# (the engine is built only for its layouts)
+
+"""cocotb tests of the GemmEngine (on a weight memory), run by tests/sim/test_gemm.py.
+
+``MOEFORGE_TEST_PARAMS`` names a JSON file written by the pytest side:
+
+``engine``
+    the `GemmEngine` keyword arguments (the module rebuilds the engine to get its layouts);
+``depth``
+    words of the harness's weight memory;
+``ports``
+    Verilog names: stream prefixes ``i_job``, ``i_x``, ``o_y``; ``w_wr.addr``, ``w_wr.data``,
+    ``w_wr.en``; ``busy_cycles``, ``total_cycles`` (all from the component's signature);
+``image``
+    ``[[addr, word], ...]`` written into the weight memory before the jobs;
+``jobs``
+    each ``{w_base, x: [[K ints] × T], expected: [[R ints, token, block, last] per beat],
+    busy, cycle_bound}``;
+``in_stall``, ``out_stall``
+    stall probabilities of ``i_x``/``i_job`` valid and ``o_y`` ready;
+``perturb``: ``null`` or ``[job, beat, lane]``
+    add one to that expected value, to prove the check can fail;
+``summary``: ``null`` or a path
+    where `gemm_throughput` writes each job's counters (for bench/mac_util.py).
+"""
+
+import json
+import os
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import ReadOnly, RisingEdge
+
+from moeforge.rtl.gemm import GemmEngine
+from moeforge.sim.scoreboard import Scoreboard
+from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout
+
+P = json.loads(open(os.environ["MOEFORGE_TEST_PARAMS"]).read()) \
+    if "MOEFORGE_TEST_PARAMS" in os.environ else {}
+
+
+def engine():
+    return GemmEngine(**P["engine"])
+
+
+def port(dut, name):
+    return getattr(dut, P["ports"][name])
+
+
+async def start(dut):
+    Clock(dut.clk, 10, unit="ns").start()
+    dut.rst.value = 1
+    for s in ("i_job", "i_x"):
+        getattr(dut, f"{P['ports'][s]}__valid").value = 0
+    getattr(dut, f"{P['ports']['o_y']}__ready").value = 0
+    port(dut, "w_wr.en").value = 0
+    for _ in range(3):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    # the weight image, one word per cycle
+    for addr, word in P["image"]:
+        port(dut, "w_wr.addr").value = addr
+        port(dut, "w_wr.data").value = word
+        port(dut, "w_wr.en").value = 1
+        await RisingEdge(dut.clk)
+    port(dut, "w_wr.en").value = 0
+    await RisingEdge(dut.clk)
+
+
+def x_beats(eng, x):
+    C, S = eng.cols, eng.slices
+    return [pack_layout(eng.x_layout, {"data": tok[s * C:(s + 1) * C], "last": int(s == S - 1)})
+            for tok in x for s in range(S)]
+
+
+async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None):
+    """All jobs back to back (next job queued while one runs); returns the per-job counters."""
+    eng = engine()
+    sb = Scoreboard("gemm")
+    counters = []
+    busy, total = port(dut, "busy_cycles"), port(dut, "total_cycles")
+
+    def received(beat):
+        v = unpack_layout(eng.y_layout, beat.payload)
+        sb.add_received(v["data"] + [v["token"], v["block"], v["last"]], cycle=beat.cycle)
+        if v["last"]:        # sampled in ReadOnly: the job's final cycle is not counted yet
+            counters.append((int(busy.value), int(total.value) + 1))
+
+    for j, job in enumerate(jobs):
+        expected = [list(e) for e in job["expected"]]
+        if perturb is not None and perturb[0] == j:
+            expected[perturb[1]][perturb[2]] += 1
+        sb.add_expected_many(expected)
+    sink = StreamSink(dut, P["ports"]["o_y"], dut.clk, stall_prob=out_stall, seed=seed + 1,
+                      callback=received)
+    job_drv = StreamDriver(dut, P["ports"]["i_job"], dut.clk, stall_prob=in_stall, seed=seed + 2)
+    x_drv = StreamDriver(dut, P["ports"]["i_x"], dut.clk, stall_prob=in_stall, seed=seed + 3)
+    x_mon = StreamMonitor(dut, P["ports"]["i_x"], dut.clk).start()
+    sink.start()
+    job_drv.start([pack_layout(eng.job_layout, {"n_tokens": len(job["x"]), "w_base": job["w_base"]})
+                   for job in jobs])
+    x_drv.start([b for job in jobs for b in x_beats(eng, job["x"])])
+    bound = int(sum(job["cycle_bound"] for job in jobs) / max(0.05, (1 - in_stall) * (1 - out_stall))) + 500
+    await sink.wait_for(sb.expected_total, max_cycles=bound)
+    for _ in range(20):                       # nothing extra may come out afterwards
+        await RisingEdge(dut.clk)
+    await ReadOnly()
+    assert not int(getattr(dut, f"{P['ports']['o_y']}__valid").value), "an extra output beat"
+    await RisingEdge(dut.clk)
+    sink.stop()
+    x_mon.stop()
+    sb.finish()
+    assert len(x_mon.beats) == sum(len(job["x"]) * eng.slices for job in jobs)
+    return counters
+
+
+@cocotb.test(timeout_time=200, timeout_unit="ms")
+async def gemm_jobs(dut):
+    """Every job with random stalls on i_job, i_x and o_y; Y bit-exact, MAC ops exact."""
+    await start(dut)
+    counters = await run_jobs(dut, P["jobs"], in_stall=P["in_stall"], out_stall=P["out_stall"],
+                              seed=cocotb.RANDOM_SEED, perturb=P.get("perturb"))
+    for job, (busy, total) in zip(P["jobs"], counters, strict=True):
+        assert busy == job["busy"], f"busy_cycles {busy} != {job['busy']} MAC ops of the job"
+        assert busy <= total, (busy, total)
+
+
+@cocotb.test(timeout_time=200, timeout_unit="ms")
+async def gemm_throughput(dut):
+    """Without stalls: each job within its cycle bound; utilisation logged."""
+    await start(dut)
+    jobs = P["jobs"]
+    counters = await run_jobs(dut, jobs, in_stall=0.0, out_stall=0.0, seed=cocotb.RANDOM_SEED)
+    rows = []
+    for job, (busy, total) in zip(jobs, counters, strict=True):
+        cocotb.log.info("T=%d: busy %d / total %d = %.1f%%", len(job["x"]), busy, total,
+                        100.0 * busy / total)
+        assert busy == job["busy"], (busy, job["busy"])
+        assert total <= job["cycle_bound"], f"T={len(job['x'])}: {total} > {job['cycle_bound']} cycles"
+        rows.append(dict(tokens=len(job["x"]), busy=busy, total=total))
+    if P.get("summary"):
+        with open(P["summary"], "w") as f:
+            json.dump(dict(jobs=rows), f)
