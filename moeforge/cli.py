@@ -90,7 +90,16 @@ def cmd_demo(args) -> int:
         print(f"    {name:42} {err * 100:11.2f}% {match * 100:12.2f}%")
     met = r.rel_l2 <= 0.03 and r.route_match >= 0.995
     print(f"    targets ≤ 3% and ≥ 99.5% on the device's input: {'met' if met else 'MISSED'}")
-    return 0
+    if args.no_sim:
+        return 0
+    print(f"\n[2] the whole accelerator in Verilator (cocotb, random stalls) vs the golden model, "
+          f"{args.sim_tokens} tokens (the first build takes a few minutes; later runs use the cache)",
+          flush=True)
+    import argparse as _argparse
+    sim_args = _argparse.Namespace(tokens=args.sim_tokens, seed=args.seed, mem_latency=None,
+                                   mem_bandwidth=None, stall=0.2, waves=False, trace=None, json=False)
+    code = _sim_layer(cfg, sim_args)
+    return code
 
 
 def cmd_verilog(args) -> int:
@@ -114,8 +123,10 @@ def cmd_sim(args) -> int:
     from moeforge.sim.unit_sim import run_unit
     cfg = _load_config(args.config)
     if args.unit is None:
-        raise MoeforgeError("whole-layer simulation needs the accelerator top level, which is not "
-                            "built yet; simulate one unit with --unit NAME")
+        return _sim_layer(cfg, args)
+    if args.trace is not None:
+        raise MoeforgeError("--trace records the expert cache's accesses of a whole-layer run; "
+                            "drop --unit or --trace")
     r = run_unit(cfg, args.unit, tokens=args.tokens, seed=args.seed, waves=args.waves, stall=args.stall)
     if not args.waves:
         import shutil
@@ -132,6 +143,51 @@ def cmd_sim(args) -> int:
         if "waves" in r:
             print(f"waves: {r['waves']}")
     return 0 if r["passed"] and r["mismatches"] == 0 else 1
+
+
+def _sim_layer(cfg, args) -> int:
+    """`moeforge sim` without --unit: the whole accelerator against the golden model."""
+    from fractions import Fraction
+
+    from moeforge.sim.layer_sim import run_layer
+    bandwidth = None
+    if args.mem_bandwidth is not None:
+        try:
+            bandwidth = Fraction(args.mem_bandwidth)
+        except (ValueError, ZeroDivisionError):
+            bandwidth = None
+        if bandwidth is None or bandwidth <= 0:
+            raise MoeforgeError(f"--mem-bandwidth must be a positive number of bytes per cycle "
+                                f"(e.g. 4 or 1/2), not {args.mem_bandwidth!r}")
+    if args.mem_latency is not None and not 1 <= args.mem_latency <= 1024:
+        raise MoeforgeError(f"--mem-latency must be in [1, 1024] cycles, not {args.mem_latency}")
+    if args.trace is not None and not Path(args.trace).resolve().parent.is_dir():
+        raise MoeforgeError(f"cannot write {args.trace}: its folder does not exist")
+    r = run_layer(cfg, tokens=args.tokens, seed=args.seed, latency=args.mem_latency,
+                  bytes_per_cycle=bandwidth, stall=args.stall, waves=args.waves, trace=args.trace)
+    if not args.waves:
+        import shutil
+        shutil.rmtree(r.pop("workdir"), ignore_errors=True)
+    ok = r["passed"] and r["mismatches"] == 0
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        verdict = "bit-exact" if ok else "MISMATCH"
+        print(f"layer @ {r['config']}: {verdict} — {r['tokens']} tokens in {r['batches']} batches, "
+              f"{r['mismatches']} mismatches")
+        if "cycles" in r:
+            print(f"  cycles {r['cycles']} (bound {r['cycles_bound']}, {r['cycles_over_bound']:.2f}×), "
+                  f"MAC utilisation {r['mac_util'] * 100:.1f}%")
+            print(f"  expert cache: {r['hits']} hits, {r['misses']} misses, {r['bytes_fetched']} bytes "
+                  f"fetched, {r['prefetch_hits']} prefetch hits, {r['stall_cycles']} stall cycles; "
+                  f"Python cache model {'agrees' if r['cache_model_match'] else 'DISAGREES'}")
+        if r.get("sim_cycles_per_s"):
+            print(f"  {r['sim_cycles_per_s']:.0f} simulated cycles/s")
+        if "failure" in r:
+            print(r["failure"], file=sys.stderr)
+        if "waves" in r:
+            print(f"waves: {r['waves']}")
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,27 +219,34 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-o", "--output", type=Path, help="output file (default: stdout)")
     v.set_defaults(func=cmd_verilog)
 
-    s = sub.add_parser("sim", help="cosimulate a unit in Verilator against the golden model")
+    s = sub.add_parser("sim", help="cosimulate the whole layer (or one unit) in Verilator against the golden model")
     s.add_argument("--config", required=True)
-    s.add_argument("--unit", help="unit name (the whole layer arrives with the accelerator top level)")
+    s.add_argument("--unit", help="unit name (default: the whole accelerator on its backing-memory model)")
     s.add_argument("--tokens", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--stall", type=float, default=0.3, help="probability of a stall cycle on each stream")
     s.add_argument("--waves", action="store_true", help="write a waveform file and print its path")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.add_argument("--trace", help="whole layer: write each batch's expert-cache accesses (RTL "
+                   "counters and the Python model's hit/miss/slot sequence) to this JSON file")
+    s.add_argument("--mem-latency", type=int, help="whole layer: backing-memory latency in cycles (default 16)")
+    s.add_argument("--mem-bandwidth", help="whole layer: backing-memory bytes per cycle, e.g. 4 or 1/2 "
+                   "(default one word, mac_cols bytes)")
     s.set_defaults(func=cmd_sim)
 
-    d = sub.add_parser("demo", help="the README's demo: accuracy report for a config")
+    d = sub.add_parser("demo", help="the README's demo: accuracy report, then the whole layer in simulation")
     d.add_argument("--config", default="configs/tiny.toml")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--tokens", type=int, default=2048)
+    d.add_argument("--sim-tokens", type=int, default=48, help="tokens through the simulated accelerator")
+    d.add_argument("--no-sim", action="store_true", help="skip the whole-layer cosimulation")
     d.set_defaults(func=cmd_demo)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("tokens", "calib_tokens"):
+    for name in ("tokens", "calib_tokens", "sim_tokens"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             print(f"moeforge: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2

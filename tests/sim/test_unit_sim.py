@@ -36,7 +36,6 @@ def test_perturbed_reference_fails(unit, tmp_path):
     (["--unit", "requantiser", "--tokens", "0"], "tokens"),
     (["--unit", "requantiser", "--tokens", "33"], "token_buffer_depth=32"),
     (["--unit", "nonesuch"], "unit"),
-    ([], "--unit"),
 ])
 def test_cli_sim_bad_input_exit_2(argv, message, capsys):
     assert main(["sim", "--config", TINY, *argv]) == 2

@@ -1,0 +1,208 @@
+"""The accelerator's command set: byte packets in, one response packet out per command.
+
+`MoEAccelerator` takes commands on its ``i_cmd`` byte stream, one command a packet (``last`` on
+its final byte), and answers each with exactly one packet on ``o_rsp``: a status byte, then the
+command's data. Integers are little-endian. This module is the host side of that contract:
+the opcodes, the encoders, the response decoders and the images a quantised layer becomes.
+The link of the host runtime carries these packets in its frames unchanged.
+
+==========  =========================================  ============================================
+opcode      request (after the opcode byte)            response (after the status byte)
+==========  =========================================  ============================================
+``INFO``    —                                          version u8, config hash (8 bytes), the
+                                                       last error u8, flags u8 (what is loaded)
+``WRITE_    addr u32, count u32, ``count`` router      —
+ROUTER``    words of `CommandLayout.router_bytes`
+``WRITE_    addr u32, count u32, ``count`` words of    — (expert ``e``'s image at word
+MEMORY``    ``C`` bytes into the backing memory        ``e · image_words``)
+``WRITE_    addr u32, count u32, ``count`` words of    —
+SHARED``    ``C`` bytes: the shared expert's image
+``SET_      ``M_y`` u16, ``S_y`` u8                    —
+SCALE``
+``WRITE_    first token u16, count u16, ``count``      —
+TOKENS``    tokens of ``d_model`` int8
+``RUN``     ``n_tokens`` u16                           cycles u32 (of the batch)
+``READ_     first token u16, count u16                 ``count`` tokens of ``d_model`` int8
+OUTPUT``
+``READ_     —                                          `COUNTERS`, u32 each
+COUNTERS``
+``INVALI    —                                          — (forget the cached experts: after
+DATE``                                                 rewriting expert images)
+==========  =========================================  ============================================
+
+A command that fails does nothing and answers its error status alone: the device checks the
+header (opcode, ranges, order) before it writes anything, and stays usable. A packet longer or
+shorter than its header says is `BAD_LENGTH`; the words of a write before the point where the
+packet ended early have been written.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from moeforge.config import AccelConfig
+
+__all__ = ["Op", "Status", "COUNTERS", "LOADED_FLAGS", "PROTOCOL_VERSION", "CommandLayout",
+           "CommandError", "encode", "check_response", "layer_commands"]
+
+PROTOCOL_VERSION = 1
+
+
+class Op:
+    INFO = 0x00
+    WRITE_ROUTER = 0x01
+    WRITE_MEMORY = 0x02
+    WRITE_SHARED = 0x03
+    SET_SCALE = 0x04
+    WRITE_TOKENS = 0x05
+    RUN = 0x06
+    READ_OUTPUT = 0x07
+    READ_COUNTERS = 0x08
+    INVALIDATE = 0x09
+
+
+class Status:
+    OK = 0
+    BAD_OPCODE = 1       # no such command
+    BAD_LENGTH = 2       # the packet is shorter or longer than its header says
+    OUT_OF_RANGE = 3     # addresses or tokens beyond the config's memories (weights of another shape)
+    BAD_BATCH = 4        # n_tokens of 0 or above the token buffer
+    NOT_LOADED = 5       # run before the router, the output scale, the experts (and shared) are loaded
+    NO_TOKENS = 6        # run over tokens that were not written since the last run
+
+    NAMES = {0: "ok", 1: "unknown command", 2: "packet length does not match its header",
+             3: "address or token range beyond the device's memories",
+             4: "batch size outside 1..token_buffer_depth",
+             5: "run before the weights were loaded", 6: "run over tokens that were not written"}
+
+
+# READ_COUNTERS: the last batch's figures (cleared when a RUN starts), u32 each, in this order.
+COUNTERS = ("cycles", "router_cycles", "mac_busy", "mac_total", "shared_mac_busy", "experts_run",
+            "tokens_routed", "hits", "misses", "words_fetched", "prefetch_hits", "stall_cycles")
+
+# INFO's flags byte: bit i set when part i is loaded (each set by a write that reaches the end of
+# its memory; RUN needs them all — `shared` only with shared experts).
+LOADED_FLAGS = ("router", "scale", "experts", "shared")
+
+
+class CommandError(Exception):
+    """The device answered a command with an error status."""
+
+    def __init__(self, op: int, status: int):
+        self.op, self.status = op, status
+        super().__init__(f"command 0x{op:02x}: {Status.NAMES.get(status, f'status {status}')}")
+
+
+@dataclass(frozen=True)
+class CommandLayout:
+    """The sizes a config's device uses on the command stream."""
+
+    d_model: int
+    cols: int               # bytes of a backing-memory / shared-image word
+    router_bytes: int       # bytes of a router word
+    router_words: int
+    image_words: int        # words of one routed expert's image
+    shared_image_words: int
+    n_experts: int
+    t_max: int
+
+    @classmethod
+    def from_config(cls, cfg: AccelConfig) -> "CommandLayout":
+        from .expert_ffn import ExpertImageLayout
+        from .router import RouterAddressMap
+        amap = RouterAddressMap.from_config(cfg, lanes=cfg.mac_cols)
+        img = lambda f: ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model,  # noqa: E731
+                                          d_ff=f, rows=cfg.mac_rows, cols=cfg.mac_cols).words
+        return cls(d_model=cfg.d_model, cols=cfg.mac_cols, router_bytes=-(-amap.data_bits // 8),
+                   router_words=amap.words, image_words=img(cfg.d_ff),
+                   shared_image_words=img(cfg.shared_d_ff) if cfg.shared_d_ff else 0,
+                   n_experts=cfg.n_experts, t_max=cfg.token_buffer_depth)
+
+    @property
+    def memory_words(self) -> int:
+        return self.n_experts * self.image_words
+
+
+def _words(words, nbytes: int) -> bytes:
+    return b"".join(int(w).to_bytes(nbytes, "little") for w in words)
+
+
+def encode(op: int, *args) -> bytes:
+    """One command packet. ``encode(Op.WRITE_MEMORY, addr, words, nbytes)``, ``encode(Op.RUN, n)``,
+    ``encode(Op.WRITE_TOKENS, first, x_int8_rows)``, ``encode(Op.READ_OUTPUT, first, count)``,
+    ``encode(Op.SET_SCALE, mult, shift)``, or a bare opcode."""
+    if op in (Op.WRITE_ROUTER, Op.WRITE_MEMORY, Op.WRITE_SHARED):
+        addr, words, nbytes = args
+        return struct.pack("<BII", op, addr, len(words)) + _words(words, nbytes)
+    if op == Op.SET_SCALE:
+        return struct.pack("<BHB", op, *args)
+    if op == Op.WRITE_TOKENS:
+        first, rows = args
+        rows = [[int(v) for v in r] for r in rows]
+        return struct.pack("<BHH", op, first, len(rows)) + b"".join(
+            bytes(v & 0xFF for v in r) for r in rows)
+    if op == Op.RUN:
+        return struct.pack("<BH", op, *args)
+    if op == Op.READ_OUTPUT:
+        return struct.pack("<BHH", op, *args)
+    if args:
+        raise ValueError(f"command 0x{op:02x} takes no arguments")
+    return bytes([op])
+
+
+def check_response(op: int, packet: bytes) -> bytes:
+    """The data of a response packet; `CommandError` for an error status."""
+    if not packet:
+        raise CommandError(op, Status.BAD_LENGTH)
+    if packet[0] != Status.OK:
+        raise CommandError(op, packet[0])
+    return packet[1:]
+
+
+def _runs(writes, nbytes: int, op: int, chunk: int) -> list[bytes]:
+    """(addr, word) writes → packets of consecutive addresses, at most `chunk` words each."""
+    packets, start, run = [], None, []
+    for addr, word in sorted(writes):
+        if run and (addr != start + len(run) or len(run) == chunk):
+            packets.append(encode(op, start, run, nbytes))
+            run = []
+        if not run:
+            start = addr
+        run.append(word)
+    if run:
+        packets.append(encode(op, start, run, nbytes))
+    return packets
+
+
+def layer_commands(q, cfg: AccelConfig, *, chunk: int = 1024) -> list[bytes]:
+    """The packets that load a `QuantizedMoELayer` into a device built for `cfg`: router,
+    every expert's image into the backing memory, the shared expert, the output scale.
+
+    Raises
+    ------
+    ValueError
+        If the layer does not fit the config (its shapes, activation or parameters).
+    """
+    from .expert_ffn import expert_image
+    from .router import router_image
+    fields = ("d_model", "d_ff", "n_experts", "top_k", "activation", "shared_d_ff", "shared_gate",
+              "routing", "router_bits", "rotation_block")
+    differ = [f for f in fields if getattr(q.cfg, f) != getattr(cfg, f)]
+    if differ:
+        raise ValueError(f"the layer is quantised for config {q.cfg.name}, which differs from "
+                         f"{cfg.name} in " + ", ".join(f"{f} ({getattr(q.cfg, f)!r} vs "
+                                                       f"{getattr(cfg, f)!r})" for f in differ))
+    lay = CommandLayout.from_config(cfg)
+    packets = _runs(router_image(q, lanes=cfg.mac_cols), lay.router_bytes, Op.WRITE_ROUTER, chunk)
+    mem = []
+    for e in range(cfg.n_experts):
+        mem += [(e * lay.image_words + i, w) for i, w in enumerate(expert_image(q.experts, e, cfg))]
+    packets += _runs(mem, lay.cols, Op.WRITE_MEMORY, chunk)
+    if cfg.shared_d_ff:
+        if q.shared is None:
+            raise ValueError(f"config {cfg.name} has a shared expert; the layer has none")
+        packets += _runs(list(enumerate(expert_image(q.shared, 0, cfg))), lay.cols,
+                         Op.WRITE_SHARED, chunk)
+    packets.append(encode(Op.SET_SCALE, int(q.out_mult), int(q.out_shift)))
+    return packets

@@ -1,0 +1,136 @@
+"""The whole layer (`AcceleratorWithMemory`) in Verilator: bit-exact batches, cache counters
+against `ExpertCacheModel`, bad commands flagged and survived, `moeforge sim` without --unit."""
+
+import json
+
+import pytest
+
+from moeforge import AccelConfig
+from moeforge.cli import main
+from moeforge.rtl.commands import (COUNTERS, LOADED_FLAGS, PROTOCOL_VERSION, CommandLayout, Op,
+                                   Status, encode, layer_commands)
+from moeforge.sim.layer_sim import layer_program, run_layer, run_steps
+
+pytestmark = pytest.mark.verilator
+TINY = "configs/tiny.toml"
+
+
+def test_tiny_layer_bit_exact_over_batches(tmp_path):
+    """40 tokens: a full batch of 32 then one of 8, random stalls on both command streams."""
+    cfg = AccelConfig.from_toml(TINY)
+    trace = tmp_path / "trace.json"
+    r = run_layer(cfg, tokens=40, seed=5, stall=0.3, workdir=tmp_path, trace=trace)
+    assert r["passed"] and r["mismatches"] == 0, r.get("failure")
+    assert r["batches"] == 2 and len(r["per_batch"]) == 2
+    assert r["cache_model_match"], r["per_batch"]
+    for b in r["per_batch"]:
+        assert b["experts_run"] == b["experts"] == b["hits"] + b["misses"]
+        assert b["tokens_routed"] == b["tokens"]
+        assert b["mac_busy"] <= b["mac_total"] <= b["cycles"]
+    assert r["bytes_fetched"] == r["misses"] * CommandLayout.from_config(cfg).image_words * cfg.mac_cols
+    rows = json.loads(trace.read_text())
+    assert [len(b["model"]) for b in rows] == [b["experts"] for b in r["per_batch"]]
+
+
+def test_perturbed_expectation_fails(tmp_path):
+    cfg = AccelConfig.from_toml(TINY)
+    r = run_layer(cfg, tokens=4, seed=2, stall=0.0, perturb=True, workdir=tmp_path)
+    assert not r["passed"] and r["mismatches"] == 1
+    assert "mismatch at token 0, element 0" in r["failure"]
+
+
+def _info(cfg, error=0, flags=0):
+    return bytes([Status.OK, PROTOCOL_VERSION]) + bytes.fromhex(cfg.content_hash()[:16]) + \
+        bytes([error, flags])
+
+
+def test_bad_commands_are_flagged_and_the_device_stays_usable(tmp_path):
+    """Run before load, unknown opcode, short and long packets, writes beyond the memories
+    (weights of another shape), a batch above the buffer, tokens never written: each answered
+    with its status, nothing executed; then the same device runs a batch bit-exact."""
+    from moeforge.rtl.accelerator_sim import AcceleratorWithMemory
+    from moeforge.sim.unit_sim import random_layer
+    from moeforge.hls_models.hf_random import make_hf_input
+
+    cfg = AccelConfig.from_toml(TINY)
+    lay = CommandLayout.from_config(cfg)
+    q = random_layer(cfg, 3)
+    x = q.quantize_input(make_hf_input(cfg, 6, seed=3))
+    load_and_run, batches = layer_program(cfg, q, x)
+
+    def step(name, packet, status, **kw):
+        return dict(name=name, packet=packet.hex(), status=status, max_cycles=20_000, **kw)
+
+    t_max = cfg.token_buffer_depth
+    before = [
+        step("info on a fresh device", encode(Op.INFO), Status.OK, expect=_info(cfg).hex()),
+        step("run before load", encode(Op.RUN, 1), Status.NOT_LOADED),
+        step("info reports it", encode(Op.INFO), Status.OK,
+             expect=_info(cfg, error=Status.NOT_LOADED).hex()),
+        step("unknown opcode", bytes([0x3c, 1, 2, 3]), Status.BAD_OPCODE),
+        step("opcode above 15", bytes([0xf1]), Status.BAD_OPCODE),
+        step("short header", bytes([Op.RUN, 1]), Status.BAD_LENGTH),
+        step("run with trailing bytes", encode(Op.RUN, 1) + b"\x00", Status.BAD_LENGTH),
+        step("info with trailing bytes", encode(Op.INFO) + b"\x00\x00", Status.BAD_LENGTH),
+        step("expert images beyond the backing memory (a larger d_ff)",
+             encode(Op.WRITE_MEMORY, lay.memory_words - 1, [0, 0], lay.cols), Status.OUT_OF_RANGE),
+        step("router words beyond the router", encode(Op.WRITE_ROUTER, lay.router_words, [1], lay.router_bytes),
+             Status.OUT_OF_RANGE),
+        step("shared image on a config without one", encode(Op.WRITE_SHARED, 0, [1], lay.cols),
+             Status.OUT_OF_RANGE),
+        step("write packet shorter than its count", encode(Op.WRITE_ROUTER, 0, [1, 2], lay.router_bytes)[:-3],
+             Status.BAD_LENGTH),
+        step("tokens beyond the buffer", encode(Op.WRITE_TOKENS, t_max - 1, [[0] * cfg.d_model] * 2),
+             Status.OUT_OF_RANGE),
+        step("output scale shift 0", encode(Op.SET_SCALE, 40000, 0), Status.OUT_OF_RANGE),
+    ]
+    after_load = [
+        step("batch above the buffer", encode(Op.RUN, t_max + 1), Status.BAD_BATCH),
+        step("empty batch", encode(Op.RUN, 0), Status.BAD_BATCH),
+        step("run over tokens never written", encode(Op.RUN, 1), Status.NO_TOKENS),
+        step("read outputs beyond the buffer", encode(Op.READ_OUTPUT, t_max, 1), Status.OUT_OF_RANGE),
+        step("everything loaded", encode(Op.INFO), Status.OK,
+             expect=_info(cfg, error=Status.OUT_OF_RANGE, flags=0b0111).hex()),
+    ]
+    n_load = batches[0]["run_step"] - 1          # the load steps come before the first batch's
+    steps = before + load_and_run[:n_load] + after_load + load_and_run[n_load:]
+    top = AcceleratorWithMemory(cfg)
+    results, summary, *_ = run_steps(top, steps, seed=3, stall=0.2, workdir=tmp_path)
+    assert results.ok, (summary.get("failure"), [f.message for f in results.failures])
+    assert summary["mismatches"] == 0
+    for st, rsp in zip(steps, summary["responses"], strict=True):
+        if "expect" in st:
+            assert rsp == st["expect"], (st["name"], rsp)
+    counters = bytes.fromhex(summary["responses"][-1])[1:]
+    assert len(counters) == 4 * len(COUNTERS)
+    assert LOADED_FLAGS[:3] == ("router", "scale", "experts")
+
+
+def test_layer_commands_refuse_a_layer_of_another_shape():
+    from moeforge.sim.unit_sim import random_layer
+    tiny = AccelConfig.from_toml(TINY)
+    q = random_layer(tiny.replace(name="wider", d_ff=128), 1)
+    with pytest.raises(ValueError, match=r"d_ff \(128 vs 64\)"):
+        layer_commands(q, tiny)
+
+
+def test_cli_sim_whole_layer_json(capsys):
+    assert main(["sim", "--config", TINY, "--tokens", "8", "--seed", "4", "--stall", "0.1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["passed"] and r["mismatches"] == 0 and r["cache_model_match"]
+    for key in ("cycles", "cycles_bound", "hits", "misses", "bytes_fetched", "stall_cycles", "mac_util"):
+        assert key in r
+    assert r["cycles"] >= r["cycles_bound"] > 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--mem-bandwidth", "0"], "--mem-bandwidth"),
+    (["--mem-bandwidth", "fast"], "--mem-bandwidth"),
+    (["--mem-latency", "0"], "--mem-latency"),
+    (["--trace", "/nonexistent/dir/t.json"], "folder does not exist"),
+    (["--unit", "router", "--trace", "t.json"], "--trace"),
+])
+def test_cli_sim_layer_bad_input_exit_2(argv, message, capsys):
+    assert main(["sim", "--config", TINY, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
