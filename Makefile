@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: demo test test-fast bench clean-venv
+.PHONY: demo test test-slow bench clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/moeforge demo --config configs/tiny.toml
 
+# `slow` marks wide random sweeps (kept out of the 25-minute suite); `make test-slow` runs them.
 test: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) tests
+	$(PY) -m pytest -n $(JOBS) -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) -m slow tests
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

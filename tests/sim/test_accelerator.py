@@ -134,3 +134,35 @@ def test_cli_sim_layer_bad_input_exit_2(argv, message, capsys):
     assert main(["sim", "--config", TINY, *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def _random_config(seed: int) -> AccelConfig:
+    """A small random accelerator of a random family: array, cache slots and policy vary."""
+    import random
+
+    from moeforge.hls_models.hf_random import family_configs
+    rng = random.Random(seed)
+    family = rng.choice(sorted(family_configs()))
+    base = family_configs()[family]
+    rows = rng.choice([2, 4]) if base.activation == "swiglu" else rng.choice([2, 4])
+    slots = rng.randint(1, 3)
+    policy = rng.choice(["lru", "lfu", "pinned"])
+    pinned = (rng.randrange(base.n_experts),) if policy == "pinned" and slots > 1 else ()
+    policy = policy if pinned or policy != "pinned" else "lru"
+    return base.replace(name=f"random-{seed}", d_model=32, mac_rows=rows, mac_cols=rng.choice([4, 8]),
+                        cache_slots=slots, cache_policy=policy, pinned_experts=pinned,
+                        token_buffer_depth=rng.choice([8, 16]))
+
+
+@pytest.mark.parametrize("seed", [6, 14])   # switch ReLU 2×4 LFU; DeepSeek-V2 shared 2×8 pinned
+def test_random_config_layer_bit_exact(seed, tmp_path):
+    """Random family, array, cache and backing memory; two batches, random stalls."""
+    import random
+    from fractions import Fraction
+    cfg = _random_config(seed)
+    rng = random.Random(seed)
+    latency, bpc = rng.randint(1, 40), Fraction(rng.randint(1, 8), rng.randint(1, 3))
+    r = run_layer(cfg, tokens=cfg.token_buffer_depth + 3, seed=seed, latency=latency,
+                  bytes_per_cycle=bpc, stall=0.3, workdir=tmp_path)
+    assert r["passed"] and r["mismatches"] == 0, (cfg, r.get("failure"))
+    assert r["cache_model_match"], (cfg, r["per_batch"])
