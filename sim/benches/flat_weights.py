@@ -18,12 +18,12 @@ until a ``release`` pulse frees the oldest held one. Sticky ``errors`` bits:
 
 ``grants`` and ``releases`` count both (32 bits, from reset). At the end of a batch a correct
 core has ``grants == releases`` (every grant released exactly once) and ``errors == 0``.
-``max_pending`` is the most requests ever waiting for their grant (since reset): above 1, the
-core's requests ran ahead of the grants.
+``pending`` is the number of requests waiting for their grant: above 1, the core's requests
+run ahead of the grants.
 
 `LayerCoreHarness` is a `LayerCore` with a `FlatWeights` on its cache side: it forwards every
 other port of the core and adds the fixture's ``w_wr``, ``grant_hold``, ``req_hold``, ``grants``,
-``releases``, ``errors`` and ``max_pending``.
+``releases``, ``errors`` and ``pending``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from moeforge.rtl.mac_array import check_int, index_shape
 __all__ = ["FlatWeights", "LayerCoreHarness", "CACHE_SIDE"]
 
 CACHE_SIDE = ("o_req", "i_grant", "release", "w_rd")   # the core's ports the fixture serves
-FIXTURE_PORTS = ("w_wr", "grant_hold", "req_hold", "grants", "releases", "errors", "max_pending")
+FIXTURE_PORTS = ("w_wr", "grant_hold", "req_hold", "grants", "releases", "errors", "pending")
 
 
 class FlatWeights(wiring.Component):
@@ -78,7 +78,7 @@ class FlatWeights(wiring.Component):
             "grants": Out(32),
             "releases": Out(32),
             "errors": Out(3),
-            "max_pending": Out(16),
+            "pending": Out(16),
         })
 
     def elaborate(self, platform):
@@ -95,15 +95,16 @@ class FlatWeights(wiring.Component):
         shown = Signal()
         og = self.o_grant
         m.d.comb += [
-            fifo.w_data.eq(self.i_req.payload.expert), fifo.w_en.eq(self.i_req.valid & self.i_req.ready),
+            fifo.w_data.eq(self.i_req.payload.expert),
+            fifo.w_en.eq(self.i_req.valid & self.i_req.ready),
             self.i_req.ready.eq(fifo.w_rdy & ~self.req_hold),
             og.valid.eq(fifo.r_rdy & (shown | ~self.grant_hold)),
-            og.payload.expert.eq(fifo.r_data), og.payload.slot.eq(fifo.r_data), og.payload.hit.eq(1),
+            og.payload.expert.eq(fifo.r_data), og.payload.slot.eq(fifo.r_data),
+            og.payload.hit.eq(1),
             fifo.r_en.eq(og.valid & og.ready),
         ]
         m.d.sync += shown.eq(og.valid & ~og.ready)
-        with m.If(fifo.level > self.max_pending):
-            m.d.sync += self.max_pending.eq(fifo.level)
+        m.d.comb += self.pending.eq(fifo.level)
 
         # held slots, oldest first
         held_slot = [Signal(len(og.payload.slot), name=f"held{i}") for i in range(H)]
@@ -127,7 +128,8 @@ class FlatWeights(wiring.Component):
         inside = 0
         for i in range(H):
             base = held_slot[i] * W
-            inside = inside | ((i < n_held) & (self.w_rd.addr >= base) & (self.w_rd.addr < base + W))
+            addr = self.w_rd.addr
+            inside = inside | ((i < n_held) & (addr >= base) & (addr < base + W))
         with m.If(rel & (n_held == 0)):
             m.d.sync += self.errors[0].eq(1)
         with m.If(self.w_rd.en & ~inside):

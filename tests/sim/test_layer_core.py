@@ -8,10 +8,15 @@ Each config of ``configs/*.toml`` (every family; Switch is the ReLU one) is buil
 image in place, ``slot = expert``, grants after random delays, release bookkeeping checked).
 The weights come from `random_layer` (a quantised transformers block of the family); the
 cocotb side (sim/benches/layer_core.py) loads router, expert and shared images once and runs
-the batches back to back on them: calibrated tokens, and one batch of tied logits (all-zero
-tokens), all-127 and all-(-128) tokens. Few tokens per batch keep the images' load (one word
-per cycle per expert) the main cost; the tiny config also runs a batch of one token and a
-batch of ``token_buffer_depth`` tokens.
+the batches back to back on them:
+
+* 3 calibrated tokens: the fixture holds the first grant until every request of the batch is
+  pending (the core must request ahead of its grants), then delays each grant at random;
+* tied logits (an all-zero token: every logit 0, ties to the lower index), an all-127 and an
+  all-(-128) token, with request acceptance stalled in random bursts;
+* tiny.toml also: one token, and ``token_buffer_depth`` tokens.
+
+Few tokens per batch keep the images' load (one word per cycle per expert) the main cost.
 """
 
 import json
@@ -29,7 +34,7 @@ from moeforge.rtl.router import router_image
 from moeforge.sim.benches.flat_weights import LayerCoreHarness
 from moeforge.sim.build import run_cocotb
 from moeforge.sim.unit_sim import random_layer
-from test_gemm import lint_problems
+from moeforge.sim.toolchain import lint_problems
 
 pytestmark = pytest.mark.verilator
 
@@ -54,10 +59,11 @@ def layer(cfg):
 def extremes(cfg):
     """Tied logits (all-zero tokens: every logit 0, ties to the lower index), all-max, all-min."""
     D = cfg.d_model
-    return torch.stack([torch.zeros(D), torch.full((D,), 127), torch.full((D,), -128)]).to(torch.int8)
+    rows = [torch.zeros(D), torch.full((D,), 127), torch.full((D,), -128)]
+    return torch.stack(rows).to(torch.int8)
 
 
-def batch(core, q, name, x, *, grant_delay=0, req_stall=0):
+def batch(core, q, name, x, *, grant_delay=0, req_stall=0, requests_first=False):
     """One batch: tokens, expected y, and what the counters must show."""
     cfg = core.cfg
     route = q.route_int(x)
@@ -70,13 +76,15 @@ def batch(core, q, name, x, *, grant_delay=0, req_stall=0):
              + 2 * (core.shared_image_words + shared_ops) + 20_000)
     return dict(name=name, x=x.tolist(), expected=q.forward_int(x).tolist(), counts=counts,
                 experts_run=jobs, mac_busy=core.mac_ops(counts), shared_mac_busy=shared_ops,
-                grant_delay=grant_delay, req_stall=req_stall, max_cycles=3 * bound)
+                grant_delay=grant_delay, req_stall=req_stall, max_cycles=3 * bound,
+                requests_first=jobs if requests_first else 0)
 
 
 def batches_for(name, core, q):
     cfg = core.cfg
     calib = q.quantize_input(make_hf_input(cfg, cfg.token_buffer_depth + 8, seed=5))
-    out = [batch(core, q, f"{name} T=3 calibrated, grant delays", calib[:3], grant_delay=400),
+    out = [batch(core, q, f"{name} T=3 calibrated, grant delays", calib[:3], grant_delay=400,
+                 requests_first=True),
            batch(core, q, f"{name} tied/max/min, request stalls", extremes(cfg), req_stall=30)]
     if name == "tiny":
         T = cfg.token_buffer_depth
@@ -108,8 +116,18 @@ def params_env(tmp_path, harness, name, *, perturb=None, summary=None, batches=N
     return {"MOEFORGE_TEST_PARAMS": str(path)}
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+# In `make test`: tiny (Mixtral routing), switch (ReLU, top-1), qwen2_moe (sigmoid shared gate) and
+# deepseek_v3 (sigmoid routing, groups, bias, shared expert). The others repeat those paths at
+# larger sizes (mixtral's 12.7k-word images take 30 s to elaborate) and run with `make test-slow`;
+# the whole layer runs on every config in bench/layer_cycles.py.
+SLOW = {"mixtral", "olmoe", "qwen3_moe", "deepseek_v2"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in CONFIGS])
 def test_layer_core_matches_golden(sim_build, tmp_path, name):
+    """Every batch's y == forward_int, exact counters (experts run, MAC ops, tokens routed),
+    every grant released once and no read outside a held slot; cycle figures printed."""
     cfg = config(name)
     harness = LayerCoreHarness(cfg)
     handle = sim_build(harness, "layer_core")
@@ -120,10 +138,7 @@ def test_layer_core_matches_golden(sim_build, tmp_path, name):
     todo = json.loads((tmp_path / "params.json").read_text())["batches"]
     # an expert chosen by no token was neither requested nor run
     assert any(b["experts_run"] < cfg.n_experts for b in todo)
-    done = json.loads(summary.read_text())
-    # the first batch's grants were delayed: requests waited for them (ran ahead)
-    assert done[0]["max_pending"] >= min(3, todo[0]["experts_run"]), done[0]
-    for b, s in zip(todo, done, strict=True):
+    for b, s in zip(todo, json.loads(summary.read_text()), strict=True):
         print(f"{b['name']}: {s['cycles']} cycles (router {s['router_cycles']}), "
               f"MAC busy {s['mac_busy']} of {s['mac_total']}, {s['experts_run']} experts")
 
@@ -135,7 +150,8 @@ def test_layer_core_wrong_expectation_fails(sim_build, tmp_path):
     handle = sim_build(harness, "layer_core")
     q = layer(cfg)
     calib = q.quantize_input(make_hf_input(cfg, 5, seed=7))
-    todo = [batch(harness.core, q, "first", calib[:2]), batch(harness.core, q, "second", calib[2:5])]
+    todo = [batch(harness.core, q, "first", calib[:2]),
+            batch(harness.core, q, "second", calib[2:5])]
     token, element = 1, 5
     results = run_cocotb(handle, COCOTB_MODULE, test_dir=tmp_path, check=False,
                          extra_env=params_env(tmp_path, harness, "tiny", batches=todo,
