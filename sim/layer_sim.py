@@ -56,6 +56,20 @@ def batch_bound(top, counts, misses: int, n_tokens: int) -> BatchBound:
                       combiner=n_tokens * (cfg.d_model // cfg.mac_rows) + core.combiner.flush_latency)
 
 
+def _silence_unused(top) -> None:
+    """Mark `top` and every elaboratable it holds as used: with the Verilog from the disk cache
+    the design is never elaborated, and Amaranth would warn about each unit when it is collected."""
+    from amaranth.hdl import Elaboratable
+    todo, seen = [top], set()
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        obj._MustUse__silence = True
+        todo += [v for v in vars(obj).values() if isinstance(v, Elaboratable)]
+
+
 def _source_hash() -> str:
     """Hash of the Python sources the RTL is generated from (for the Verilog cache)."""
     root = Path(__file__).resolve().parent.parent
@@ -223,7 +237,9 @@ def run_steps(top, steps, *, seed: int, stall: float = 0.3, waves: bool = False,
     bench = dict(i_cmd=prefix("i_cmd"), o_rsp=prefix("o_rsp"),
                  steps=steps, in_stall=stall, out_stall=stall, d_model=cfg.d_model)
     key = f"{cfg.content_hash()}|{top.memory.latency}|{top.memory.bytes_per_cycle}"
-    handle = build_cached(layer_verilog(top, key), "layer", waves=waves)
+    verilog = layer_verilog(top, key)
+    _silence_unused(top)
+    handle = build_cached(verilog, "layer", waves=waves)
     tmp = Path(tempfile.mkdtemp(prefix="moeforge-sim-layer-")) if workdir is None else Path(workdir)
     tmp.mkdir(parents=True, exist_ok=True)
     bench_file = tmp / "bench.json"

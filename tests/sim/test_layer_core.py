@@ -116,11 +116,11 @@ def params_env(tmp_path, harness, name, *, perturb=None, summary=None, batches=N
     return {"MOEFORGE_TEST_PARAMS": str(path)}
 
 
-# In `make test`: tiny (Mixtral routing), switch (ReLU, top-1), qwen2_moe (sigmoid shared gate) and
-# deepseek_v3 (sigmoid routing, groups, bias, shared expert). The others repeat those paths at
+# In `make test`: tiny (Mixtral routing), switch (ReLU, top-1) and qwen2_moe (sigmoid shared gate);
+# the router tests cover sigmoid and group-limited routing. The others repeat those paths at
 # larger sizes (mixtral's 12.7k-word images take 30 s to elaborate) and run with `make test-slow`;
 # the whole layer runs on every config in bench/layer_cycles.py.
-SLOW = {"mixtral", "olmoe", "qwen3_moe", "deepseek_v2"}
+SLOW = {"mixtral", "olmoe", "qwen3_moe", "deepseek_v2", "deepseek_v3"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
