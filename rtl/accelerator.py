@@ -140,7 +140,6 @@ class MoEAccelerator(wiring.Component):
         remaining = Signal(33)
         end = Signal(33)                # addr + count of a write
         first = Signal(16)              # WRITE_TOKENS' / READ_OUTPUT's first token
-        count16 = Signal(16)
         error = Signal(8)
         ld_router, ld_scale, ld_experts, ld_shared = (Signal(name=f"loaded_{n}") for n in
                                                       ("router", "scale", "experts", "shared"))
@@ -219,7 +218,7 @@ class MoEAccelerator(wiring.Component):
         hdr_lens = Array([Const(HEADER_BYTES.get(o, 0), 4) for o in range(16)])
         known = Array([Const(o in HEADER_BYTES, 1) for o in range(16)])
         region_end = {Op.WRITE_ROUTER: lay.router_words, Op.WRITE_MEMORY: lay.memory_words,
-                      Op.WRITE_SHARED: lay.shared_image_words, Op.WRITE_TOKENS: T_max}
+                      Op.WRITE_SHARED: lay.shared_image_words}
         needs_shared = bool(cfg.shared_d_ff)
         all_loaded = ld_router & ld_scale & ld_experts & (ld_shared if needs_shared else 1)
 
@@ -253,37 +252,30 @@ class MoEAccelerator(wiring.Component):
             with m.State("CHECK"):
                 drain = ~hdr_last
                 m.d.sync += idx.eq(0)
+                def begin_write(end_value, limit, count, setup):
+                    """A write command's header: range, then length, then DATA."""
+                    with m.If(end_value > limit):
+                        fail(Status.OUT_OF_RANGE, drain)
+                    with m.Elif(count == 0):
+                        with m.If(hdr_last):
+                            respond(Status.OK)
+                        with m.Else():
+                            fail(Status.BAD_LENGTH, drain=True)
+                    with m.Elif(hdr_last):
+                        respond(Status.BAD_LENGTH)
+                    with m.Else():
+                        m.d.sync += [*setup, end.eq(end_value)]
+                        m.next = "DATA"
+
                 with m.Switch(op):
                     for wop in (Op.WRITE_ROUTER, Op.WRITE_MEMORY, Op.WRITE_SHARED):
                         with m.Case(wop):
-                            e = h_addr + h_count
-                            with m.If(e > region_end[wop]):
-                                fail(Status.OUT_OF_RANGE, drain)
-                            with m.Elif(h_count == 0):
-                                with m.If(hdr_last):
-                                    respond(Status.OK)
-                                with m.Else():
-                                    fail(Status.BAD_LENGTH, drain=True)
-                            with m.Elif(hdr_last):
-                                respond(Status.BAD_LENGTH)
-                            with m.Else():
-                                m.d.sync += [waddr.eq(h_addr), remaining.eq(h_count), end.eq(e)]
-                                m.next = "DATA"
+                            begin_write(h_addr + h_count, region_end[wop], h_count,
+                                        [waddr.eq(h_addr), remaining.eq(h_count)])
                     with m.Case(Op.WRITE_TOKENS):
-                        e = h_lo16 + h_hi16
-                        with m.If(e > T_max):
-                            fail(Status.OUT_OF_RANGE, drain)
-                        with m.Elif(h_hi16 == 0):
-                            with m.If(hdr_last):
-                                respond(Status.OK)
-                            with m.Else():
-                                fail(Status.BAD_LENGTH, drain=True)
-                        with m.Elif(hdr_last):
-                            respond(Status.BAD_LENGTH)
-                        with m.Else():
-                            m.d.sync += [waddr.eq(h_lo16 * (D // C)), remaining.eq(h_hi16 * (D // C)),
-                                         end.eq(e), first.eq(h_lo16)]
-                            m.next = "DATA"
+                        begin_write(h_lo16 + h_hi16, T_max, h_hi16,
+                                    [waddr.eq(h_lo16 * (D // C)), remaining.eq(h_hi16 * (D // C)),
+                                     first.eq(h_lo16)])
                     with m.Case(Op.SET_SCALE):
                         with m.If(drain):
                             fail(Status.BAD_LENGTH, drain=True)
