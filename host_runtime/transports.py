@@ -1,0 +1,147 @@
+"""Byte pipes to a device: a TCP socket (the simulated device), a pyserial port (a board, or
+pyserial's ``socket://`` to a simulated device served elsewhere), and a fault injector around
+either. The link (`host_runtime.link`) sees only `Transport`: ``write(bytes)``, ``read(timeout)``.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+
+from .errors import DeviceCrashed, NoSuchDevice
+
+__all__ = ["Transport", "SocketTransport", "SerialTransport", "FaultyTransport"]
+
+
+class Transport:
+    """A byte stream to one device. ``read`` returns what has arrived within ``timeout``
+    seconds (``b""`` if nothing); a stream that has ended raises `DeviceCrashed`."""
+
+    name = "device"
+    cycles_per_second: float | None = None   # the device's clock, for the link's timeouts
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def read(self, timeout: float) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class SocketTransport(Transport):
+    def __init__(self, host: str, port: int, *, name: str | None = None, connect_timeout: float = 10.0):
+        self.name = name or f"socket://{host}:{port}"
+        try:
+            self._sock = socket.create_connection((host, port), timeout=connect_timeout)
+        except OSError as e:
+            raise NoSuchDevice(f"{self.name}: cannot connect ({e.strerror or e})") from None
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._sock.settimeout(30.0)
+            self._sock.sendall(data)
+        except OSError as e:
+            raise DeviceCrashed(f"{self.name}: connection lost while sending ({e.strerror or e})") from None
+
+    def read(self, timeout: float) -> bytes:
+        try:
+            self._sock.settimeout(max(timeout, 1e-4))
+            data = self._sock.recv(65536)
+        except (socket.timeout, TimeoutError, BlockingIOError):
+            return b""
+        except OSError as e:
+            raise DeviceCrashed(f"{self.name}: connection lost ({e.strerror or e})") from None
+        if not data:
+            raise DeviceCrashed(f"{self.name}: the device closed the connection")
+        return data
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+
+class SerialTransport(Transport):
+    """A pyserial URL: ``/dev/ttyUSB1`` (with ``baud``) or ``socket://host:port``."""
+
+    def __init__(self, url: str, *, baud: int = 3_000_000, name: str | None = None):
+        import serial
+        self.name = name or url
+        try:
+            self._port = serial.serial_for_url(url, baudrate=baud, timeout=0)
+        except (serial.SerialException, ValueError, OSError) as e:
+            raise NoSuchDevice(f"{self.name}: cannot open ({e})") from None
+        self._serial = serial
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._port.write(data)
+            self._port.flush()
+        except (self._serial.SerialException, OSError) as e:
+            raise DeviceCrashed(f"{self.name}: write failed ({e})") from None
+
+    def read(self, timeout: float) -> bytes:
+        try:
+            self._port.timeout = max(timeout, 1e-4)
+            first = self._port.read(1)
+            if not first:
+                return b""
+            self._port.timeout = 0
+            return first + self._port.read(65536)
+        except (self._serial.SerialException, OSError) as e:
+            raise DeviceCrashed(f"{self.name}: read failed ({e})") from None
+
+    def close(self) -> None:
+        try:
+            self._port.close()
+        except Exception:       # noqa: BLE001 - closing a port that is already gone
+            pass
+
+
+class FaultyTransport(Transport):
+    """Flips, drops and duplicates bytes in both directions at the given rates (per byte),
+    from one seeded generator, so a failing run can be replayed. ``injected`` counts them."""
+
+    def __init__(self, inner: Transport, *, flip: float = 0.0, drop: float = 0.0, dup: float = 0.0,
+                 seed: int = 0):
+        for what, rate in (("flip", flip), ("drop", drop), ("dup", dup)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"faults: {what} rate {rate} is not in [0, 1)")
+        self.inner, self.flip, self.drop, self.dup = inner, flip, drop, dup
+        self.name = inner.name
+        self.cycles_per_second = inner.cycles_per_second
+        self._rng = random.Random(seed)
+        self.injected = {"flip": 0, "drop": 0, "dup": 0}
+
+    def _mangle(self, data: bytes) -> bytes:
+        total = self.flip + self.drop + self.dup
+        if not total:
+            return data
+        out = bytearray()
+        rng = self._rng
+        for b in data:
+            r = rng.random()
+            if r >= total:
+                out.append(b)
+            elif r < self.flip:
+                out.append(b ^ (1 << rng.randrange(8)))
+                self.injected["flip"] += 1
+            elif r < self.flip + self.drop:
+                self.injected["drop"] += 1
+            else:
+                out += bytes((b, b))
+                self.injected["dup"] += 1
+        return bytes(out)
+
+    def write(self, data: bytes) -> None:
+        self.inner.write(self._mangle(data))
+
+    def read(self, timeout: float) -> bytes:
+        return self._mangle(self.inner.read(timeout))
+
+    def close(self) -> None:
+        self.inner.close()
