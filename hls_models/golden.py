@@ -160,19 +160,48 @@ class QuantizedMoELayer:
         """int16 output of routed expert e for every given token (used by unit-level checks)."""
         return self.experts.forward(e, self._check_int_input(x_int8))
 
-    def forward_int(self, x_int8: torch.Tensor) -> torch.Tensor:
-        """int8 tokens [T, d_model] → int8 outputs [T, d_model], exactly as the device computes."""
+    def partial_int(self, x_int8: torch.Tensor, experts=None, shared: bool = True) -> torch.Tensor:
+        """The combiner's accumulator ``Σ g·o`` [T, d_model] (int64, before requantisation) over
+        the contributions of the routed experts in `experts` (None: all) that the tokens chose,
+        plus the shared expert's if `shared` (and the layer has one). Routing is unchanged: a
+        token's top-k are the same whichever experts are counted.
+
+        Sums over a partition of the experts (the shared one in exactly one part) add up to
+        ``partial_int(x)``, and ``forward_int(x) = rq_8(partial_int(x), M_y, S_y)``: what a
+        device with an expert mask accumulates (``READ_PARTIAL``), and what a host serving one
+        layer from several devices adds before it requantises once.
+
+        Raises
+        ------
+        ShapeError
+            If `x_int8` is not an int8 tensor [T, d_model].
+        ValueError
+            If `experts` names an expert outside ``0 .. n_experts-1``.
+        """
         x = self._check_int_input(x_int8)
+        keep = None
+        if experts is not None:
+            keep = {int(e) for e in experts}
+            bad = sorted(e for e in keep if not 0 <= e < self.cfg.n_experts)
+            if bad:
+                raise ValueError(f"experts must be in 0..{self.cfg.n_experts - 1}, not {bad}")
         route = self._route(x)
         T = x.shape[0]
         acc = torch.zeros(T, self.cfg.d_model, dtype=torch.int64)
         for e in torch.unique(route.indices).tolist():   # expert-major, as the device schedules
+            if keep is not None and e not in keep:
+                continue
             tok, slot = torch.nonzero(route.indices == e, as_tuple=True)
             o = self.experts.forward(e, x[tok])
             acc.index_add_(0, tok, route.gates[tok, slot, None] * o)
-        if self.shared is not None:
+        if self.shared is not None and shared:
             acc += route.shared_gate[:, None] * self.shared.forward(0, x)
-        return requantize(acc, self.out_mult, self.out_shift, 8).to(torch.int8)
+        return acc
+
+    def forward_int(self, x_int8: torch.Tensor) -> torch.Tensor:
+        """int8 tokens [T, d_model] → int8 outputs [T, d_model], exactly as the device computes:
+        ``rq_8(partial_int(x), M_y, S_y)``."""
+        return requantize(self.partial_int(x_int8), self.out_mult, self.out_shift, 8).to(torch.int8)
 
     # --- float convenience ----------------------------------------------
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:

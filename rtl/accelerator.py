@@ -20,7 +20,8 @@ batch runs.
 the backing memory's write port. Expert ``e``'s image is at word ``e · image_words``.
 
 ``error`` (out, 8 bits): the status of the last failed command since the last ``INFO`` (which
-reports and clears it); ``loaded`` (out, 4 bits): `commands.LOADED_FLAGS`.
+reports and clears it); ``loaded`` (out, 4 bits): `commands.LOADED_FLAGS`; ``busy`` (out): the
+decoder is not waiting for an opcode (a command is arriving, running or answering).
 
 Command decoding
 ----------------
@@ -29,15 +30,19 @@ checks it (opcode, ranges, batch size, what is loaded) before touching any memor
 the data: write commands assemble words byte by little-endian byte and write each the cycle
 after its last byte; ``RUN`` starts the core and answers at its ``done``; ``READ_OUTPUT`` reads
 the output buffer word by word and sends its bytes; ``INFO``, ``RUN``'s cycles and
-``READ_COUNTERS`` are sent from registers. A failing command drains the rest of its packet and
-answers its status alone; the device is then ready for the next command. ``WRITE_MEMORY``
-invalidates the expert cache when it ends (the cached copies may be stale), and a ``RUN``
-clears the cache's counters with the core's, so ``READ_COUNTERS`` gives the last batch's.
+``READ_COUNTERS`` are sent from registers. ``SET_EXPERT_MASK``'s bytes are shifted into a staging
+register as they arrive and become the mask (the core's ``expert_off``, inverted) only when the
+packet ends with them; ``READ_PARTIAL`` reads the combiner's accumulators through the core's
+``acc_rd`` word by word and sends each value's `CommandLayout.partial_bytes` bytes, low first.
+A failing command drains the rest of its packet and answers its status alone; the device is
+then ready for the next command. ``WRITE_MEMORY`` invalidates the expert cache when it ends (the
+cached copies may be stale), and a ``RUN`` clears the cache's counters with the core's, so
+``READ_COUNTERS`` gives the last batch's.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -49,11 +54,18 @@ from .expert_cache import ExpertCache
 from .layer_core import LayerCore
 from .mac_array import weight_word
 
-__all__ = ["MoEAccelerator", "byte_layout", "HEADER_BYTES"]
+__all__ = ["MoEAccelerator", "byte_layout", "HEADER_BYTES", "header_bytes"]
 
+# Header bytes after the opcode; SET_EXPERT_MASK's depend on the config: see `header_bytes`.
 HEADER_BYTES = {Op.WRITE_ROUTER: 8, Op.WRITE_MEMORY: 8, Op.WRITE_SHARED: 8, Op.SET_SCALE: 3,
-                Op.WRITE_TOKENS: 4, Op.RUN: 2, Op.READ_OUTPUT: 4,
+                Op.WRITE_TOKENS: 4, Op.RUN: 2, Op.READ_OUTPUT: 4, Op.READ_PARTIAL: 4,
                 Op.INFO: 0, Op.READ_COUNTERS: 0, Op.INVALIDATE: 0}
+
+
+def header_bytes(layout: CommandLayout) -> dict[int, int]:
+    """Every opcode's header bytes on a device of `layout`: `HEADER_BYTES`, and
+    ``SET_EXPERT_MASK``'s ``layout.mask_bytes``."""
+    return {**HEADER_BYTES, Op.SET_EXPERT_MASK: layout.mask_bytes}
 
 
 def byte_layout() -> data.StructLayout:
@@ -98,6 +110,7 @@ class MoEAccelerator(wiring.Component):
                                             "data": Out(8 * cfg.mac_cols), "en": Out(1)})),
             "error": Out(8),
             "loaded": Out(4),
+            "busy": Out(1),
         }, src_loc_at=1 + src_loc_at)
 
     def elaborate(self, platform):
@@ -128,7 +141,7 @@ class MoEAccelerator(wiring.Component):
         # -- decoder state ----------------------------------------------------------------------
         op = Signal(8)
         hdr = Signal(64)
-        hdr_len = Signal(4)
+        hdr_len = Signal(8)
         idx = Signal(8)                 # header byte / word byte / payload byte index
         hdr_last = Signal()             # the header's final byte ended the packet
         status = Signal(8)
@@ -148,6 +161,11 @@ class MoEAccelerator(wiring.Component):
         run_n = Signal(range(T_max + 1))
         m.d.comb += [self.error.eq(error), core.y_mult.eq(y_mult), core.y_shift.eq(y_shift),
                      self.loaded.eq(Cat(ld_router, ld_scale, ld_experts, ld_shared))]
+        E = cfg.n_experts
+        n_mask = E + (1 if cfg.shared_d_ff else 0)                # the shared bit only with one
+        expert_on = Signal(n_mask, init=(1 << n_mask) - 1)     # SET_EXPERT_MASK: all after reset
+        mask_in = Signal(8 * lay.mask_bytes)                   # header bytes, shifted in
+        m.d.comb += core.expert_off.eq(~expert_on)
 
         # registered write ports (a word is written the cycle after its last byte)
         wr_en = Signal()
@@ -215,14 +233,25 @@ class MoEAccelerator(wiring.Component):
         out_left = Signal(range(T_max * (D // R) + 1))
         m.d.comb += core.out_rd.addr.eq(out_addr)
 
-        hdr_lens = Array([Const(HEADER_BYTES.get(o, 0), 4) for o in range(16)])
-        known = Array([Const(o in HEADER_BYTES, 1) for o in range(16)])
+        # combiner accumulator reads (READ_PARTIAL): token `first`, beat `part_beat`; the value
+        # of lane `idx`, sign-extended, sent byte `part_byte` by byte
+        PB = lay.partial_bytes
+        part_beat = Signal(range(max(2, D // R)))
+        part_byte = Signal(range(max(2, PB)))
+        part_value = Signal(signed(8 * PB))
+        m.d.comb += [core.acc_rd.token.eq(first), core.acc_rd.beat.eq(part_beat),
+                     part_value.eq(Array(core.acc_rd.data[i] for i in range(R))[idx])]
+
+        hdr_table = header_bytes(lay)
+        assert max(hdr_table.values()) < 256, hdr_table
+        hdr_lens = Array([Const(hdr_table.get(o, 0), 8) for o in range(16)])
+        known = Array([Const(o in hdr_table, 1) for o in range(16)])
         region_end = {Op.WRITE_ROUTER: lay.router_words, Op.WRITE_MEMORY: lay.memory_words,
                       Op.WRITE_SHARED: lay.shared_image_words}
         needs_shared = bool(cfg.shared_d_ff)
         all_loaded = ld_router & ld_scale & ld_experts & (ld_shared if needs_shared else 1)
 
-        with m.FSM(name="decoder"):
+        with m.FSM(name="decoder") as decoder:
             with m.State("OPCODE"):
                 m.d.comb += self.i_cmd.ready.eq(1)
                 with m.If(n_cmd):
@@ -242,7 +271,8 @@ class MoEAccelerator(wiring.Component):
             with m.State("HEADER"):
                 m.d.comb += self.i_cmd.ready.eq(1)
                 with m.If(n_cmd):
-                    m.d.sync += [hdr.word_select(idx[:3], 8).eq(byte), idx.eq(idx + 1)]
+                    m.d.sync += [hdr.word_select(idx[:3], 8).eq(byte), idx.eq(idx + 1),
+                                 mask_in.eq(Cat(mask_in[8:], byte))]
                     with m.If(idx == hdr_len - 1):
                         m.d.sync += hdr_last.eq(last)
                         m.next = "CHECK"
@@ -305,6 +335,21 @@ class MoEAccelerator(wiring.Component):
                             m.d.sync += [out_addr.eq(h_lo16 * (D // R)), out_left.eq(h_hi16 * (D // R)),
                                          status.eq(Status.OK), payload.eq(P_NONE)]
                             m.next = "OUT_STATUS"
+                    with m.Case(Op.READ_PARTIAL):
+                        with m.If(drain):
+                            fail(Status.BAD_LENGTH, drain=True)
+                        with m.Elif(h_lo16 + h_hi16 > T_max):
+                            respond(Status.OUT_OF_RANGE)
+                        with m.Else():
+                            m.d.sync += [first.eq(h_lo16), part_beat.eq(0),
+                                         out_left.eq(h_hi16 * (D // R))]
+                            m.next = "PART_STATUS"
+                    with m.Case(Op.SET_EXPERT_MASK):
+                        with m.If(drain):
+                            fail(Status.BAD_LENGTH, drain=True)
+                        with m.Else():
+                            m.d.sync += expert_on.eq(mask_in[:n_mask])
+                            respond(Status.OK)
 
             with m.State("DATA"):
                 m.d.comb += self.i_cmd.ready.eq(1)
@@ -413,6 +458,39 @@ class MoEAccelerator(wiring.Component):
                 m.d.sync += [out_word.eq(core.out_rd.data), idx.eq(0)]
                 m.next = "OUT_EMIT"
 
+            with m.State("PART_STATUS"):
+                m.d.comb += [rsp_valid.eq(1), rsp_data.eq(Status.OK), rsp_last.eq(out_left == 0)]
+                with m.If(self.o_rsp.ready):
+                    m.next = "OPCODE"
+                    with m.If(out_left != 0):
+                        m.next = "PART_READ"
+
+            with m.State("PART_READ"):          # latency 1; the port holds the word after
+                m.d.comb += core.acc_rd.en.eq(1)
+                m.d.sync += [idx.eq(0), part_byte.eq(0)]
+                m.next = "PART_EMIT"
+
+            with m.State("PART_EMIT"):
+                lane_done = part_byte == PB - 1
+                word_done = lane_done & (idx == R - 1)
+                part_bytes = Array(part_value[8 * j:8 * j + 8] for j in range(PB))
+                m.d.comb += [rsp_valid.eq(1),       # an untouched token's accumulator is 0
+                             rsp_data.eq(Mux(core.acc_rd.touched, part_bytes[part_byte], 0)),
+                             rsp_last.eq(word_done & (out_left == 1))]
+                with m.If(self.o_rsp.ready):
+                    m.d.sync += part_byte.eq(part_byte + 1)
+                    with m.If(lane_done):
+                        m.d.sync += [part_byte.eq(0), idx.eq(idx + 1)]
+                    with m.If(word_done):
+                        m.d.sync += out_left.eq(out_left - 1)
+                        with m.If(part_beat == D // R - 1):
+                            m.d.sync += [part_beat.eq(0), first.eq(first + 1)]
+                        with m.Else():
+                            m.d.sync += part_beat.eq(part_beat + 1)
+                        m.next = "OPCODE"
+                        with m.If(out_left != 1):
+                            m.next = "PART_READ"
+
             with m.State("OUT_EMIT"):
                 final = (out_left == 1) & (idx == R - 1)
                 m.d.comb += [rsp_valid.eq(1), rsp_data.eq(Array(out_word[8 * i:8 * i + 8] for i in range(R))[idx]),
@@ -424,4 +502,5 @@ class MoEAccelerator(wiring.Component):
                         m.next = "OPCODE"
                         with m.If(out_left != 1):
                             m.next = "OUT_READ"
+        m.d.comb += self.busy.eq(~decoder.ongoing("OPCODE"))
         return m

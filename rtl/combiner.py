@@ -15,13 +15,25 @@ consecutive beats, lane 0 first, ``last`` on the final beat; ``gate`` is the uns
 ``token`` and ``gate``. ``acc[token] += gate · o``.
 
 ``i_flush`` (in stream, `flush_layout`): ``{n_tokens}``. Ends the batch: the unit streams ``y``
-for tokens ``0 .. n_tokens-1`` on ``o_y`` and then forgets every accumulator (the next
-contribution starts a new batch). ``n_tokens`` above ``t_max`` counts as ``t_max``;
-``n_tokens = 0`` discards the batch without output (a *clear* command). A contribution beat that
-transfers in the same cycle as the flush command still belongs to the flushed batch.
+for tokens ``0 .. n_tokens-1`` on ``o_y``; the next contribution (or flush) starts a new batch,
+and until then ``acc_rd`` reads the flushed batch's accumulators. ``n_tokens`` above ``t_max``
+counts as ``t_max``; ``n_tokens = 0`` discards the batch without output (a *clear* command).
+A contribution beat that transfers in the same cycle as the flush command still belongs to the
+flushed batch.
 
 ``o_y`` (out stream, `y_layout`): ``{data, token, last}``, ``d_model/lanes`` beats per token, in
 token order, ``last`` on each token's final beat; ``data`` is lanes × int8 ``y``.
+
+``acc_rd`` (in ``{token, beat, en}``, out ``{data, touched}``): reads of the accumulator memory
+while the unit is idle (no contribution in flight, no flush in progress: between batches), latency
+1, both outputs held while ``en`` is low: beat ``beat`` (lanes ``beat·lanes ..``) of token
+``token``'s accumulator, lanes × signed `acc_width`, valid if ``touched``; a token without
+``touched`` got no contribution in the batch, its accumulator is 0 and ``data`` is stale (the
+reader zeroes it where it is narrow, after its lane and byte multiplexers, rather than here at
+``lanes · acc_width`` AND gates). It reads the last flushed batch until the next batch starts (the
+host's ``READ_PARTIAL``). It shares the memory's one read port with the accumulate pipeline and
+the flush, which take precedence: a read while the unit is busy returns no meaningful value (and
+never disturbs the unit).
 
 ``y_mult`` (16 bits) and ``y_shift`` (6 bits, ``1..62``; 0 is outside the spec) are plain
 inputs: ``M_y`` and ``S_y`` of the layer, held by the host-written register file of the top
@@ -37,22 +49,25 @@ Both readies are one register (``flushing``), never a function of any ``valid``.
 * ``FLUSH`` (from the cycle after a flush command is accepted): ``i_contrib.ready = 0`` and
   ``i_flush.ready = 0``. The unit waits for the accumulate pipeline to drain (at most 2
   cycles), reads the ``n_tokens · d_model/lanes`` words one per cycle (stalled only by ``o_y``
-  back-pressure) into the output pipeline, marks every token untouched and returns to ``ACCUM``
-  once the last word has left the read stage. The next batch's contributions (and flush) may
-  flow in while the output pipeline still drains the previous batch's last beats to ``o_y``.
+  back-pressure) into the output pipeline and returns to ``ACCUM`` once the last word has left
+  the read stage. The next batch's contributions (and flush) may flow in while the output
+  pipeline still drains the previous batch's last beats to ``o_y``.
 
 A host that has sent a batch's last contribution may present the flush command in the next
 cycle (or in the same one); nothing else orders the two streams.
 
 Clearing: per-token *touched* bits
 ----------------------------------
-Accumulator memory is never cleared. A register of ``t_max`` *touched* bits (reset to 0, all
-cleared in one cycle at the end of each flush) says which rows hold a value of the current batch. A
-contribution to an untouched token writes ``gate · o`` instead of adding (the memory's old
-content is ignored); its ``last`` beat marks the token touched, so the token's next contribution
-adds. A flush outputs an untouched token's row as 0 (``rq_8(0) = 0``). Clearing thus costs no
-cycles; the price is ``t_max`` flip-flops and a ``t_max``-to-1 bit multiplexer (twice). A token
-index at or above ``t_max`` is outside the contract (the memory address would alias).
+Accumulator memory is never cleared. A register of ``t_max`` *touched* bits (reset to 0) says
+which rows hold a value of the current batch, or after a flush of the flushed one: the end of a
+flush sets ``stale``, and the first contribution beat or flush command accepted while ``stale``
+clears every touched bit in one cycle (and ``stale``), so ``acc_rd`` can read the last batch until
+the next one begins. A contribution to an untouched token writes ``gate · o`` instead of adding
+(the memory's old content is ignored); its ``last`` beat marks the token touched, so the token's
+next contribution adds. A flush outputs an untouched token's row as 0 (``rq_8(0) = 0``),
+``acc_rd`` says it is untouched. Clearing thus costs no cycles; the price is ``t_max + 1``
+flip-flops and a ``t_max``-to-1 bit multiplexer (three times). A token index at or above ``t_max``
+is outside the contract (the memory address would alias).
 
 Accumulator width
 -----------------
@@ -183,6 +198,9 @@ class Combiner(wiring.Component):
     i_contrib : ``In(stream.Signature(contrib_layout(...)))``
     i_flush : ``In(stream.Signature(flush_layout(...)))``
     o_y : ``Out(stream.Signature(y_layout(...)))``
+    acc_rd : ``In(wiring.Signature({"token": Out(...), "beat": Out(...), "en": Out(1),
+    "data": In(ArrayLayout(signed(acc_width), lanes)), "touched": In(1)}))``
+        The accumulators of the last batch (see the module docstring).
     y_mult : ``In(16)``, y_shift : ``In(6)``
         ``M_y`` and ``S_y``, sampled when a flush command is accepted.
     beats_per_token : int
@@ -223,6 +241,12 @@ class Combiner(wiring.Component):
             "i_contrib": In(stream.Signature(self.contrib_layout)),
             "i_flush": In(stream.Signature(self.flush_layout)),
             "o_y": Out(stream.Signature(self.y_layout)),
+            "acc_rd": In(wiring.Signature({
+                "token": Out(_index_bits(t_max)),
+                "beat": Out(max(1, (self.beats_per_token - 1).bit_length())),
+                "en": Out(1),
+                "data": In(data.ArrayLayout(signed(self.acc_width), lanes)),
+                "touched": In(1)})),
             "y_mult": In(MULT_BITS),
             "y_shift": In(SHIFT_BITS),
         }, src_loc_at=1 + src_loc_at)
@@ -261,6 +285,7 @@ class Combiner(wiring.Component):
         rp = mem.read_port(domain="sync")          # not transparent: see the forwarding register
 
         touched = Signal(t_max)                    # rows holding a value of this batch
+        stale = Signal()                           # ... of the flushed batch: clear at the next
         flushing = Signal()                        # FLUSH state (ACCUM otherwise)
 
         def touched_bit(token):
@@ -321,8 +346,15 @@ class Combiner(wiring.Component):
             old = Mux(s2_touched, Mux(forward, fw_data[i], rp.data[i]), 0)
             m.d.comb += wp.data[i].eq(old + s2_prod[i])
         m.d.sync += [fw_valid.eq(s2_valid), fw_addr.eq(s2_addr), fw_data.eq(wp.data)]
-        with m.If(s2_valid & s2_last):
-            m.d.sync += touched.eq(touched | (Const(1, t_max) << s2_token)[:t_max])
+        # A new batch's first beat or flush clears the last batch's bits (the pipeline is empty
+        # then: `stale` is set only at the end of a flush, and nothing is accepted during one).
+        new_batch = Signal()
+        m.d.comb += new_batch.eq(stale & ((ic.valid & ic.ready) | (self.i_flush.valid &
+                                                                   self.i_flush.ready)))
+        mark = Mux(s2_valid & s2_last, (Const(1, t_max) << s2_token)[:t_max], 0)
+        m.d.sync += touched.eq(Mux(new_batch, 0, touched) | mark)
+        with m.If(new_batch):
+            m.d.sync += stale.eq(0)
 
         # ---------------------------------------------------------------- flush
         fl = self.i_flush
@@ -357,12 +389,18 @@ class Combiner(wiring.Component):
         issue = Signal()
         m.d.comb += issue.eq(flushing & drained & (f_left != 0) & r_en)
 
-        # The read port serves stage 1 of the accumulate pipeline, and the flush once that
-        # pipeline has drained (stage 1 then stays empty until the flush has issued its reads).
+        # The read port serves stage 1 of the accumulate pipeline, the flush once that
+        # pipeline has drained (stage 1 then stays empty until the flush has issued its reads),
+        # and `acc_rd` when neither needs it (between batches): one port, no second copy of the
+        # memory in block RAM.
+        ar = self.acc_rd
         with m.If(flushing & ~s1_valid):
             m.d.comb += [rp.addr.eq(address(f_token, f_beat)), rp.en.eq(r_en)]
-        with m.Else():
+        with m.Elif(s1_valid):
             m.d.comb += [rp.addr.eq(s1_addr), rp.en.eq(1)]
+        with m.Else():
+            # token · bpt + beat also for bpt = 1, where beat is 0 (one beat per token)
+            m.d.comb += [rp.addr.eq((ar.token * bpt + ar.beat)[:addr_bits]), rp.en.eq(ar.en)]
 
         # Issue → read stage (rp.data, and the token's touched bit).
         r_touched, r_token, r_last = Signal(), Signal(tok_bits), Signal()
@@ -377,7 +415,7 @@ class Combiner(wiring.Component):
                 m.d.sync += f_beat.eq(Mux(f_last, 0, f_beat + 1))
         # Every read issued (or none asked for) and the pipeline drained: the batch is over.
         with m.If(flushing & drained & (f_left == 0)):
-            m.d.sync += touched.eq(0)
+            m.d.sync += stale.eq(1)
             with m.If(~r_valid):
                 m.d.sync += flushing.eq(0)
 
@@ -404,4 +442,11 @@ class Combiner(wiring.Component):
                          oy.payload.last.eq(q_last)]
             for i in range(lanes):
                 m.d.sync += oy.payload.data[i].eq(saturate(q_round[i], Y_BITS))
+
+        # ---------------------------------------------------------------- acc_rd
+        # (its reads go through the read port above while the unit is idle)
+        with m.If(ar.en):
+            m.d.sync += ar.touched.eq(touched_bit(ar.token))
+        for i in range(lanes):
+            m.d.comb += ar.data[i].eq(rp.data[i])
         return m

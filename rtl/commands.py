@@ -28,7 +28,24 @@ OUTPUT``
 COUNTERS``
 ``INVALI    —                                          — (forget the cached experts: after
 DATE``                                                 rewriting expert images)
+``SET_EXP   mask: `CommandLayout.mask_bytes` bytes,    — (from the next ``RUN`` on, a disabled
+ERT_MASK``  bit ``e`` enables routed expert ``e``,     expert is neither fetched nor computed and
+            bit ``n_experts`` the shared expert (the   adds nothing; the router still picks the
+            other bits are ignored). All enabled       same top-k. The shared engine does not run
+            after reset                                when the shared expert is disabled)
+``READ_     first token u16, count u16                 ``count`` tokens of ``d_model`` raw
+PARTIAL``                                              combiner accumulators of the last batch
+                                                       (``Σ g·o`` over its enabled experts,
+                                                       before ``rq_8``), signed, each in
+                                                       `CommandLayout.partial_bytes` bytes; 0 for
+                                                       a token no enabled expert contributed to
 ==========  =========================================  ============================================
+
+Expert parallelism: devices holding disjoint sets of experts (the shared expert on one of them),
+each with the mask of its set, run the same tokens; the sum of their ``READ_PARTIAL`` values
+requantised once (``rq_8`` with the layer's ``M_y``, ``S_y``) is what one device with every expert
+answers to ``READ_OUTPUT`` (`QuantizedMoELayer.partial_int`). ``READ_OUTPUT`` and ``READ_PARTIAL``
+both read the last batch until the next ``RUN``, in any order and as often as wanted.
 
 A command that fails does nothing and answers its error status alone: the device checks the
 header (opcode, ranges, order) before it writes anything, and stays usable. A packet longer or
@@ -60,6 +77,8 @@ class Op:
     READ_OUTPUT = 0x07
     READ_COUNTERS = 0x08
     INVALIDATE = 0x09
+    SET_EXPERT_MASK = 0x0A
+    READ_PARTIAL = 0x0B
 
 
 class Status:
@@ -106,9 +125,11 @@ class CommandLayout:
     shared_image_words: int
     n_experts: int
     t_max: int
+    partial_bytes: int      # bytes of one READ_PARTIAL value (the combiner's accumulator width)
 
     @classmethod
     def from_config(cls, cfg: AccelConfig) -> "CommandLayout":
+        from .combiner import accumulator_width
         from .expert_ffn import ExpertImageLayout
         from .router import RouterAddressMap
         amap = RouterAddressMap.from_config(cfg, lanes=cfg.mac_cols)
@@ -117,11 +138,48 @@ class CommandLayout:
         return cls(d_model=cfg.d_model, cols=cfg.mac_cols, router_bytes=-(-amap.data_bits // 8),
                    router_words=amap.words, image_words=img(cfg.d_ff),
                    shared_image_words=img(cfg.shared_d_ff) if cfg.shared_d_ff else 0,
-                   n_experts=cfg.n_experts, t_max=cfg.token_buffer_depth)
+                   n_experts=cfg.n_experts, t_max=cfg.token_buffer_depth,
+                   partial_bytes=-(-accumulator_width(cfg.top_k + (1 if cfg.shared_d_ff else 0)) // 8))
 
     @property
     def memory_words(self) -> int:
         return self.n_experts * self.image_words
+
+    @property
+    def mask_bytes(self) -> int:
+        """Bytes of ``SET_EXPERT_MASK``'s mask: ``n_experts + 1`` bits (the shared expert last)."""
+        return self.n_experts // 8 + 1
+
+    def expert_mask(self, experts=None, shared: bool = True) -> int:
+        """``SET_EXPERT_MASK``'s mask enabling `experts` (None: all) and, if `shared`, the shared
+        expert.
+
+        Raises
+        ------
+        ValueError
+            If `experts` names an expert outside ``0 .. n_experts-1``.
+        """
+        experts = range(self.n_experts) if experts is None else [int(e) for e in experts]
+        bad = sorted(e for e in experts if not 0 <= e < self.n_experts)
+        if bad:
+            raise ValueError(f"experts must be in 0..{self.n_experts - 1}, not {bad}")
+        return sum(1 << e for e in set(experts)) | int(bool(shared)) << self.n_experts
+
+    def partials(self, data: bytes) -> list[list[int]]:
+        """``READ_PARTIAL``'s response data → per token, ``d_model`` signed accumulators.
+
+        Raises
+        ------
+        ValueError
+            If `data` is not a whole number of tokens.
+        """
+        row = self.d_model * self.partial_bytes
+        if len(data) % row:
+            raise ValueError(f"READ_PARTIAL data must be whole tokens of {row} bytes, "
+                             f"not {len(data)} bytes")
+        b = self.partial_bytes
+        values = [int.from_bytes(data[i:i + b], "little", signed=True) for i in range(0, len(data), b)]
+        return [values[i:i + self.d_model] for i in range(0, len(values), self.d_model)]
 
 
 def _words(words, nbytes: int) -> bytes:
@@ -130,8 +188,10 @@ def _words(words, nbytes: int) -> bytes:
 
 def encode(op: int, *args) -> bytes:
     """One command packet. ``encode(Op.WRITE_MEMORY, addr, words, nbytes)``, ``encode(Op.RUN, n)``,
-    ``encode(Op.WRITE_TOKENS, first, x_int8_rows)``, ``encode(Op.READ_OUTPUT, first, count)``,
-    ``encode(Op.SET_SCALE, mult, shift)``, or a bare opcode."""
+    ``encode(Op.WRITE_TOKENS, first, x_int8_rows)``, ``encode(Op.READ_OUTPUT, first, count)``
+    (``READ_PARTIAL`` alike), ``encode(Op.SET_SCALE, mult, shift)``,
+    ``encode(Op.SET_EXPERT_MASK, mask, nbytes)`` (`CommandLayout.expert_mask`, ``mask_bytes``),
+    or a bare opcode."""
     if op in (Op.WRITE_ROUTER, Op.WRITE_MEMORY, Op.WRITE_SHARED):
         addr, words, nbytes = args
         return struct.pack("<BII", op, addr, len(words)) + _words(words, nbytes)
@@ -144,8 +204,11 @@ def encode(op: int, *args) -> bytes:
             bytes(v & 0xFF for v in r) for r in rows)
     if op == Op.RUN:
         return struct.pack("<BH", op, *args)
-    if op == Op.READ_OUTPUT:
+    if op in (Op.READ_OUTPUT, Op.READ_PARTIAL):
         return struct.pack("<BHH", op, *args)
+    if op == Op.SET_EXPERT_MASK:
+        mask, nbytes = args
+        return bytes([op]) + int(mask).to_bytes(nbytes, "little")
     if args:
         raise ValueError(f"command 0x{op:02x} takes no arguments")
     return bytes([op])

@@ -10,24 +10,30 @@ phases after ``i_run``:
    route beat goes into the dispatch table (per expert: its tokens in token order, their gates)
    and the token's shared-expert gate is kept. Meanwhile the shared engine (if any) has taken
    its one job of all ``T`` tokens and computes.
-2. **Experts.** Once every token is routed, experts are visited in ascending index; each one
-   with at least one token is requested on ``o_req`` as soon as the cache takes the request
-   (requests run ahead of grants: the cache prefetches). A grant ``{expert, slot, hit}`` becomes
-   a job ``{n_tokens = count[expert], w_base = slot · image_words}`` of the routed engine, taken
-   in the same cycle (``i_grant.ready`` is the engine's ``i_job.ready`` while a request is
-   outstanding); its tokens then stream from the token buffer in dispatch-list order. The job's
-   slot is released (``release`` pulse) in the first cycle after the grant in which the
-   engine's ``i_job.ready`` is high again: the engine has its whole image in its own weight
-   buffer. Jobs are handled in grant order, the expert taken from the grant, so the cache may
-   grant in any order as long as each request is granted once (the tests' fixture grants in
-   request order).
+2. **Experts.** Once every token is routed, experts are visited in ascending index; each one with
+   at least one token and not disabled by ``expert_off`` is requested on ``o_req`` as soon as the
+   cache takes the request (requests run ahead of grants: the cache prefetches). A grant
+   ``{expert, slot, hit}`` becomes a job ``{n_tokens = count[expert], w_base = slot ·
+   image_words}`` of the routed engine, taken in the same cycle (``i_grant.ready`` is the engine's
+   ``i_job.ready`` while a request is outstanding); its tokens then stream from the token buffer
+   in dispatch-list order. The job's slot is released (``release`` pulse) in the first cycle after
+   the grant in which the engine's ``i_job.ready`` is high again: the engine has its whole image
+   in its own weight buffer. Jobs are handled in grant order, the expert taken from the grant, so
+   the cache may grant in any order as long as each request is granted once (the tests' fixture
+   grants in request order).
 3. **Combine.** Each engine output beat (job-local token, ``R`` int16) becomes a combiner
    contribution ``{token, gate, data, last}``: the routed engine's token and gate come from the
    dispatch list of the job's expert, the shared engine's gate is the token's shared gate (a
    shared output waits until its token is routed). The two sources are arbitrated per whole
-   contribution (round robin at ``last``). When all ``T·(k + [shared])`` contributions are in,
-   the combiner is flushed with ``n_tokens = T`` and its ``y`` is written to the output buffer;
-   then ``done`` pulses.
+   contribution (round robin at ``last``). When every expert has been visited and all its
+   contributions are in (``Σ count[e]`` over the requested experts, ``+ T`` with an enabled
+   shared expert: ``T·(k + [shared])`` without a mask), the combiner is flushed with
+   ``n_tokens = T`` and its ``y`` is written to the output buffer; then ``done`` pulses.
+
+A disabled routed expert is skipped by the scheduler as if no token had chosen it (not
+requested, not computed, no contribution); a disabled shared expert's engine gets no job. The
+routing and the dispatch table are the same either way. ``acc_rd`` reads the combiner's
+accumulators (``Σ g·o`` of the enabled experts) of the last batch until the next ``i_run``.
 
 Ports (``C = mac_cols``, ``R = mac_rows``, ``D = d_model``; words of int8 have lane ``c`` in
 bits ``8c .. 8c+7``)
@@ -41,12 +47,19 @@ bits ``8c .. 8c+7``)
                    present so every config has the same port list; without a shared expert
                    its address is 1 bit wide and every write is ignored.
 ``y_mult``, ``y_shift``  in (16, 6 bits): the combiner's ``M_y``, ``S_y`` (sampled at the flush).
+``expert_off``     in (``E + 1`` bits, ``E`` without a shared expert): bit ``e`` set disables
+                   routed expert ``e``, bit ``E`` the shared expert; 0 runs every expert. Hold it while
+                   ``busy``.
 ``i_run``          in stream ``{n_tokens}``: run a batch of ``n_tokens`` (``1 .. t_max``, unchecked)
                    tokens from the token buffer; ``ready`` exactly when not ``busy``.
 ``done``           out: one-cycle pulse once the batch's outputs are all in the output buffer.
 ``busy``           out: from the cycle after ``i_run``'s transfer to ``done``.
 ``out_rd``         in ``{addr, en}``, out ``{data}``: output buffer read, words of ``R`` int8: token
                    ``t`` element ``d`` at word ``t·(D/R) + d // R``, lane ``d % R``; latency 1.
+``acc_rd``         in ``{token, beat, en}``, out ``{data, touched}``: the combiner's ``acc_rd``:
+                   ``R`` signed accumulators (``combiner.acc_width`` bits) of token ``token``,
+                   elements ``beat·R ..``, if ``touched`` (else 0: no enabled expert contributed
+                   to the token); latency 1, held while ``en`` is low. Read between batches.
 ``o_req``          out stream ``{expert}`` (``max(1, ceil_log2(E))`` bits): expert wanted next.
 ``i_grant``        in stream ``{expert, slot, hit}`` (slot ``max(1, ceil_log2(slots))`` bits): an
                    expert's image is at ``slot · image_words`` behind ``w_rd``. ``hit`` is not used.
@@ -163,11 +176,13 @@ class LayerCore(wiring.Component):
                                               "en": Out(1)})),
             "y_mult": In(16),
             "y_shift": In(6),
+            "expert_off": In(cfg.n_experts + (1 if cfg.shared_d_ff else 0)),
             "i_run": In(stream.Signature(self.run_layout)),
             "done": Out(1),
             "busy": Out(1),
             "out_rd": In(wiring.Signature({"addr": Out(index_shape(T_max * (D // R))),
                                            "en": Out(1), "data": In(word_r)})),
+            "acc_rd": In(self.combiner.acc_rd.signature.flip()),
             "o_req": Out(stream.Signature(self.req_layout)),
             "i_grant": In(stream.Signature(self.grant_layout)),
             "release": Out(1),
@@ -218,6 +233,7 @@ class LayerCore(wiring.Component):
         m.d.comb += [orp.addr.eq(self.out_rd.addr), orp.en.eq(self.out_rd.en),
                      self.out_rd.data.eq(orp.data)]
         wiring.connect(m, wiring.flipped(self.router_wr), router.wr)
+        wiring.connect(m, wiring.flipped(self.acc_rd), comb.acc_rd)
         m.d.comb += [self.w_rd.addr.eq(eng.w_rd.addr), self.w_rd.en.eq(eng.w_rd.en),
                      eng.w_rd.data.eq(self.w_rd.data)]
 
@@ -254,7 +270,9 @@ class LayerCore(wiring.Component):
         scanning = Signal(name="scanning")
         with m.If(routing & routed_all):
             m.d.sync += [scanning.eq(1), req_e.eq(0)]
-        req_count = pick(disp.counts, req_e)
+        # a disabled expert counts as chosen by no token
+        req_off = pick([self.expert_off[e] for e in range(E)], req_e)
+        req_count = Mux(req_off, 0, pick(disp.counts, req_e))
         m.d.comb += [self.o_req.valid.eq(scanning & (req_count != 0)),
                      self.o_req.payload.expert.eq(req_e[:len(self.o_req.payload.expert)])]
         with m.If(scanning & ((req_count == 0) | self.o_req.ready)):
@@ -348,9 +366,10 @@ class LayerCore(wiring.Component):
         # -- shared engine: one job of all T tokens, from the run on ----------------------------
         ic = comb.i_contrib
         if sh is not None:
+            sh_on = Signal(name="shared_on")           # the batch's shared expert is enabled
             sh_job = Signal(name="shared_job")
             with m.If(run):
-                m.d.sync += sh_job.eq(1)
+                m.d.sync += [sh_job.eq(~self.expert_off[E]), sh_on.eq(~self.expert_off[E])]
             with m.Elif(sh.i_job.ready):
                 m.d.sync += sh_job.eq(0)
             m.d.comb += [sh.i_job.valid.eq(sh_job), sh.i_job.payload.n_tokens.eq(n_tok),
@@ -367,9 +386,9 @@ class LayerCore(wiring.Component):
             st = Signal(cb, name="shared_token")
             with m.If(run):
                 m.d.sync += st.eq(0)
-            with m.Elif(self.busy & (st != n_tok) & sfeed.i_token.ready):
+            with m.Elif(self.busy & sh_on & (st != n_tok) & sfeed.i_token.ready):
                 m.d.sync += st.eq(st + 1)
-            m.d.comb += [sfeed.i_token.valid.eq(self.busy & (st != n_tok)),
+            m.d.comb += [sfeed.i_token.valid.eq(self.busy & sh_on & (st != n_tok)),
                          sfeed.i_token.payload.token.eq(st[:disp.token_shape.width])]
             wiring.connect(m, sfeed.o_x, sh.i_x)
             # outputs: a token's contribution waits until its shared gate is in the table
@@ -408,6 +427,8 @@ class LayerCore(wiring.Component):
                          ic.payload.last.eq(r_last), r_take.eq(ic.valid & ic.ready)]
 
         # -- flush when every contribution is in; y → output buffer; done -----------------------
+        # Expected: T for an enabled shared expert, plus each requested expert's count as its
+        # request goes out; final once the scan is over.
         terms = k + (1 if sh is not None else 0)
         nb = (T_max * terms).bit_length()
         n_contrib = Signal(nb, name="contributions")
@@ -415,11 +436,16 @@ class LayerCore(wiring.Component):
         flushed = Signal(name="flushed")
         fl = comb.i_flush
         with m.If(run):
-            m.d.sync += [n_contrib.eq(0), n_expect.eq(self.i_run.payload.n_tokens * terms),
-                         flushed.eq(0)]
-        with m.Elif(ic.valid & ic.ready & ic.payload.last):
-            m.d.sync += n_contrib.eq(n_contrib + 1)
-        m.d.comb += [fl.valid.eq(self.busy & ~flushed & (n_contrib == n_expect)),
+            m.d.sync += [n_contrib.eq(0), flushed.eq(0),
+                         n_expect.eq(0 if sh is None else
+                                     Mux(self.expert_off[E], 0, self.i_run.payload.n_tokens))]
+        with m.Else():
+            with m.If(ic.valid & ic.ready & ic.payload.last):
+                m.d.sync += n_contrib.eq(n_contrib + 1)
+            with m.If(self.o_req.valid & self.o_req.ready):
+                m.d.sync += n_expect.eq(n_expect + req_count)
+        m.d.comb += [fl.valid.eq(self.busy & ~flushed & ~routing & ~scanning &
+                                 (n_contrib == n_expect)),
                      fl.payload.n_tokens.eq(n_tok)]
         with m.If(fl.valid & fl.ready):
             m.d.sync += flushed.eq(1)

@@ -98,6 +98,37 @@ def test_gates_sum_to_one_when_renormalised(layer):
         assert (r.gates.sum(dim=1) <= round(cfg.routed_scaling_factor * 32768) + cfg.top_k).all()
 
 
+def test_partials_over_an_expert_partition_sum_to_the_accumulator(layer):
+    """Expert parallelism: the accumulators of disjoint expert sets (the shared expert in one of
+    them) add up to the whole one, which requantises to forward_int; forward_int is exactly that."""
+    import random
+
+    from moeforge.hls_models.fixed_point import requantize
+    x = _tokens(layer, 29, seed=11)
+    full = layer.partial_int(x)
+    assert full.dtype == torch.int64 and full.shape == x.shape
+    y = requantize(full, layer.out_mult, layer.out_shift, 8).to(torch.int8)
+    assert torch.equal(y, layer.forward_int(x))
+    E = layer.cfg.n_experts
+    rng = random.Random(E)
+    for parts in (2, 3):
+        owner = [rng.randrange(parts) for _ in range(E)]
+        shared_part = rng.randrange(parts)
+        sums = sum(layer.partial_int(x, experts=[e for e in range(E) if owner[e] == p],
+                                     shared=p == shared_part) for p in range(parts))
+        assert torch.equal(sums, full)
+        assert torch.equal(requantize(sums, layer.out_mult, layer.out_shift, 8).to(torch.int8),
+                           layer.forward_int(x))
+    assert torch.equal(layer.partial_int(x, experts=range(E)), full)
+    assert not layer.partial_int(x, experts=[], shared=False).any()
+    if layer.shared is None:        # without a shared expert `shared` changes nothing
+        assert torch.equal(layer.partial_int(x, shared=False), full)
+    else:
+        assert not torch.equal(layer.partial_int(x, shared=False), full)
+    with pytest.raises(ValueError, match=f"not \\[{E}\\]"):
+        layer.partial_int(x, experts=[0, E])
+
+
 def test_bad_inputs_are_shape_errors(layer):
     D = layer.cfg.d_model
     with pytest.raises(ShapeError, match="int8"):

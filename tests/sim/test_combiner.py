@@ -274,3 +274,82 @@ def test_accumulator_width():
 def test_bad_parameters(change, exc, match):
     with pytest.raises(exc, match=match):
         Combiner(**{**dict(d_model=64, lanes=8, t_max=4, max_terms=2), **change})
+
+
+def test_acc_rd_reads_the_last_batch_until_the_next_one():
+    """`acc_rd` (Amaranth simulator, 3 beats per token): after a flush it reads the flushed
+    batch's sums (untouched tokens: 0), repeatedly; a flush with no contribution still
+    outputs zeros; the next batch's first contribution forgets the previous batch's rows."""
+    from amaranth.sim import Simulator
+
+    D, L, T = 6, 2, 4
+    dut = Combiner(d_model=D, lanes=L, t_max=T, max_terms=3)
+    rng = random.Random(3)
+    M, S = 40000, 20
+
+    def vec():
+        return [rng.randint(-32768, 32767) for _ in range(D)]
+
+    batches = [[(0, 5, vec()), (2, GATE_MAX, vec()), (0, 1 << 15, vec()), (2, 77, vec())],
+               [],                                    # a flush with nothing: all zeros
+               [(1, 123456, vec())]]
+    seen = {"y": [], "acc": []}
+
+    async def send_contrib(ctx, token, gate, o):
+        for b in range(D // L):
+            ctx.set(dut.i_contrib.payload, {"token": token, "gate": gate,
+                                            "data": o[b * L:(b + 1) * L], "last": b == D // L - 1})
+            ctx.set(dut.i_contrib.valid, 1)
+            await ctx.tick().until(dut.i_contrib.ready)
+        ctx.set(dut.i_contrib.valid, 0)
+
+    async def flush(ctx, n):
+        ctx.set(dut.i_flush.payload.n_tokens, n)
+        ctx.set(dut.i_flush.valid, 1)
+        await ctx.tick().until(dut.i_flush.ready)
+        ctx.set(dut.i_flush.valid, 0)
+        y = []
+        while len(y) < n * D:
+            await ctx.tick()
+            if ctx.get(dut.o_y.valid):
+                y += list(ctx.get(dut.o_y.payload.data))
+        for _ in range(4):
+            await ctx.tick()
+        return y
+
+    async def read_acc(ctx):
+        rows = []
+        for t in range(T):
+            row = []
+            for b in range(D // L):
+                ctx.set(dut.acc_rd.token, t)
+                ctx.set(dut.acc_rd.beat, b)
+                ctx.set(dut.acc_rd.en, 1)
+                await ctx.tick()
+                ctx.set(dut.acc_rd.en, 0)
+                await ctx.tick()                      # held while en is low
+                data = list(ctx.get(dut.acc_rd.data))
+                row += data if ctx.get(dut.acc_rd.touched) else [0] * L
+            rows.append(row)
+        return rows
+
+    async def bench(ctx):
+        ctx.set(dut.o_y.ready, 1)
+        ctx.set(dut.y_mult, M)
+        ctx.set(dut.y_shift, S)
+        for contribs in batches:
+            for c in contribs:
+                await send_contrib(ctx, *c)
+            seen["y"].append(await flush(ctx, T))
+            seen["acc"].append([await read_acc(ctx), await read_acc(ctx)])
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    for i, contribs in enumerate(batches):
+        acc = torch.zeros(T, D, dtype=torch.int64)
+        for token, gate, o in contribs:
+            acc[token] += gate * torch.tensor(o, dtype=torch.int64)
+        assert seen["acc"][i] == [acc.tolist()] * 2, i
+        assert seen["y"][i] == requantize(acc, M, S, 8).flatten().tolist(), i
