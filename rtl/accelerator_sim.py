@@ -1,7 +1,7 @@
 """`AcceleratorWithMemory`: `MoEAccelerator` on the backing-memory model, the simulated layer.
 
 What the whole-layer cosimulation (``moeforge sim`` without ``--unit``) builds: the accelerator's
-command and response streams are its only ports; the host loads the expert images into the
+command and response streams (and ``busy``, the accelerator's) are its only ports; the host loads the expert images into the
 backing memory with ``WRITE_MEMORY`` commands, as it would on a board.
 """
 
@@ -50,6 +50,7 @@ class AcceleratorWithMemory(wiring.Component):
         super().__init__({
             "i_cmd": In(stream.Signature(byte_layout())),
             "o_rsp": Out(stream.Signature(byte_layout())),
+            "busy": Out(1),
         }, src_loc_at=1 + src_loc_at)
 
     def elaborate(self, platform):
@@ -61,4 +62,5 @@ class AcceleratorWithMemory(wiring.Component):
         wiring.connect(m, acc.mem_req, mem.i_req)
         wiring.connect(m, mem.o_resp, acc.mem_resp)
         wiring.connect(m, acc.mem_wr, mem.wr)
+        m.d.comb += self.busy.eq(acc.busy)
         return m
