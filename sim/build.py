@@ -292,6 +292,44 @@ def _key_lock(root: Path, key: str):
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+def build_once(root: Path, key: str, inputs: dict, complete, build_into) -> bool:
+    """Build ``root/key`` once, for every process: True if it was already there.
+
+    ``build_into(tmp)`` fills a fresh temporary folder, which is renamed to ``root/key`` only
+    when complete (with a ``manifest.json`` of `inputs`), under the key's lock; a failed build
+    is kept as ``root/<key>.failed``. ``complete(path)`` says whether a folder is a finished build.
+    """
+    final = root / key
+    if complete(final):
+        return True
+    root.mkdir(parents=True, exist_ok=True)
+    with _key_lock(root, key):
+        if complete(final):                     # another process built it while we waited
+            return True
+        # Holding the lock, leftovers of this key are from dead builds.
+        for stale in root.glob(f".tmp-{key}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():                       # incomplete (e.g. files deleted by hand)
+            shutil.rmtree(final, ignore_errors=True)
+        tmp = root / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        start = time.monotonic()
+        try:
+            build_into(tmp)
+        except BaseException:
+            failed = root / f"{key}.failed"
+            shutil.rmtree(failed, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                tmp.rename(failed)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        manifest = dict(inputs, build_seconds=round(time.monotonic() - start, 3),
+                        built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.rename(tmp, final)
+    return False
+
+
 def build_cached(verilog_text: str, top: str, *, flags: Iterable[str] = (),
                  waves: bool | str | None = None, waivers: str | None = AMARANTH_LINT_WAIVERS,
                  cache_dir: str | os.PathLike | None = None,
@@ -350,33 +388,10 @@ def build_cached(verilog_text: str, top: str, *, flags: Iterable[str] = (),
         return BuildHandle(key=key, path=final, top=top, wave_format=wave_format, cached=cached,
                            seconds=time.monotonic() - start)
 
-    if _is_complete(final, top):
-        return handle(True)
-    root.mkdir(parents=True, exist_ok=True)
-    with _key_lock(root, key):
-        if _is_complete(final, top):            # another process built it while we waited
-            return handle(True)
-        # Holding the lock, leftovers of this key are from dead builds.
-        for stale in root.glob(f".tmp-{key}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():                       # incomplete (e.g. files deleted by hand)
-            shutil.rmtree(final, ignore_errors=True)
-        tmp = root / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
-        tmp.mkdir()
-        try:
-            _build_into(tmp, verilog_text, top, flags, wave_format, waivers, timeout)
-        except BaseException:
-            failed = root / f"{key}.failed"
-            shutil.rmtree(failed, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                tmp.rename(failed)
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        manifest = dict(inputs, build_seconds=round(time.monotonic() - start, 3),
-                        built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.rename(tmp, final)
-    return handle(False)
+    cached = build_once(root, key, inputs, lambda path: _is_complete(path, top),
+                        lambda tmp: _build_into(tmp, verilog_text, top, flags, wave_format,
+                                                waivers, timeout))
+    return handle(cached)
 
 
 def _build_into(path: Path, verilog_text: str, top: str, flags: tuple[str, ...],
