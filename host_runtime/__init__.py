@@ -1,1 +1,11 @@
-"""moeforge.host_runtime — see DESIGN.md; filled by later issues."""
+"""moeforge.host_runtime: the host side of the accelerator — link protocol, transports, the
+`Device` API and expert parallelism over several devices (see ``docs/protocol.md``)."""
+
+from .device import Device, open_device
+from .errors import (ConfigMismatch, DeviceCommandError, DeviceCrashed, DeviceError,
+                     DeviceNotAnswering, NoSuchDevice)
+from .group import DeviceGroup, open_device_group
+
+__all__ = ["open_device", "open_device_group", "Device", "DeviceGroup", "DeviceError",
+           "NoSuchDevice", "DeviceNotAnswering", "DeviceCrashed", "ConfigMismatch",
+           "DeviceCommandError"]

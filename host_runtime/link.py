@@ -61,13 +61,14 @@ class Link:
         self.stats = LinkStats()
         self.last_acked: int | None = None
         self._seq = 0
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(max_payload=DEFAULT_MAX_PAYLOAD)
 
     def hello(self) -> HelloReport:
         """Start a session: the device forgets its last sequence number and reports itself."""
         payload = self._exchange(FrameType.HELLO, b"", extra=0.0, what="HELLO")
         report = HelloReport.parse(payload)
         self.max_payload = report.max_payload
+        self._decoder.max_payload = report.max_payload
         return report
 
     def command(self, packet: bytes, *, extra_timeout: float = 0.0) -> bytes:
@@ -104,8 +105,9 @@ class Link:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0:               # a partial frame now is the wreck of a lost one
                 self.stats.timeouts += 1
+                self._decoder.reset()
                 return None
             data = self.transport.read(left)
             if not data:

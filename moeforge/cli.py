@@ -99,7 +99,12 @@ def cmd_demo(args) -> int:
     sim_args = _argparse.Namespace(tokens=args.sim_tokens, seed=args.seed, mem_latency=None,
                                    mem_bandwidth=None, stall=0.2, waves=False, trace=None, json=False)
     code = _sim_layer(cfg, sim_args)
-    return code
+    if args.no_device:
+        return code
+    print(f"\n[3] the host runtime: {args.device_tokens} tokens streamed through the simulated device "
+          f"(the link's frames over a socket; the first build takes a few minutes)", flush=True)
+    from .cli_device import demo_stream
+    return demo_stream(cfg, seed=args.seed, tokens=args.device_tokens) or code
 
 
 def cmd_verilog(args) -> int:
@@ -239,14 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--tokens", type=int, default=2048)
     d.add_argument("--sim-tokens", type=int, default=48, help="tokens through the simulated accelerator")
-    d.add_argument("--no-sim", action="store_true", help="skip the whole-layer cosimulation")
+    d.add_argument("--no-sim", action="store_true", help="skip the simulations (cosimulation and device)")
+    d.add_argument("--device-tokens", type=int, default=256, help="tokens streamed through the simulated device")
+    d.add_argument("--no-device", action="store_true", help="skip the simulated-device step")
     d.set_defaults(func=cmd_demo)
+
+    from .cli_device import add_device_commands
+    add_device_commands(sub)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("tokens", "calib_tokens", "sim_tokens"):
+    for name in ("tokens", "calib_tokens", "sim_tokens", "device_tokens"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             print(f"moeforge: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2

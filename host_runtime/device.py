@@ -1,0 +1,404 @@
+"""`Device`: one accelerator behind the link — load a layer, run tokens, read statistics.
+
+``open_device("sim", cfg)`` starts the simulated device (the Verilated `MoESoC` in a child
+process, reached over a local socket); ``open_device("serial:///dev/ttyUSB1?baud=3000000")``
+opens a board's UART; ``open_device("socket://host:port")`` reaches a simulated device that
+``moeforge serve-sim`` serves elsewhere. The same command packets travel in the same frames on
+all three.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import time
+from collections import deque
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import torch
+
+from moeforge.config import AccelConfig
+from moeforge.errors import ShapeError
+from moeforge.rtl.commands import COUNTERS, CommandLayout, Op, Status
+
+from .errors import ConfigMismatch, DeviceCommandError, DeviceCrashed, NoSuchDevice
+from .framing import LINK_VERSION
+from .link import Link
+from .load_plan import layer_writes
+from .transports import FaultyTransport, SerialTransport, SocketTransport, Transport
+
+__all__ = ["Device", "open_device", "estimate_cycles"]
+
+SIM_CYCLES_PER_SECOND = 100_000     # a floor for the simulated device's speed: run timeouts
+MIN_FRAME = 64                      # the smallest frame budget the host shrinks to under faults
+
+
+def estimate_cycles(cfg: AccelConfig, n_tokens: int) -> int:
+    """A generous estimate of one batch's cycles (compute + fetch of every expert + routing):
+    it only sets how long the host waits for RUN's answer before asking again."""
+    per_expert = (3 if cfg.activation == "swiglu" else 2) * cfg.d_model
+    macs = n_tokens * (cfg.top_k * cfg.d_ff + cfg.shared_d_ff) * per_expert
+    lay = CommandLayout.from_config(cfg)
+    fetch = min(cfg.n_experts, n_tokens * cfg.top_k) * lay.image_words + lay.shared_image_words
+    route = n_tokens * (cfg.n_experts + 1) * (cfg.d_model // cfg.mac_cols + 8)
+    return macs // (cfg.mac_rows * cfg.mac_cols) + fetch + route + 4000
+
+
+class Device:
+    """One accelerator. Use `open_device`; close it (or use ``with``) to free the link and,
+    for the simulated device, its process."""
+
+    def __init__(self, transport: Transport, cfg: AccelConfig | None = None, *,
+                 timeout: float = 0.5, attempts: int = 20, on_close=None):
+        self.transport = transport
+        self.cfg = cfg
+        self._on_close = on_close
+        self._closed = False
+        self.link = Link(transport, timeout=timeout, attempts=attempts)
+        self.hello = self.link.hello()
+        if self.hello.link_version != LINK_VERSION:
+            raise DeviceCommandError(f"{transport.name}: link protocol version "
+                                     f"{self.hello.link_version}, this host speaks {LINK_VERSION}")
+        if cfg is not None and self.hello.config_hash != _hash(cfg):
+            raise ConfigMismatch(f"{transport.name}: device built for config with hash "
+                                 f"{self.hello.config_hash.hex()}, not {cfg.name} "
+                                 f"(hash {_hash(cfg).hex()})")
+        self._budget = self.hello.max_payload
+        self._clean = 0
+        self._q = None
+        self._totals = dict.fromkeys(COUNTERS, 0)
+        self._last = dict(self.hello.counters)
+        self._batches = self._tokens = 0
+        self._busy_seconds = 0.0
+
+    # --- commands ------------------------------------------------------
+    def _command(self, packet: bytes, *, extra_timeout: float = 0.0) -> bytes:
+        retries = self.link.stats.retries
+        rsp = self.link.command(packet, extra_timeout=extra_timeout)
+        if self.link.stats.retries > retries:      # a noisy link: smaller frames fail less
+            self._budget = max(MIN_FRAME, self._budget // 2)
+            self._clean = 0
+        else:
+            self._clean += 1
+            if self._clean >= 32 and self._budget < self.hello.max_payload:
+                self._budget = min(self.hello.max_payload, self._budget * 2)
+                self._clean = 0
+        if not rsp or rsp[0] != Status.OK:
+            status = rsp[0] if rsp else Status.BAD_LENGTH
+            raise DeviceCommandError(f"{self.transport.name}: command 0x{packet[0]:02x} failed: "
+                                     f"{Status.NAMES.get(status, f'status {status}')}")
+        return rsp[1:]
+
+    def _need_cfg(self) -> AccelConfig:
+        if self.cfg is None:
+            raise ValueError("the device's config is unknown: pass it to open_device or load a layer")
+        return self.cfg
+
+    # --- loading -------------------------------------------------------
+    def load(self, q, *, progress: bool | None = None, experts=None, shared: bool = True) -> None:
+        """Write `q` (a `QuantizedMoELayer`): router, expert images, shared expert, output scale.
+        ``experts``/``shared`` restrict the images written (expert parallelism, see
+        `open_device_group`); the rest of the device is masked off."""
+        if _hash(q.cfg) != self.hello.config_hash:
+            built = (f"config {self.cfg.name}" if self.cfg is not None
+                     else f"a config with hash {self.hello.config_hash.hex()}")
+            raise ConfigMismatch(f"device built for {built}, layer quantised for config "
+                                 f"{q.cfg.name} (hash {_hash(q.cfg).hex()})")
+        self.cfg = self.cfg or q.cfg
+        runs = layer_writes(q, self.cfg, experts=experts, shared=shared)
+        total = sum(r.size for r in runs)
+        if progress is None:
+            progress = total >= 1 << 20 and sys.stderr.isatty()
+        bar = _progress(total, f"load {self.cfg.name}", progress)
+        try:
+            for run in runs:
+                sent = 0
+                while sent < len(run.words):    # re-cut after each packet: the budget may change
+                    packet = next(_sub(run, sent).packets(self._budget))
+                    self._command(packet)
+                    n = struct.unpack_from("<I", packet, 5)[0]
+                    sent += n
+                    bar.update(n * run.nbytes)
+            self._command(struct.pack("<BHB", Op.SET_SCALE, int(q.out_mult), int(q.out_shift)))
+            if experts is not None or not shared or self._masked:
+                self.set_mask(experts, shared)
+        finally:
+            bar.close()
+        self._q = q
+
+    _masked = False
+
+    def set_mask(self, experts=None, shared: bool = True) -> None:
+        """Enable only ``experts`` (None: all) and the shared expert if ``shared``."""
+        lay = CommandLayout.from_config(self._need_cfg())
+        self._command(bytes([Op.SET_EXPERT_MASK])
+                      + lay.expert_mask(experts, shared).to_bytes(lay.mask_bytes, "little"))
+        self._masked = experts is not None or not shared
+
+    # --- running -------------------------------------------------------
+    def _tokens_in(self, x) -> tuple[torch.Tensor, bool, tuple]:
+        """(int8 rows, input was float, leading shape)."""
+        cfg = self._need_cfg()
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor):
+            raise ShapeError(f"input must be a tensor or numpy array, not {type(x).__name__}")
+        if x.dim() == 0 or x.shape[-1] != cfg.d_model:
+            raise ShapeError(f"input shape {list(x.shape)} does not end in d_model={cfg.d_model}")
+        lead = tuple(x.shape[:-1])
+        flat = x.reshape(-1, cfg.d_model)
+        if torch.is_floating_point(flat):
+            if self._q is None:
+                raise ValueError("float input needs the layer's scales: load(q) first, or pass int8 tokens")
+            return self._q.quantize_input(flat.float()), True, lead
+        if flat.dtype != torch.int8:
+            raise ShapeError(f"input dtype {x.dtype}: the device takes float or int8 tokens")
+        return flat, False, lead
+
+    def run(self, x):
+        """Tokens ``[..., d_model]`` (float: quantised with the layer's input scale; int8: as they
+        are) → outputs of the same shape (float dequantised, or int8)."""
+        rows, is_float, lead = self._tokens_in(x)
+        y = self._run_int8(rows)
+        if is_float:
+            y = self._q.dequantize_output(y)
+        return y.reshape(*lead, self.cfg.d_model)
+
+    def _run_int8(self, rows: torch.Tensor, *, partial: bool = False) -> torch.Tensor:
+        t_max = self.cfg.token_buffer_depth
+        outs = [self._batch(rows[i:i + t_max], partial) for i in range(0, rows.shape[0], t_max)]
+        if not outs:
+            return torch.empty(0, self.cfg.d_model, dtype=torch.int64 if partial else torch.int8)
+        return torch.cat(outs)
+
+    def _batch(self, rows: torch.Tensor, partial: bool) -> torch.Tensor:
+        cfg, d = self.cfg, self.cfg.d_model
+        n = rows.shape[0]
+        start = time.perf_counter()
+        data = rows.to(torch.int8).numpy().tobytes()
+        t = 0
+        while t < n:
+            k = min(n - t, max(1, (self._budget - 5) // d))
+            self._command(struct.pack("<BHH", Op.WRITE_TOKENS, t, k) + data[t * d:(t + k) * d])
+            t += k
+        cps = self.transport.cycles_per_second or SIM_CYCLES_PER_SECOND
+        self._command(struct.pack("<BH", Op.RUN, n), extra_timeout=4 * estimate_cycles(cfg, n) / cps)
+        width = CommandLayout.from_config(cfg).partial_bytes if partial else 1
+        op = Op.READ_PARTIAL if partial else Op.READ_OUTPUT
+        got, t = [], 0
+        while t < n:
+            k = min(n - t, max(1, (self._budget - 1) // (d * width)))
+            rsp = self._command(struct.pack("<BHH", op, t, k))
+            if len(rsp) != k * d * width:
+                raise DeviceCommandError(f"{self.transport.name}: {k} tokens answered with "
+                                         f"{len(rsp)} bytes, expected {k * d * width}")
+            got.append(rsp)
+            t += k
+        raw = b"".join(got)
+        if partial:
+            y = torch.tensor([int.from_bytes(raw[i:i + width], "little", signed=True)
+                              for i in range(0, len(raw), width)], dtype=torch.int64).reshape(n, d)
+        else:
+            y = torch.frombuffer(bytearray(raw), dtype=torch.int8).reshape(n, d).clone()
+        counters = struct.unpack(f"<{len(COUNTERS)}I", self._command(bytes([Op.READ_COUNTERS])))
+        self._last = dict(zip(COUNTERS, counters))
+        for k, v in self._last.items():
+            self._totals[k] += v
+        self._batches += 1
+        self._tokens += n
+        self._busy_seconds += time.perf_counter() - start
+        return y
+
+    def stream(self, items):
+        """Run an iterable of token tensors (each ``[n, d_model]`` or ``[d_model]``), pooling
+        their tokens into full device batches; yields each item's output in order."""
+        cfg = self._need_cfg()
+        pending: deque = deque()          # (n tokens, float?, leading shape)
+        rows: list[torch.Tensor] = []
+        done: list[torch.Tensor] = []
+        queued = ready = 0
+
+        def flush(all_of_it: bool):
+            nonlocal queued, ready
+            pool = torch.cat(rows) if rows else torch.empty(0, cfg.d_model, dtype=torch.int8)
+            take = pool.shape[0] if all_of_it else pool.shape[0] // cfg.token_buffer_depth * cfg.token_buffer_depth
+            if take:
+                done.append(self._run_int8(pool[:take]))
+                ready += take
+            rows[:] = [pool[take:]] if take < pool.shape[0] else []
+            queued -= take
+
+        def pop_ready():
+            nonlocal ready
+            out = torch.cat(done) if done else torch.empty(0, cfg.d_model, dtype=torch.int8)
+            while pending and pending[0][0] <= ready:
+                n, is_float, lead = pending.popleft()
+                y, out = out[:n], out[n:]
+                ready -= n
+                yield (self._q.dequantize_output(y) if is_float else y).reshape(*lead, cfg.d_model)
+            done[:] = [out]
+
+        for x in items:
+            r, is_float, lead = self._tokens_in(x)
+            pending.append((r.shape[0], is_float, lead))
+            rows.append(r)
+            queued += r.shape[0]
+            if queued >= cfg.token_buffer_depth:
+                flush(False)
+                yield from pop_ready()
+        flush(True)
+        yield from pop_ready()
+
+    # --- statistics ----------------------------------------------------
+    def stats(self) -> dict:
+        """Cycles, cache counters and link figures: of the last batch and summed over all."""
+        cols = self.cfg.mac_cols if self.cfg else 1
+        t = self._totals
+        out = {
+            "device": self.transport.name,
+            "config": self.cfg.name if self.cfg else None,
+            "batches": self._batches, "tokens": self._tokens,
+            "cycles": t["cycles"], "hits": t["hits"], "misses": t["misses"],
+            "bytes_fetched": t["words_fetched"] * cols, "prefetch_hits": t["prefetch_hits"],
+            "stall_cycles": t["stall_cycles"],
+            "mac_util": t["mac_busy"] / t["mac_total"] if t["mac_total"] else 0.0,
+            "totals": dict(t), "last_batch": dict(self._last),
+            "retries": self.link.stats.retries, "link": self.link.stats.as_dict(),
+            "frame_budget": self._budget,
+            "tokens_per_second": self._tokens / self._busy_seconds if self._busy_seconds else 0.0,
+        }
+        if isinstance(self.transport, FaultyTransport):
+            out["faults_injected"] = dict(self.transport.injected)
+        return out
+
+    # --- lifetime ------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.transport.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _hash(cfg: AccelConfig) -> bytes:
+    return bytes.fromhex(cfg.content_hash()[:16])
+
+
+def _sub(run, start: int):
+    from .load_plan import WriteRun
+    return WriteRun(run.op, run.addr + start, run.words[start:], run.nbytes)
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
+
+
+class SimTransport(SocketTransport):
+    """The socket to a simulated-device child process: a dead child is reported as such."""
+
+    cycles_per_second = SIM_CYCLES_PER_SECOND
+
+    def __init__(self, proc):
+        self.proc = proc
+        super().__init__(proc.host, proc.port, name="sim")
+
+    def _crashed(self):
+        return DeviceCrashed(f"the simulated device crashed: {self.proc.describe_exit()}")
+
+    def write(self, data: bytes) -> None:
+        try:
+            super().write(data)
+        except DeviceCrashed:
+            if not self.proc.alive():
+                raise self._crashed() from None
+            raise
+
+    def read(self, timeout: float) -> bytes:
+        try:
+            data = super().read(timeout)
+        except DeviceCrashed:
+            time.sleep(0.05)
+            if not self.proc.alive():
+                raise self._crashed() from None
+            raise
+        if not data and not self.proc.alive():
+            raise self._crashed()
+        return data
+
+
+def open_device(spec: str, cfg: AccelConfig | None = None, *, faults: dict | None = None,
+                timeout: float | None = None, attempts: int = 20, **sim_params) -> Device:
+    """Open a device: ``"sim"`` (needs `cfg`), ``"serial:///dev/ttyUSB1?baud=3000000"`` or
+    ``"socket://host:port"``. ``faults=dict(flip=, drop=, dup=, seed=)`` puts a fault injector
+    on the link. ``sim_params`` go to the simulated `MoESoC` (e.g. ``latency``)."""
+    on_close = None
+    if spec == "sim":
+        if cfg is None:
+            raise NoSuchDevice("open_device('sim') needs the AccelConfig to simulate")
+        from moeforge.sim.sim_device import SimDeviceProcess
+        proc = SimDeviceProcess.start(cfg, **sim_params)
+        try:
+            transport: Transport = SimTransport(proc)
+        except BaseException:
+            proc.close()
+            raise
+        on_close = proc.close
+        timeout = 0.05 if timeout is None else timeout
+    elif spec.startswith("serial://"):
+        url = urlparse(spec)
+        path = url.path or url.netloc
+        if not path:
+            raise NoSuchDevice(f"{spec}: no serial port in the URL (serial:///dev/ttyUSB1?baud=3000000)")
+        try:
+            baud = int(parse_qs(url.query).get("baud", ["3000000"])[0])
+        except ValueError:
+            raise NoSuchDevice(f"{spec}: baud must be an integer") from None
+        transport = SerialTransport(path, baud=baud, name=spec)
+        transport.cycles_per_second = (cfg.clock_mhz * 1e6) if cfg else 25e6
+    elif spec.startswith("socket://"):
+        transport = SerialTransport(spec, name=spec)
+        transport.cycles_per_second = SIM_CYCLES_PER_SECOND
+    else:
+        raise NoSuchDevice(f"no such device {spec!r}: use 'sim', 'serial:///dev/ttyUSB1?baud=3000000' "
+                           f"or 'socket://host:port'")
+    if sim_params and spec != "sim":
+        transport.close()
+        raise TypeError(f"unexpected arguments for {spec}: {', '.join(sim_params)}")
+    if faults:
+        faults = dict(faults)
+        try:
+            transport = FaultyTransport(transport, **faults)
+        except (TypeError, ValueError) as e:
+            transport.close()
+            if on_close:
+                on_close()
+            raise ValueError(f"faults: {e}") from None
+    try:
+        return Device(transport, cfg, timeout=1.0 if timeout is None else timeout,
+                      attempts=attempts, on_close=on_close)
+    except BaseException:
+        transport.close()
+        if on_close:
+            on_close()
+        raise

@@ -1,0 +1,161 @@
+"""``moeforge run`` and ``moeforge serve-sim``: the host runtime from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .config import AccelConfig
+from .errors import MoeforgeError, ShapeError
+
+__all__ = ["add_device_commands"]
+
+
+def _faults(text: str | None) -> dict | None:
+    """``flip=1e-3,drop=1e-3,dup=1e-3,seed=1`` → dict."""
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key not in ("flip", "drop", "dup", "seed") or not value:
+            raise MoeforgeError(f"--faults: {part!r} is not one of flip=RATE, drop=RATE, dup=RATE, seed=N")
+        try:
+            out[key] = int(value) if key == "seed" else float(value)
+        except ValueError:
+            raise MoeforgeError(f"--faults: {key} must be a number, not {value!r}") from None
+    return out
+
+
+def _input(path: str, cfg: AccelConfig):
+    import numpy as np
+    p = Path(path)
+    if not p.is_file():
+        raise MoeforgeError(f"--input {path}: no such file")
+    try:
+        x = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise MoeforgeError(f"--input {path}: not a .npy array ({e})") from None
+    if x.dtype not in (np.float32, np.float64, np.float16, np.int8):
+        raise ShapeError(f"--input {path}: dtype {x.dtype}; the device takes float or int8 tokens")
+    if x.ndim < 1 or x.shape[-1] != cfg.d_model:
+        raise ShapeError(f"--input {path}: shape {list(x.shape)} does not end in d_model={cfg.d_model} "
+                         f"of config {cfg.name}")
+    return x
+
+
+def cmd_run(args) -> int:
+    """Stream a .npy of tokens through a device and write the outputs."""
+    import numpy as np
+    import torch
+
+    from moeforge.hls_models import QuantizedMoELayer
+    from moeforge.host_runtime import open_device
+    cfg = AccelConfig.from_toml(args.config)
+    if not Path(args.model).is_file():
+        raise MoeforgeError(f"--model {args.model}: no such file")
+    q = QuantizedMoELayer.load(args.model, cfg)
+    x = _input(args.input, cfg)
+    out = Path(args.output)
+    if not out.resolve().parent.is_dir():
+        raise MoeforgeError(f"-o {args.output}: folder {out.parent} does not exist")
+    if out.resolve() == Path(args.input).resolve():
+        raise MoeforgeError("-o must not overwrite the input file")
+    faults = _faults(args.faults)
+    rows = torch.from_numpy(np.ascontiguousarray(x.reshape(-1, cfg.d_model)))
+    if rows.is_floating_point():
+        rows = rows.float()
+    chunk = cfg.token_buffer_depth
+    show = not args.no_progress and sys.stderr.isatty()
+    with open_device(args.device, cfg, faults=faults) as dev:
+        dev.load(q, progress=show or None)
+        from tqdm import tqdm
+        bar = tqdm(total=rows.shape[0], unit="tok", desc=f"run {cfg.name}", disable=not show)
+        ys = []
+        for y in dev.stream(rows[i:i + chunk] for i in range(0, rows.shape[0], chunk)):
+            ys.append(y)
+            bar.update(y.shape[0])
+        bar.close()
+        stats = dev.stats()
+    y = torch.cat(ys).reshape(x.shape) if ys else torch.empty(x.shape, dtype=torch.int8)
+    y = y.numpy().astype(np.int8 if x.dtype == np.int8 else np.float32)
+    tmp = out.with_name(f".{out.name}.tmp.npy")
+    np.save(tmp, y)
+    tmp.replace(out)        # a failed run leaves an existing output untouched
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print(f"wrote {out}: {rows.shape[0]} tokens through {stats['device']} ({cfg.name}) — "
+              f"{stats['cycles']} cycles, cache {stats['hits']} hits / {stats['misses']} misses, "
+              f"{stats['retries']} link retries, {stats['tokens_per_second']:.0f} tokens/s")
+    return 0
+
+
+def cmd_serve_sim(args) -> int:
+    """Serve the simulated device on a TCP port (reach it with socket://host:port)."""
+    from moeforge.sim.sim_device import serve_sim
+    cfg = AccelConfig.from_toml(args.config)
+    if not 0 <= args.port <= 65535:
+        raise MoeforgeError(f"--port must be in 0..65535, not {args.port}")
+    return serve_sim(cfg, host=args.host, port=args.port)
+
+
+def add_device_commands(sub) -> None:
+    r = sub.add_parser("run", help="stream tokens (.npy) through a device and write its outputs (.npy)")
+    r.add_argument("--device", default="sim", help="sim, serial:///dev/ttyUSB1?baud=3000000 or socket://host:port")
+    r.add_argument("--config", required=True)
+    r.add_argument("--model", required=True, help="the quantised layer (.safetensors, from `moeforge quantize`)")
+    r.add_argument("--input", required=True, help=".npy of tokens [..., d_model], float or int8")
+    r.add_argument("-o", "--output", required=True, help=".npy to write (float32, or int8 for int8 input)")
+    r.add_argument("--faults", help="inject link faults: flip=1e-3,drop=1e-3,dup=1e-3,seed=1")
+    r.add_argument("--json", action="store_true", help="print the device statistics as JSON")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("serve-sim", help="serve the simulated device on a TCP port (socket://host:port)")
+    s.add_argument("--config", required=True)
+    s.add_argument("--port", type=int, default=5555)
+    s.add_argument("--host", default="127.0.0.1")
+    s.set_defaults(func=cmd_serve_sim)
+
+
+def demo_stream(cfg: AccelConfig, *, seed: int, tokens: int, faults: dict | None = None) -> int:
+    """`make demo`'s last step: a random-weight layer loaded into the simulated device, tokens
+    streamed through it, outputs checked against the golden model and the float block."""
+    import time
+
+    import torch
+
+    from moeforge.hls_models import QuantizedMoELayer, make_hf_block, make_hf_input
+    from moeforge.host_runtime import open_device
+    block = make_hf_block(cfg, seed=seed)
+    q = QuantizedMoELayer.from_hf(block, cfg, calib=make_hf_input(cfg, 512, seed=2 * seed))
+    x = make_hf_input(cfg, tokens, seed=2 * seed + 1)
+    x_int = q.quantize_input(x)
+    t0 = time.perf_counter()
+    with open_device("sim", cfg, faults=faults) as dev:
+        t1 = time.perf_counter()
+        dev.load(q)
+        t2 = time.perf_counter()
+        y_int = torch.cat(list(dev.stream(x_int[i:i + 8] for i in range(0, tokens, 8))))
+        t3 = time.perf_counter()
+        stats = dev.stats()
+    exact = torch.equal(y_int, q.forward_int(x_int))
+    with torch.no_grad():
+        y_float = block((x_int.float() * q.x_scale)[None]).reshape(x.shape)
+    y = q.dequantize_output(y_int)
+    err = (torch.linalg.vector_norm(y - y_float) / torch.linalg.vector_norm(y_float)).item()
+    print(f"    device: simulated MoESoC (Verilator, in a child process, over a local socket); "
+          f"open {t1 - t0:.1f} s, load {t2 - t1:.2f} s")
+    print(f"    token 0, first 8 outputs: {[round(v, 3) for v in y[0, :8].tolist()]}")
+    print(f"    float block:              {[round(v, 3) for v in y_float[0, :8].tolist()]}")
+    print(f"    {tokens} tokens in {t3 - t2:.2f} s ({tokens / (t3 - t2):.0f} tokens/s end to end): "
+          f"{'bit-exact with the golden model' if exact else 'MISMATCH with the golden model'}; "
+          f"relative L2 error against the float block {err * 100:.2f}%")
+    print(f"    device stats: {stats['batches']} batches, {stats['cycles']} cycles, MAC utilisation "
+          f"{stats['mac_util'] * 100:.1f}%, cache {stats['hits']} hits / {stats['misses']} misses, "
+          f"{stats['bytes_fetched']} bytes fetched, {stats['stall_cycles']} stall cycles, "
+          f"{stats['link']['frames']} frames, {stats['retries']} link retries")
+    return 0 if exact else 1

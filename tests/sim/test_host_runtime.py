@@ -1,0 +1,181 @@
+"""The host runtime on the simulated device: the Device API bit-exact against the golden model,
+under injected link faults, with clear errors, and with experts spread over two devices."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from moeforge import AccelConfig
+from moeforge.hls_models import QuantizedMoELayer, make_hf_block, make_hf_input
+from moeforge.host_runtime import (ConfigMismatch, DeviceCrashed, DeviceNotAnswering,
+                                   NoSuchDevice, open_device, open_device_group)
+
+pytestmark = pytest.mark.verilator
+TINY = "configs/tiny.toml"
+
+
+def _layer(cfg, seed=0):
+    block = make_hf_block(cfg, seed=seed)
+    return QuantizedMoELayer.from_hf(block, cfg, calib=make_hf_input(cfg, 256, seed=seed + 1))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = AccelConfig.from_toml(TINY)
+    return cfg, _layer(cfg)
+
+
+def test_run_and_stream_are_bit_exact(tiny):
+    cfg, q = tiny
+    x = make_hf_input(cfg, 77, seed=9)
+    x_int = q.quantize_input(x)
+    with open_device("sim", cfg) as dev:
+        dev.load(q)
+        assert torch.equal(dev.run(x_int), q.forward_int(x_int))          # 32 + 32 + 13 tokens
+        assert torch.equal(dev.run(x_int[:1]), q.forward_int(x_int[:1]))  # a decode step
+        assert torch.equal(dev.run(x), q(x))                              # float in, float out
+        y3 = dev.run(x.reshape(7, 11, cfg.d_model))
+        assert y3.shape == (7, 11, cfg.d_model) and torch.equal(y3.reshape(77, -1), q(x))
+        pieces = [x_int[:5], x_int[5], x_int[6:40], x_int[40:41], x_int[41:]]
+        outs = list(dev.stream(pieces))
+        assert [o.shape for o in outs] == [p.shape for p in pieces]
+        assert torch.equal(torch.cat([o.reshape(-1, cfg.d_model) for o in outs]), q.forward_int(x_int))
+        s = dev.stats()
+    assert s["tokens"] == 77 + 1 + 77 + 77 + 77 and s["retries"] == 0
+    assert s["cycles"] > 0 and s["hits"] + s["misses"] >= s["batches"]
+    assert s["last_batch"]["tokens_routed"] > 0
+
+
+def test_faults_lose_nothing_over_10000_frames(tiny):
+    """Flipped, dropped and duplicated bytes in both directions: every batch bit-exact, and the
+    retries counted; at least 10,000 frames acknowledged."""
+    cfg, q = tiny
+    rng = torch.Generator().manual_seed(4)
+    faults = dict(flip=1e-3, drop=3e-4, dup=3e-4, seed=11)
+    batches = 0
+    with open_device("sim", cfg, faults=faults) as dev:
+        dev.load(q)
+        while dev.link.stats.frames < 10_000:
+            n = int(torch.randint(1, 2 * cfg.token_buffer_depth, (1,), generator=rng))
+            x = torch.randint(-128, 128, (n, cfg.d_model), generator=rng, dtype=torch.int8)
+            assert torch.equal(dev.run(x), q.forward_int(x)), f"batch {batches} differs"
+            batches += 1
+        s = dev.stats()
+    injected = s["faults_injected"]
+    assert min(injected.values()) > 0 and s["retries"] > 0
+    assert s["link"]["frames"] >= 10_000
+    print(f"\n{s['link']['frames']} frames, {batches} batches, {s['tokens']} tokens; "
+          f"faults injected {injected}; link {s['link']}")
+
+
+def test_wrong_config_and_bad_input_are_clear_errors(tiny):
+    cfg, q = tiny
+    other = AccelConfig.from_toml("configs/switch.toml")
+    with open_device("sim", cfg) as dev:
+        with pytest.raises(ConfigMismatch, match=f"device built for config {cfg.name}, layer "
+                                                 f"quantised for config {other.name}"):
+            dev.load(_layer(other))
+        with pytest.raises(ValueError, match="load"):
+            dev.run(torch.zeros(2, cfg.d_model))          # float input before any layer
+        dev.load(q)
+        with pytest.raises(Exception, match="d_model=64"):
+            dev.run(torch.zeros(3, 5, dtype=torch.int8))
+        with pytest.raises(Exception, match="dtype"):
+            dev.run(torch.zeros(3, cfg.d_model, dtype=torch.int32))
+        x = torch.ones(2, cfg.d_model, dtype=torch.int8)
+        assert torch.equal(dev.run(x), q.forward_int(x))  # still usable
+    with pytest.raises(NoSuchDevice, match="no such device"):
+        open_device("usb3", cfg)
+    with pytest.raises(NoSuchDevice, match="cannot open"):
+        open_device("serial:///dev/ttyNOPE0?baud=115200", cfg)
+
+
+def test_crashed_child_is_reported_not_hung(tiny):
+    cfg, q = tiny
+    dev = open_device("sim", cfg)
+    try:
+        os.kill(dev.transport.proc.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(DeviceCrashed, match="simulated device crashed"):
+            dev.load(q)
+        assert time.monotonic() - t0 < 30
+    finally:
+        dev.close()
+    assert not dev.transport.proc.alive()
+    dev.close()                                          # idempotent
+
+
+def test_silent_device_names_the_last_acknowledged_frame(tiny):
+    cfg, _ = tiny
+    with open_device("sim", cfg, attempts=3) as dev:
+        last = dev.link.last_acked
+        os.kill(dev.transport.proc.pid, signal.SIGSTOP)  # alive but silent
+        try:
+            with pytest.raises(DeviceNotAnswering, match=f"last acknowledged: sequence number {last}"):
+                dev.run(torch.zeros(1, cfg.d_model, dtype=torch.int8))
+        finally:
+            os.kill(dev.transport.proc.pid, signal.SIGCONT)
+
+
+def test_two_devices_share_the_experts_and_match_one(tiny):
+    cfg, q = tiny
+    x = make_hf_input(cfg, 50, seed=3)
+    with open_device_group(["sim", "sim"], cfg, placement=[[0, 3], [1, 2]]) as group:
+        group.load(q)
+        assert torch.equal(group.run(x), q(x))
+        s = group.stats()
+    assert [p["experts"] for p in s["placement"]] == [[0, 3], [1, 2]]
+    assert all(0 < p["tokens_sent"] <= 50 for p in s["placement"])
+
+
+def test_run_command_line(tiny, tmp_path, capsys):
+    from moeforge.cli import main
+    cfg, q = tiny
+    model, inp, out = tmp_path / "layer.safetensors", tmp_path / "x.npy", tmp_path / "y.npy"
+    q.save(model)
+    x = make_hf_input(cfg, 40, seed=5)
+    np.save(inp, x.numpy())
+    assert main(["run", "--config", TINY, "--model", str(model), "--input", str(inp),
+                 "-o", str(out), "--no-progress"]) == 0
+    assert np.array_equal(np.load(out), q(x).numpy())
+    np.save(inp, x.numpy()[:, :10])
+    out.write_bytes(b"keep")
+    assert main(["run", "--config", TINY, "--model", str(model), "--input", str(inp),
+                 "-o", str(out)]) == 2
+    assert "d_model=64" in capsys.readouterr().err and out.read_bytes() == b"keep"
+    assert main(["run", "--config", TINY, "--model", str(tmp_path / "none.safetensors"),
+                 "--input", str(inp), "-o", str(out)]) == 2
+    np.save(inp, x.numpy().astype(np.int32))
+    assert main(["run", "--config", TINY, "--model", str(model), "--input", str(inp),
+                 "-o", str(out)]) == 2
+    assert "dtype int32" in capsys.readouterr().err
+
+
+def test_serve_sim_reached_through_pyserial_socket_url(tiny):
+    """``moeforge serve-sim`` in another process, the host through ``socket://host:port``."""
+    import re
+    import subprocess
+    import sys
+    cfg, q = tiny
+    server = subprocess.Popen([sys.executable, "-m", "moeforge.cli", "serve-sim", "--config", TINY,
+                               "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
+    try:
+        line = server.stdout.readline()
+        m = re.search(r"listening on ([\d.]+):(\d+)", line)
+        assert m, line
+        x = torch.randint(-128, 128, (9, cfg.d_model), dtype=torch.int8)
+        with open_device(f"socket://{m[1]}:{m[2]}", cfg) as dev:
+            dev.load(q)
+            assert torch.equal(dev.run(x), q.forward_int(x))
+        with open_device(f"socket://{m[1]}:{m[2]}") as dev:   # the device kept its layer
+            assert dev.hello.loaded_flags & 1 and dev.hello.config_hash.hex() == cfg.content_hash()[:16]
+    finally:
+        server.send_signal(signal.SIGINT)
+        code = server.wait(timeout=20)
+        server.stdout.close()
+    assert code == 0
