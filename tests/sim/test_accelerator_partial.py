@@ -20,8 +20,9 @@ from moeforge.sim.layer_sim import layer_program, run_steps
 
 pytestmark = pytest.mark.verilator
 
-# tiny: no shared expert; deepseek_v3: the smallest shared expert of the example configs
-CONFIGS = ["configs/tiny.toml", "configs/deepseek_v3.toml"]
+# tiny: no shared expert; deepseek_v3: the smallest shared expert of the example configs (a
+# cold build and run of about 3.5 min: `make test-slow`)
+CONFIGS = ["configs/tiny.toml", pytest.param("configs/deepseek_v3.toml", marks=pytest.mark.slow)]
 
 
 def _step(name, packet, status=Status.OK, *, max_cycles=200_000, **kw):

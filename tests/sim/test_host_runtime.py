@@ -179,3 +179,20 @@ def test_serve_sim_reached_through_pyserial_socket_url(tiny):
         code = server.wait(timeout=20)
         server.stdout.close()
     assert code == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", sorted(str(p) for p in __import__("pathlib").Path("configs").glob("*.toml")))
+def test_every_example_config_bit_exact_with_and_without_faults(path):
+    cfg = AccelConfig.from_toml(path)
+    q = _layer(cfg, seed=2)
+    n = 2 * cfg.token_buffer_depth + 5
+    x = torch.randint(-128, 128, (n, cfg.d_model), dtype=torch.int8,
+                      generator=torch.Generator().manual_seed(1))
+    for faults in (None, dict(flip=1e-3, drop=3e-4, dup=3e-4, seed=3)):
+        with open_device("sim", cfg, faults=faults) as dev:
+            dev.load(q)
+            assert torch.equal(dev.run(x), q.forward_int(x)), (path, faults)
+            s = dev.stats()
+        print(f"\n{path} faults={bool(faults)}: {s['tokens']} tokens, {s['cycles']} cycles, "
+              f"{s['link']['frames']} frames, {s['retries']} retries")
