@@ -10,9 +10,11 @@ bit-exact), batches of `--tokens` tokens (default: the token buffer depth) throu
 * the expert cache's hits and misses next to `ExpertCacheModel`'s for the same expert sequence;
 * hidden fetch: ``1 - stall_cycles / fetch_cycles``, the share of the misses' fetch time
   (missed bytes / bandwidth) during which the engine did not wait for the cache; and the same
-  for the prefetched misses only: the batch's first expert is requested when routing ends, with
-  nothing to overlap its fetch, so ``1 - max(0, stall - first) / (fetch - first)`` with
-  ``first`` one image's fetch time (when the first expert missed).
+  without the batch's first fetch, ``1 - max(0, stall - first) / (fetch - first)`` with
+  ``first`` one image's fetch time (when the first expert missed). The first expert is
+  requested during routing, as soon as a token has chosen it (`LayerCore`), so its fetch
+  overlaps the routing; before that change it was requested when routing ended, with nothing
+  to overlap it, and this second figure showed what the prefetch hid of the others.
 
     .venv/bin/python bench/layer_cycles.py [--tokens 64] [--batches 2] [--bandwidth 8] [configs ...]
 """

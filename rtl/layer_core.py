@@ -10,25 +10,33 @@ phases after ``i_run``:
    route beat goes into the dispatch table (per expert: its tokens in token order, their gates)
    and the token's shared-expert gate is kept. Meanwhile the shared engine (if any) has taken
    its one job of all ``T`` tokens and computes.
-2. **Experts.** Once every token is routed, experts are visited in ascending index; each one with
-   at least one token and not disabled by ``expert_off`` is requested on ``o_req`` as soon as the
-   cache takes the request (requests run ahead of grants: the cache prefetches). A grant
-   ``{expert, slot, hit}`` becomes a job ``{n_tokens = count[expert], w_base = slot ·
-   image_words}`` of the routed engine, taken in the same cycle (``i_grant.ready`` is the engine's
-   ``i_job.ready`` while a request is outstanding); its tokens then stream from the token buffer
-   in dispatch-list order. The job's slot is released (``release`` pulse) in the first cycle after
-   the grant in which the engine's ``i_job.ready`` is high again: the engine has its whole image
-   in its own weight buffer. Jobs are handled in grant order, the expert taken from the grant, so
-   the cache may grant in any order as long as each request is granted once (the tests' fixture
-   grants in request order).
+2. **Experts.** Experts are visited in ascending index from the run on; each one with at least
+   one token and not disabled by ``expert_off`` is requested on ``o_req`` as soon as the cache
+   takes the request (requests run ahead of grants: the cache prefetches). The visit does not
+   wait for the routing: an expert is requested as soon as a routed token has chosen it, but
+   passed over (no token) only once every token is routed, a disabled one at once. So the
+   requests are the same experts in the same order as those of a visit after routing, and the
+   first fetches (expert 0's in nearly every batch) overlap the routing. Grants are taken only
+   after routing (the counts are final then). A grant ``{expert, slot, hit}`` becomes a job
+   ``{n_tokens = count[expert], w_base = slot · image_words}`` of the routed engine, taken in the
+   same cycle (``i_grant.ready`` is the engine's ``i_job.ready`` while a request is outstanding
+   and routing is over); its tokens then stream from the token buffer in dispatch-list order.
+   The job's slot is released (``release`` pulse) in the first cycle after the grant in which
+   the engine's ``i_job.ready`` is high again: the engine has its whole image in its own weight
+   buffer. Jobs are handled in grant order, the expert taken from the grant, so the cache may
+   grant in any order as long as each request is granted once (the tests' fixture grants in
+   request order).
 3. **Combine.** Each engine output beat (job-local token, ``R`` int16) becomes a combiner
    contribution ``{token, gate, data, last}``: the routed engine's token and gate come from the
    dispatch list of the job's expert, the shared engine's gate is the token's shared gate (a
    shared output waits until its token is routed). The two sources are arbitrated per whole
-   contribution (round robin at ``last``). When every expert has been visited and all its
-   contributions are in (``Σ count[e]`` over the requested experts, ``+ T`` with an enabled
-   shared expert: ``T·(k + [shared])`` without a mask), the combiner is flushed with
-   ``n_tokens = T`` and its ``y`` is written to the output buffer; then ``done`` pulses.
+   contribution (round robin at ``last``); the shared engine's outputs pass a FIFO of two
+   contributions and one enters the arbiter only once its last beat is in, so it never holds
+   the routed engine (the critical path) for more than ``D/R`` cycles. When every expert has
+   been visited, every request granted and all their contributions are in (``Σ count[e]`` over
+   the requested experts, ``+ T`` with an enabled shared expert: ``T·(k + [shared])`` without a
+   mask), the combiner is flushed with ``n_tokens = T`` and its ``y`` is written to the output
+   buffer; then ``done`` pulses.
 
 A disabled routed expert is skipped by the scheduler as if no token had chosen it (not
 requested, not computed, no contribution); a disabled shared expert's engine gets no job. The
@@ -79,8 +87,9 @@ shared expert), ``slots``, and the layouts ``req_layout``, ``grant_layout``, ``r
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -265,17 +274,22 @@ class LayerCore(wiring.Component):
         if sh is not None:
             m.d.comb += disp.i_route.payload.shared_gate.eq(rp.shared_gate)
 
-        # -- requests: experts with tokens, ascending ------------------------------------------
+        # -- requests: experts with tokens, ascending, from the run on -------------------------
+        # The scan visits experts in ascending index from the cycle after the run. An expert
+        # with a token (counts only grow) is requested at once, during routing too, so its
+        # fetch overlaps the routing. An expert without one is passed only once routing is over
+        # (until then a later token may still choose it), a disabled one at once: the requests
+        # are the same experts in the same order as for a scan after routing.
         req_e = Signal(range(E + 1), name="req_expert")
         scanning = Signal(name="scanning")
-        with m.If(routing & routed_all):
+        with m.If(run):
             m.d.sync += [scanning.eq(1), req_e.eq(0)]
         # a disabled expert counts as chosen by no token
         req_off = pick([self.expert_off[e] for e in range(E)], req_e)
         req_count = Mux(req_off, 0, pick(disp.counts, req_e))
         m.d.comb += [self.o_req.valid.eq(scanning & (req_count != 0)),
                      self.o_req.payload.expert.eq(req_e[:len(self.o_req.payload.expert)])]
-        with m.If(scanning & ((req_count == 0) | self.o_req.ready)):
+        with m.If(scanning & Mux(req_count == 0, req_off | ~routing, self.o_req.ready)):
             m.d.sync += req_e.eq(req_e + 1)
             with m.If(req_e == E - 1):
                 m.d.sync += scanning.eq(0)
@@ -295,7 +309,8 @@ class LayerCore(wiring.Component):
         m.d.comb += q_full.eq((q_wr - q_out)[:qb] == JOB_QUEUE)
         g = self.i_grant
         g_ok = Signal(name="grant_ok")
-        m.d.comb += g_ok.eq((n_req != n_grant) & ~q_full)
+        # jobs start once routing is over: their token counts are final, the feed is free
+        m.d.comb += g_ok.eq((n_req != n_grant) & ~q_full & ~routing)
         g_count = pick(disp.counts, g.payload.expert)
         ji = eng.i_job
         m.d.comb += [
@@ -391,23 +406,40 @@ class LayerCore(wiring.Component):
             m.d.comb += [sfeed.i_token.valid.eq(self.busy & sh_on & (st != n_tok)),
                          sfeed.i_token.payload.token.eq(st[:disp.token_shape.width])]
             wiring.connect(m, sfeed.o_x, sh.i_x)
-            # outputs: a token's contribution waits until its shared gate is in the table
+            # outputs: through a FIFO of two contributions (2·D/R beats), so that a shared
+            # contribution enters the arbiter only once its last beat is in and then takes D/R
+            # consecutive cycles (the shared engine's beats come one per S_F cycles: unbuffered,
+            # a shared contribution would hold the routed engine's outputs, and with them its
+            # down phase, for D/R·S_F cycles). A token's contribution also waits until its
+            # shared gate is in the table.
             sy = sh.o_y
+            y_layout = sy.payload.shape()
+            per = D // R
+            m.submodules.shared_out = sfifo = SyncFIFOBuffered(
+                width=Shape.cast(y_layout).width, depth=2 * per)
+            sf = data.View(y_layout, sfifo.r_data)
+            m.d.comb += [sfifo.w_data.eq(sy.payload.as_value()), sfifo.w_en.eq(sy.valid),
+                         sy.ready.eq(sfifo.w_rdy)]
             s_v, s_en, s_take = Signal(name="s_valid"), Signal(name="s_en"), Signal(name="s_take")
             s_data = Signal(sy.payload.data.shape(), name="s_data")
             s_tok = Signal(sy.payload.token.shape(), name="s_token")
             s_last = Signal(name="s_last")
             s_ok = Signal(name="s_gate_known")
-            m.d.comb += [s_en.eq(~s_v | s_take), s_ok.eq(sy.payload.token < disp.n_routed),
-                         sy.ready.eq(s_en & s_ok),
-                         disp.rd_sh.token.eq(sy.payload.token), disp.rd_sh.en.eq(s_en)]
+            m.d.comb += [s_en.eq(~s_v | s_take), s_ok.eq(sf.token < disp.n_routed),
+                         sfifo.r_en.eq(s_en & s_ok),
+                         disp.rd_sh.token.eq(sf.token), disp.rd_sh.en.eq(s_en)]
             with m.If(s_en):
-                m.d.sync += [s_v.eq(sy.valid & s_ok), s_data.eq(sy.payload.data),
-                             s_tok.eq(sy.payload.token), s_last.eq(sy.payload.last)]
+                m.d.sync += [s_v.eq(sfifo.r_rdy & s_ok), s_data.eq(sf.data),
+                             s_tok.eq(sf.token), s_last.eq(sf.last)]
+            # whole shared contributions in the FIFO and the s stage (the oldest is complete
+            # when there is any: contributions come in order)
+            s_whole = Signal(range(2 * per + 2), name="s_whole")
+            m.d.sync += s_whole.eq(s_whole + (sy.valid & sy.ready & sy.payload.last)
+                                   - (s_take & s_last))
             # arbiter: whole contributions, round robin; the choice holds while a beat waits
             locked, owner, prio = (Signal(name=n) for n in ("arb_locked", "arb_owner", "arb_prio"))
             use_s = Signal(name="arb_shared")
-            m.d.comb += use_s.eq(Mux(locked, owner, s_v & (~r_v | prio)))
+            m.d.comb += use_s.eq(Mux(locked, owner, s_v & (s_whole != 0) & (~r_v | prio)))
             m.d.comb += [
                 ic.valid.eq(Mux(use_s, s_v, r_v)),
                 ic.payload.token.eq(Mux(use_s, s_tok, disp.rd_c.token)),
@@ -428,7 +460,8 @@ class LayerCore(wiring.Component):
 
         # -- flush when every contribution is in; y → output buffer; done -----------------------
         # Expected: T for an enabled shared expert, plus each requested expert's count as its
-        # request goes out; final once the scan is over.
+        # grant becomes a job (after routing: the count is final); final once the scan is over
+        # and every request is granted.
         terms = k + (1 if sh is not None else 0)
         nb = (T_max * terms).bit_length()
         n_contrib = Signal(nb, name="contributions")
@@ -442,10 +475,10 @@ class LayerCore(wiring.Component):
         with m.Else():
             with m.If(ic.valid & ic.ready & ic.payload.last):
                 m.d.sync += n_contrib.eq(n_contrib + 1)
-            with m.If(self.o_req.valid & self.o_req.ready):
-                m.d.sync += n_expect.eq(n_expect + req_count)
+            with m.If(granted):
+                m.d.sync += n_expect.eq(n_expect + g_count)
         m.d.comb += [fl.valid.eq(self.busy & ~flushed & ~routing & ~scanning &
-                                 (n_contrib == n_expect)),
+                                 (n_req == n_grant) & (n_contrib == n_expect)),
                      fl.payload.n_tokens.eq(n_tok)]
         with m.If(fl.valid & fl.ready):
             m.d.sync += flushed.eq(1)
