@@ -20,12 +20,12 @@ import torch
 
 from moeforge.config import AccelConfig
 from moeforge.errors import ShapeError
-from moeforge.rtl.commands import COUNTERS, CommandLayout, Op, Status
+from moeforge.rtl.commands import (COUNTERS, WRITE_HEADER_BYTES, CommandError, CommandLayout, Op,
+                                   check_response, encode, layer_writes)
 
 from .errors import ConfigMismatch, DeviceCommandError, DeviceCrashed, NoSuchDevice
 from .framing import LINK_VERSION
 from .link import Link
-from .load_plan import layer_writes
 from .transports import FaultyTransport, SerialTransport, SocketTransport, Transport
 
 __all__ = ["Device", "open_device", "estimate_cycles"]
@@ -34,12 +34,12 @@ SIM_CYCLES_PER_SECOND = 100_000     # a floor for the simulated device's speed: 
 MIN_FRAME = 64                      # the smallest frame budget the host shrinks to under faults
 
 
-def estimate_cycles(cfg: AccelConfig, n_tokens: int) -> int:
+def estimate_cycles(cfg: AccelConfig, n_tokens: int, lay: CommandLayout | None = None) -> int:
     """A generous estimate of one batch's cycles (compute + fetch of every expert + routing):
     it only sets how long the host waits for RUN's answer before asking again."""
     per_expert = (3 if cfg.activation == "swiglu" else 2) * cfg.d_model
     macs = n_tokens * (cfg.top_k * cfg.d_ff + cfg.shared_d_ff) * per_expert
-    lay = CommandLayout.from_config(cfg)
+    lay = lay or CommandLayout.from_config(cfg)
     fetch = min(cfg.n_experts, n_tokens * cfg.top_k) * lay.image_words + lay.shared_image_words
     route = n_tokens * (cfg.n_experts + 1) * (cfg.d_model // cfg.mac_cols + 8)
     return macs // (cfg.mac_rows * cfg.mac_cols) + fetch + route + 4000
@@ -67,6 +67,8 @@ class Device:
         self._budget = self.hello.max_payload
         self._clean = 0
         self._q = None
+        self._masked = False
+        self._layout_of = None              # (cfg, its CommandLayout), made once
         self._totals = dict.fromkeys(COUNTERS, 0)
         self._last = dict(self.hello.counters)
         self._batches = self._tokens = 0
@@ -84,16 +86,22 @@ class Device:
             if self._clean >= 32 and self._budget < self.hello.max_payload:
                 self._budget = min(self.hello.max_payload, self._budget * 2)
                 self._clean = 0
-        if not rsp or rsp[0] != Status.OK:
-            status = rsp[0] if rsp else Status.BAD_LENGTH
-            raise DeviceCommandError(f"{self.transport.name}: command 0x{packet[0]:02x} failed: "
-                                     f"{Status.NAMES.get(status, f'status {status}')}")
-        return rsp[1:]
+        try:
+            return check_response(packet[0], rsp)
+        except CommandError as e:
+            raise DeviceCommandError(f"{self.transport.name}: {e}") from None
 
     def _need_cfg(self) -> AccelConfig:
         if self.cfg is None:
             raise ValueError("the device's config is unknown: pass it to open_device or load a layer")
         return self.cfg
+
+    @property
+    def _layout(self) -> CommandLayout:
+        cfg = self._need_cfg()
+        if self._layout_of is None or self._layout_of[0] is not cfg:
+            self._layout_of = (cfg, CommandLayout.from_config(cfg))
+        return self._layout_of[1]
 
     # --- loading -------------------------------------------------------
     def load(self, q, *, progress: bool | None = None, experts=None, shared: bool = True) -> None:
@@ -114,26 +122,23 @@ class Device:
         try:
             for run in runs:
                 sent = 0
-                while sent < len(run.words):    # re-cut after each packet: the budget may change
-                    packet = next(_sub(run, sent).packets(self._budget))
+                while sent < len(run.words):    # cut one packet at a time: the budget may change
+                    packet = run.packet(sent, self._budget)
                     self._command(packet)
-                    n = struct.unpack_from("<I", packet, 5)[0]
+                    n = (len(packet) - WRITE_HEADER_BYTES) // run.nbytes
                     sent += n
                     bar.update(n * run.nbytes)
-            self._command(struct.pack("<BHB", Op.SET_SCALE, int(q.out_mult), int(q.out_shift)))
+            self._command(encode(Op.SET_SCALE, int(q.out_mult), int(q.out_shift)))
             if experts is not None or not shared or self._masked:
                 self.set_mask(experts, shared)
         finally:
             bar.close()
         self._q = q
 
-    _masked = False
-
     def set_mask(self, experts=None, shared: bool = True) -> None:
         """Enable only ``experts`` (None: all) and the shared expert if ``shared``."""
-        lay = CommandLayout.from_config(self._need_cfg())
-        self._command(bytes([Op.SET_EXPERT_MASK])
-                      + lay.expert_mask(experts, shared).to_bytes(lay.mask_bytes, "little"))
+        lay = self._layout
+        self._command(encode(Op.SET_EXPERT_MASK, lay.expert_mask(experts, shared), lay.mask_bytes))
         self._masked = experts is not None or not shared
 
     # --- running -------------------------------------------------------
@@ -173,23 +178,22 @@ class Device:
         return torch.cat(outs)
 
     def _batch(self, rows: torch.Tensor, partial: bool) -> torch.Tensor:
-        cfg, d = self.cfg, self.cfg.d_model
+        cfg, d, lay = self.cfg, self.cfg.d_model, self._layout
         n = rows.shape[0]
         start = time.perf_counter()
-        data = rows.to(torch.int8).numpy().tobytes()
         t = 0
         while t < n:
             k = min(n - t, max(1, (self._budget - 5) // d))
-            self._command(struct.pack("<BHH", Op.WRITE_TOKENS, t, k) + data[t * d:(t + k) * d])
+            self._command(encode(Op.WRITE_TOKENS, t, rows[t:t + k].tolist()))
             t += k
         cps = self.transport.cycles_per_second or SIM_CYCLES_PER_SECOND
-        self._command(struct.pack("<BH", Op.RUN, n), extra_timeout=4 * estimate_cycles(cfg, n) / cps)
-        width = CommandLayout.from_config(cfg).partial_bytes if partial else 1
+        self._command(encode(Op.RUN, n), extra_timeout=4 * estimate_cycles(cfg, n, lay) / cps)
+        width = lay.partial_bytes if partial else 1
         op = Op.READ_PARTIAL if partial else Op.READ_OUTPUT
         got, t = [], 0
         while t < n:
             k = min(n - t, max(1, (self._budget - 1) // (d * width)))
-            rsp = self._command(struct.pack("<BHH", op, t, k))
+            rsp = self._command(encode(op, t, k))
             if len(rsp) != k * d * width:
                 raise DeviceCommandError(f"{self.transport.name}: {k} tokens answered with "
                                          f"{len(rsp)} bytes, expected {k * d * width}")
@@ -197,14 +201,13 @@ class Device:
             t += k
         raw = b"".join(got)
         if partial:
-            y = torch.tensor([int.from_bytes(raw[i:i + width], "little", signed=True)
-                              for i in range(0, len(raw), width)], dtype=torch.int64).reshape(n, d)
+            y = torch.tensor(lay.partials(raw), dtype=torch.int64)
         else:
             y = torch.frombuffer(bytearray(raw), dtype=torch.int8).reshape(n, d).clone()
-        counters = struct.unpack(f"<{len(COUNTERS)}I", self._command(bytes([Op.READ_COUNTERS])))
-        self._last = dict(zip(COUNTERS, counters))
-        for k, v in self._last.items():
-            self._totals[k] += v
+        counters = self._command(encode(Op.READ_COUNTERS))
+        self._last = dict(zip(COUNTERS, struct.unpack(f"<{len(COUNTERS)}I", counters)))
+        for key, v in self._last.items():
+            self._totals[key] += v
         self._batches += 1
         self._tokens += n
         self._busy_seconds += time.perf_counter() - start
@@ -292,11 +295,6 @@ class Device:
 
 def _hash(cfg: AccelConfig) -> bytes:
     return bytes.fromhex(cfg.content_hash()[:16])
-
-
-def _sub(run, start: int):
-    from .load_plan import WriteRun
-    return WriteRun(run.op, run.addr + start, run.words[start:], run.nbytes)
 
 
 class _NoBar:

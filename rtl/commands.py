@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from moeforge.config import AccelConfig
 
 __all__ = ["Op", "Status", "COUNTERS", "LOADED_FLAGS", "PROTOCOL_VERSION", "CommandLayout",
-           "CommandError", "encode", "check_response", "layer_commands"]
+           "CommandError", "encode", "check_response", "WriteRun", "layer_writes", "layer_commands"]
 
 PROTOCOL_VERSION = 1
 
@@ -223,32 +223,92 @@ def check_response(op: int, packet: bytes) -> bytes:
     return packet[1:]
 
 
-def _runs(writes, nbytes: int, op: int, chunk: int) -> list[bytes]:
-    """(addr, word) writes → packets of consecutive addresses, at most `chunk` words each."""
-    packets, start, run = [], None, []
+WRITE_HEADER_BYTES = 9      # opcode, addr u32, count u32
+
+
+@dataclass(frozen=True)
+class WriteRun:
+    """Words for consecutive addresses of one write command's memory, cut into packets only
+    when sent: the host runtime sizes them to the link's frames, which shrink on a noisy link."""
+
+    op: int             # WRITE_ROUTER, WRITE_MEMORY or WRITE_SHARED
+    addr: int
+    words: tuple[int, ...]
+    nbytes: int         # bytes of a word
+
+    @property
+    def size(self) -> int:
+        return len(self.words) * self.nbytes
+
+    def packet(self, start: int, max_payload: int) -> bytes:
+        """The packet of the words from index `start` on, as many as ``max_payload`` bytes hold."""
+        per = (max_payload - WRITE_HEADER_BYTES) // self.nbytes
+        if per < 1:
+            raise ValueError(f"a packet of {max_payload} bytes cannot carry one {self.nbytes}-byte word")
+        return encode(self.op, self.addr + start, self.words[start:start + per], self.nbytes)
+
+    def packets(self, max_payload: int):
+        """Every packet of the run, in address order, at most ``max_payload`` bytes each."""
+        per = (max_payload - WRITE_HEADER_BYTES) // self.nbytes
+        for start in range(0, len(self.words), max(per, 1)):
+            yield self.packet(start, max_payload)
+
+
+def _write_runs(op: int, writes, nbytes: int) -> list[WriteRun]:
+    """(addr, word) writes → runs of consecutive addresses."""
+    runs, start, cur = [], None, []
     for addr, word in sorted(writes):
-        if run and (addr != start + len(run) or len(run) == chunk):
-            packets.append(encode(op, start, run, nbytes))
-            run = []
-        if not run:
+        if cur and addr != start + len(cur):
+            runs.append(WriteRun(op, start, tuple(cur), nbytes))
+            cur = []
+        if not cur:
             start = addr
-        run.append(word)
-    if run:
-        packets.append(encode(op, start, run, nbytes))
-    return packets
+        cur.append(word)
+    if cur:
+        runs.append(WriteRun(op, start, tuple(cur), nbytes))
+    return runs
+
+
+def layer_writes(q, cfg: AccelConfig, *, experts=None, shared: bool = True) -> list[WriteRun]:
+    """Router, expert images (only ``experts`` if given) and shared image of `q` for a device
+    built for `cfg`. A device given a subset still gets the last word of each memory written
+    (zero where it is not its own): the device counts a memory loaded once a write reaches
+    its end, and the experts it does not hold are masked off (``SET_EXPERT_MASK``), never read.
+
+    Raises
+    ------
+    ValueError
+        If the layer's tensors do not fit the config's memories, or the config has a shared
+        expert and the layer none.
+    """
+    from .expert_ffn import expert_image
+    from .router import router_image
+    lay = CommandLayout.from_config(cfg)
+    runs = _write_runs(Op.WRITE_ROUTER, router_image(q, lanes=cfg.mac_cols), lay.router_bytes)
+    mem = {}
+    for e in (range(cfg.n_experts) if experts is None else sorted(experts)):
+        mem.update((e * lay.image_words + i, w) for i, w in enumerate(expert_image(q.experts, e, cfg)))
+    mem.setdefault(lay.memory_words - 1, 0)
+    runs += _write_runs(Op.WRITE_MEMORY, mem.items(), lay.cols)
+    if cfg.shared_d_ff:
+        if q.shared is None:
+            raise ValueError(f"config {cfg.name} has a shared expert; the layer has none")
+        img = dict(enumerate(expert_image(q.shared, 0, cfg))) if shared else {}
+        img.setdefault(lay.shared_image_words - 1, 0)
+        runs += _write_runs(Op.WRITE_SHARED, img.items(), lay.cols)
+    return runs
 
 
 def layer_commands(q, cfg: AccelConfig, *, chunk: int = 1024) -> list[bytes]:
     """The packets that load a `QuantizedMoELayer` into a device built for `cfg`: router,
-    every expert's image into the backing memory, the shared expert, the output scale.
+    every expert's image into the backing memory, the shared expert, the output scale; write
+    packets carry at most `chunk` words.
 
     Raises
     ------
     ValueError
         If the layer does not fit the config (its shapes, activation or parameters).
     """
-    from .expert_ffn import expert_image
-    from .router import router_image
     fields = ("d_model", "d_ff", "n_experts", "top_k", "activation", "shared_d_ff", "shared_gate",
               "routing", "router_bits", "rotation_block")
     differ = [f for f in fields if getattr(q.cfg, f) != getattr(cfg, f)]
@@ -256,16 +316,7 @@ def layer_commands(q, cfg: AccelConfig, *, chunk: int = 1024) -> list[bytes]:
         raise ValueError(f"the layer is quantised for config {q.cfg.name}, which differs from "
                          f"{cfg.name} in " + ", ".join(f"{f} ({getattr(q.cfg, f)!r} vs "
                                                        f"{getattr(cfg, f)!r})" for f in differ))
-    lay = CommandLayout.from_config(cfg)
-    packets = _runs(router_image(q, lanes=cfg.mac_cols), lay.router_bytes, Op.WRITE_ROUTER, chunk)
-    mem = []
-    for e in range(cfg.n_experts):
-        mem += [(e * lay.image_words + i, w) for i, w in enumerate(expert_image(q.experts, e, cfg))]
-    packets += _runs(mem, lay.cols, Op.WRITE_MEMORY, chunk)
-    if cfg.shared_d_ff:
-        if q.shared is None:
-            raise ValueError(f"config {cfg.name} has a shared expert; the layer has none")
-        packets += _runs(list(enumerate(expert_image(q.shared, 0, cfg))), lay.cols,
-                         Op.WRITE_SHARED, chunk)
+    packets = [p for run in layer_writes(q, cfg)
+               for p in run.packets(WRITE_HEADER_BYTES + chunk * run.nbytes)]
     packets.append(encode(Op.SET_SCALE, int(q.out_mult), int(q.out_shift)))
     return packets
