@@ -350,6 +350,8 @@ def open_device(spec: str, cfg: AccelConfig | None = None, *, faults: dict | Non
     """Open a device: ``"sim"`` (needs `cfg`), ``"serial:///dev/ttyUSB1?baud=3000000"`` or
     ``"socket://host:port"``. ``faults=dict(flip=, drop=, dup=, seed=)`` puts a fault injector
     on the link. ``sim_params`` go to the simulated `MoESoC` (e.g. ``latency``)."""
+    if sim_params and spec != "sim":
+        raise TypeError(f"unexpected arguments for {spec}: {', '.join(sim_params)}")
     on_close = None
     if spec == "sim":
         if cfg is None:
@@ -380,19 +382,12 @@ def open_device(spec: str, cfg: AccelConfig | None = None, *, faults: dict | Non
     else:
         raise NoSuchDevice(f"no such device {spec!r}: use 'sim', 'serial:///dev/ttyUSB1?baud=3000000' "
                            f"or 'socket://host:port'")
-    if sim_params and spec != "sim":
-        transport.close()
-        raise TypeError(f"unexpected arguments for {spec}: {', '.join(sim_params)}")
-    if faults:
-        faults = dict(faults)
-        try:
-            transport = FaultyTransport(transport, **faults)
-        except (TypeError, ValueError) as e:
-            transport.close()
-            if on_close:
-                on_close()
-            raise ValueError(f"faults: {e}") from None
     try:
+        if faults:
+            try:
+                transport = FaultyTransport(transport, **faults)
+            except TypeError as e:          # an unknown fault name
+                raise ValueError(f"faults: {e}") from None
         return Device(transport, cfg, timeout=1.0 if timeout is None else timeout,
                       attempts=attempts, on_close=on_close)
     except BaseException:

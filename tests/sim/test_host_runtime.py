@@ -90,6 +90,10 @@ def test_wrong_config_and_bad_input_are_clear_errors(tiny):
         assert torch.equal(dev.run(x), q.forward_int(x))  # still usable
     with pytest.raises(NoSuchDevice, match="no such device"):
         open_device("usb3", cfg)
+    with pytest.raises(ValueError, match=r"^faults: drop rate 2 is not in \[0, 1\)"):
+        open_device("sim", cfg, faults=dict(drop=2))
+    with pytest.raises(ValueError, match="^faults: .*'jitter'"):
+        open_device("sim", cfg, faults=dict(jitter=0.1))
     with pytest.raises(NoSuchDevice, match="cannot open"):
         open_device("serial:///dev/ttyNOPE0?baud=115200", cfg)
 
