@@ -98,7 +98,8 @@ def cmd_demo(args) -> int:
     import argparse as _argparse
     sim_args = _argparse.Namespace(tokens=args.sim_tokens, seed=args.seed, mem_latency=None,
                                    mem_bandwidth=None, stall=0.2, waves=False, trace=None, json=False)
-    code = _sim_layer(cfg, sim_args)
+    from .cli_sim import sim_layer
+    code = sim_layer(cfg, sim_args)
     if args.no_device:
         return code
     print(f"\n[3] the host runtime: {args.device_tokens} tokens streamed through the simulated device "
@@ -122,77 +123,6 @@ def cmd_verilog(args) -> int:
     tmp.replace(out)  # a failed run never leaves a half-written file behind
     print(f"wrote {out} ({args.unit or 'all units'}, config {cfg.name} {cfg.short_hash})", file=sys.stderr)
     return 0
-
-
-def cmd_sim(args) -> int:
-    from moeforge.sim.unit_sim import run_unit
-    cfg = _load_config(args.config)
-    if args.unit is None:
-        return _sim_layer(cfg, args)
-    if args.trace is not None:
-        raise MoeforgeError("--trace records the expert cache's accesses of a whole-layer run; "
-                            "drop --unit or --trace")
-    r = run_unit(cfg, args.unit, tokens=args.tokens, seed=args.seed, waves=args.waves, stall=args.stall)
-    if not args.waves:
-        import shutil
-        shutil.rmtree(r.pop("workdir"), ignore_errors=True)
-    if args.json:
-        print(json.dumps(r, indent=2))
-    else:
-        verdict = "bit-exact" if r["passed"] and r["mismatches"] == 0 else "MISMATCH"
-        extra = f", MAC utilisation {r['mac_util'] * 100:.1f}%" if "mac_util" in r else ""
-        print(f"{r['unit']} @ {r['config']}: {verdict} — {r['tokens']} tokens, {r['cycles']} cycles, "
-              f"{r['mismatches']} mismatches{extra}, {r['sim_cycles_per_s']:.0f} simulated cycles/s")
-        if "failure" in r:
-            print(r["failure"], file=sys.stderr)
-        if "waves" in r:
-            print(f"waves: {r['waves']}")
-    return 0 if r["passed"] and r["mismatches"] == 0 else 1
-
-
-def _sim_layer(cfg, args) -> int:
-    """`moeforge sim` without --unit: the whole accelerator against the golden model."""
-    from fractions import Fraction
-
-    from moeforge.sim.layer_sim import run_layer
-    bandwidth = None
-    if args.mem_bandwidth is not None:
-        try:
-            bandwidth = Fraction(args.mem_bandwidth)
-        except (ValueError, ZeroDivisionError):
-            bandwidth = None
-        if bandwidth is None or bandwidth <= 0:
-            raise MoeforgeError(f"--mem-bandwidth must be a positive number of bytes per cycle "
-                                f"(e.g. 4 or 1/2), not {args.mem_bandwidth!r}")
-    if args.mem_latency is not None and not 1 <= args.mem_latency <= 1024:
-        raise MoeforgeError(f"--mem-latency must be in [1, 1024] cycles, not {args.mem_latency}")
-    if args.trace is not None and not Path(args.trace).resolve().parent.is_dir():
-        raise MoeforgeError(f"cannot write {args.trace}: its folder does not exist")
-    r = run_layer(cfg, tokens=args.tokens, seed=args.seed, latency=args.mem_latency,
-                  bytes_per_cycle=bandwidth, stall=args.stall, waves=args.waves, trace=args.trace)
-    if not args.waves:
-        import shutil
-        shutil.rmtree(r.pop("workdir"), ignore_errors=True)
-    ok = r["passed"] and r["mismatches"] == 0
-    if args.json:
-        print(json.dumps(r, indent=2))
-    else:
-        verdict = "bit-exact" if ok else "MISMATCH"
-        print(f"layer @ {r['config']}: {verdict} — {r['tokens']} tokens in {r['batches']} batches, "
-              f"{r['mismatches']} mismatches")
-        if "cycles" in r:
-            print(f"  cycles {r['cycles']} (bound {r['cycles_bound']}, {r['cycles_over_bound']:.2f}×), "
-                  f"MAC utilisation {r['mac_util'] * 100:.1f}%")
-            print(f"  expert cache: {r['hits']} hits, {r['misses']} misses, {r['bytes_fetched']} bytes "
-                  f"fetched, {r['prefetch_hits']} prefetch hits, {r['stall_cycles']} stall cycles; "
-                  f"Python cache model {'agrees' if r['cache_model_match'] else 'DISAGREES'}")
-        if r.get("sim_cycles_per_s"):
-            print(f"  {r['sim_cycles_per_s']:.0f} simulated cycles/s")
-        if "failure" in r:
-            print(r["failure"], file=sys.stderr)
-        if "waves" in r:
-            print(f"waves: {r['waves']}")
-    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mem-latency", type=int, help="whole layer: backing-memory latency in cycles (default 16)")
     s.add_argument("--mem-bandwidth", help="whole layer: backing-memory bytes per cycle, e.g. 4 or 1/2 "
                    "(default one word, mac_cols bytes)")
+    from .cli_sim import cmd_sim
     s.set_defaults(func=cmd_sim)
 
     d = sub.add_parser("demo", help="the README's demo: accuracy report, then the whole layer in simulation")
