@@ -1,39 +1,77 @@
 """A quantised layer as a `safetensors` file: the weight image the device is loaded with.
 
 The file carries the integer tensors plus, in its metadata, the config (TOML), the
-config's content hash, the host-side float scales and a format version, so that a
-file can never be loaded against a config it was not made for.
+config's content hash, the host-side float scales, a format version and a SHA-256 digest
+of all of that (`digest`), so that a file can never be loaded against a config it was not
+made for, and a file whose bytes were altered or damaged is refused instead of running
+with wrong weights. Files of format ``moeforge-layer/1`` (no digest) are refused with a
+request to quantise the layer again: nothing in them shows that their weights are intact.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
 from pathlib import Path
 
 import torch
 
 from moeforge.config import AccelConfig
 from moeforge.errors import ConfigError, WeightsError
+from moeforge.outputs import temporary_beside
 
-__all__ = ["save_layer", "load_layer", "FORMAT"]
+__all__ = ["save_layer", "load_layer", "digest", "FORMAT", "DIGEST_KEY"]
 
-FORMAT = "moeforge-layer/1"
+FORMAT = "moeforge-layer/2"
+OLD_FORMATS = ("moeforge-layer/1",)
+DIGEST_KEY = "sha256"
+
+
+def digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """SHA-256 (hex) of every tensor's name, dtype, shape and little-endian bytes, in name
+    order, and of every metadata entry but the digest itself, in key order.
+
+    Every field is length-prefixed, so no two different images hash the same bytes.
+    """
+    h = hashlib.sha256()
+
+    def field(b: bytes) -> None:
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        field(name.encode())
+        field(str(t.dtype).removeprefix("torch.").encode())
+        field(",".join(map(str, t.shape)).encode())
+        field(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for key in sorted(k for k in meta if k != DIGEST_KEY):
+        field(key.encode())
+        field(str(meta[key]).encode())
+    return h.hexdigest()
 
 
 def save_layer(layer, path: str | Path) -> None:
+    """Write `layer` to `path` atomically (an existing file is replaced only when the new one
+    is complete), with the user's umask, its digest in the metadata.
+
+    Raises
+    ------
+    WeightsError
+        If the file cannot be written (the message names it).
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
     path = Path(path)
     meta = {"format": FORMAT, "config": layer.cfg.to_toml(), "config_hash": layer.cfg.content_hash(),
             "x_scale": repr(layer.x_scale), "y_scale": repr(layer.y_scale), "o_scale": repr(layer.o_scale)}
     tensors = {k: v.contiguous() for k, v in layer.tensors().items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    meta[DIGEST_KEY] = digest(tensors, meta)
     try:
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)  # atomic: an existing image is never left half-written
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot write the weight image ({exc.strerror or exc})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+        with temporary_beside(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+    except (OSError, SafetensorError) as exc:
+        raise WeightsError(f"{path}: cannot write the weight image "
+                           f"({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def _expect(tensors, name, shape, dtype, path):
@@ -73,8 +111,17 @@ def load_layer(path: str | Path, cfg: AccelConfig | None = None):
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+    if meta.get("format") in OLD_FORMATS:
+        raise WeightsError(f"{path}: written by an older moeforge ({meta['format']}), without a digest "
+                           f"of its weight data: quantise the layer again (moeforge quantize)")
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path}: not a moeforge layer image (format {meta.get('format')!r}, expected {FORMAT!r})")
+    if DIGEST_KEY not in meta:
+        raise WeightsError(f"{path}: no digest of its weight data in the metadata: the file was "
+                           f"altered or damaged")
+    if digest(tensors, meta) != meta[DIGEST_KEY]:
+        raise WeightsError(f"{path}: weight data does not match its digest: the file was altered "
+                           f"or damaged")
     try:
         file_cfg = AccelConfig.from_toml(meta["config"])
         scales = {k: float(meta[k]) for k in ("x_scale", "y_scale", "o_scale")}
