@@ -21,9 +21,13 @@ workers asking for the same design wait for one build instead of racing, a kille
 leaves a half-built ``<key>`` directory, and different designs build in parallel. A failed
 build is kept in ``<cache>/<key>.failed`` for inspection.
 
-The build runs cocotb's runner in a child Python process whose environment comes from
-`sim.toolchain.verilator_env` (``os.environ`` of this process is never modified). The test step
-runs cocotb's runner in this process: the simulator itself is a child process.
+Both steps run cocotb's runner in a child Python process (``os.environ`` of this process is
+never modified), started by `sim.child_process.run`: nothing they start (Verilator, make, the
+compiler, the simulator) outlives this process, whether it ends normally, by an exception,
+Ctrl-C, SIGTERM or SIGKILL. The build's environment comes from `sim.toolchain.verilator_env`;
+a test run's is this process's environment with the run's own variables over it, so a variable
+left in a user's environment (``MOEFORGE_BENCH``, ``COCOTB_TEST_FILTER`` ...) cannot change
+what a run simulates or compares.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from pathlib import Path
 
 from moeforge.errors import MoeforgeError
 
+from . import child_process
 from .toolchain import (AMARANTH_LINT_WAIVERS, ToolchainError, check_build_tools, fst_supported,
                         verilator_env, verilator_version)
 
@@ -69,6 +74,30 @@ runner = get_runner("verilator")
 runner.build(sources=a["sources"], hdl_toplevel=a["top"], build_dir=a["build_dir"],
              build_args=a["flags"], waves=a["waves"], log_file=a["log"], always=True)
 """
+
+# Runs in the child test process: cocotb's runner with this process's sys.path (which the runner
+# hands to the simulator as PYTHONPATH); reports how the simulator ended on its last stdout line.
+_TEST_MARK = "MOEFORGE_COCOTB_RUN "
+_TEST_CHILD = r"""
+import json, sys
+a = json.loads(sys.argv[1])
+sys.path[:] = a["sys_path"]
+from cocotb_tools.runner import get_runner
+error = None
+try:
+    get_runner("verilator").test(**a["test"])
+except SystemExit as exc:
+    if exc.code not in (0, None):
+        error = f"exit status {exc.code}"
+except RuntimeError as exc:           # the simulator process returned non-zero
+    error = str(exc)
+print(a["mark"] + json.dumps({"simulator_error": error}), flush=True)
+"""
+# Variables through which cocotb's runner would let the environment override run_cocotb's own
+# arguments (it merges os.environ over them); the child's environment never has them.
+_RUN_ARGUMENT_VARS = ("PYTEST_CURRENT_TEST", "COCOTB_TEST_FILTER", "COCOTB_TESTCASE",
+                      "COCOTB_TEST_MODULES", "COCOTB_TOPLEVEL", "TOPLEVEL_LANG", "GUI",
+                      "COCOTB_RESULTS_FILE")
 
 
 class SimBuildError(MoeforgeError, RuntimeError):
@@ -292,16 +321,20 @@ def _key_lock(root: Path, key: str):
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def build_once(root: Path, key: str, inputs: dict, complete, build_into) -> bool:
+def build_once(root: Path, key: str, inputs: dict, complete, build_into, on_build=None) -> bool:
     """Build ``root/key`` once, for every process: True if it was already there.
 
     ``build_into(tmp)`` fills a fresh temporary folder, which is renamed to ``root/key`` only
     when complete (with a ``manifest.json`` of `inputs`), under the key's lock; a failed build
     is kept as ``root/<key>.failed``. ``complete(path)`` says whether a folder is a finished build.
+    ``on_build()``, if given, is called once when the build is not there yet, before waiting for
+    the lock (so a caller can say that a long step starts).
     """
     final = root / key
     if complete(final):
         return True
+    if on_build is not None:
+        on_build()
     root.mkdir(parents=True, exist_ok=True)
     with _key_lock(root, key):
         if complete(final):                     # another process built it while we waited
@@ -414,9 +447,9 @@ def _build_into(path: Path, verilog_text: str, top: str, flags: tuple[str, ...],
     env = verilator_env()
     env.pop("WAVES", None)        # the runner lets WAVES override `waves`; the key decides here
     try:
-        proc = subprocess.run([sys.executable, "-c", _BUILD_CHILD, json.dumps(args)],
-                              env=env, cwd=path, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        proc = child_process.run([sys.executable, "-c", _BUILD_CHILD, json.dumps(args)],
+                                 env=env, cwd=path, capture_output=True, text=True,
+                                 timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise SimBuildError(f"building {top!r} took longer than {timeout} s; log: {log}") from exc
     except OSError as exc:
@@ -477,8 +510,12 @@ def run_cocotb(handle: BuildHandle, test_module: str, *, test_dir: str | os.Path
         The run's own folder (simulator working directory, ``results.xml``, ``sim.log``,
         waves); parallel runs must use different folders.
     extra_env : mapping, optional
-        Environment variables for the simulation (e.g. test parameters). Variables already set
-        in ``os.environ`` win over these (cocotb's runner merges them in that order).
+        Environment variables for the simulation (e.g. test parameters). They win over
+        variables of the same name in ``os.environ``; the other arguments (`seed`, `testcase`,
+        the build's tracing) win over cocotb's variables for them (``COCOTB_RANDOM_SEED``,
+        ``COCOTB_TEST_FILTER``, ``WAVES``), and ``PYTEST_CURRENT_TEST`` is not passed on.
+        The simulation runs in a child process that does not outlive this one (see the module
+        docstring).
     seed : int, optional
         ``COCOTB_RANDOM_SEED``; random by default (the seed is reported in the results).
     waves_dir : path, optional
@@ -497,8 +534,6 @@ def run_cocotb(handle: BuildHandle, test_module: str, *, test_dir: str | os.Path
     ValueError
         If `test_module` cannot be found, or waves are asked of a build without tracing.
     """
-    from cocotb_tools.runner import get_runner
-
     start = time.monotonic()
     if not isinstance(handle, BuildHandle) or not handle.executable.is_file():
         raise ValueError(f"not a usable build: {handle!r}")
@@ -523,27 +558,41 @@ def run_cocotb(handle: BuildHandle, test_module: str, *, test_dir: str | os.Path
         waves_path = wdir / f"{handle.top}.{handle.wave_format}"
         test_args = ["--trace-file", str(waves_path)]
 
-    env = dict(extra_env or {})
+    run_env = {str(k): str(v) for k, v in (extra_env or {}).items()}
     # cocotb rewrites the asserts of every module imported in the simulator ("*.py") unless
     # told otherwise; rewriting all of torch makes its import take ~4 s instead of ~0.7 s.
     # Rewrite the test module only.
-    env.setdefault("COCOTB_REWRITE_ASSERTION_FILES", f"{test_module.rsplit('.', 1)[-1]}.py")
-
-    runner = get_runner("verilator")
-    simulator_error = None
+    run_env.setdefault("COCOTB_REWRITE_ASSERTION_FILES", f"{test_module.rsplit('.', 1)[-1]}.py")
+    run_env["WAVES"] = "1" if handle.waves else "0"     # the build decides, not the environment
+    env = {**os.environ, **run_env}
+    for name in _RUN_ARGUMENT_VARS:
+        env.pop(name, None)
+    if seed is not None:
+        env.pop("COCOTB_RANDOM_SEED", None)
+    with contextlib.suppress(OSError):
+        results_xml.unlink()                  # a stale file must not pass for this run's results
+    child_args = {
+        "mark": _TEST_MARK, "sys_path": sys.path,
+        "test": dict(test_module=test_module, hdl_toplevel=handle.top,
+                     hdl_toplevel_lang="verilog", build_dir=str(handle.obj_dir),
+                     test_dir=str(test_dir), results_xml=str(results_xml),
+                     log_file=str(log_path), extra_env=run_env, seed=seed,
+                     waves=handle.waves, test_args=test_args, testcase=testcase),
+    }
     try:
-        runner.test(test_module=test_module, hdl_toplevel=handle.top, hdl_toplevel_lang="verilog",
-                    build_dir=handle.obj_dir,
-                    test_dir=test_dir, results_xml=str(results_xml), log_file=log_path,
-                    extra_env=env, seed=seed, waves=handle.waves,
-                    test_args=test_args, testcase=testcase)
-    except SystemExit as exc:
-        # Under pytest the runner checks the results itself and calls sys.exit() on any failed
-        # test; the results file says which, so only a missing file is a simulator error.
-        if exc.code not in (0, None) and not results_xml.is_file():
-            simulator_error = f"exit status {exc.code}"
-    except RuntimeError as exc:           # the simulator process returned non-zero
-        simulator_error = str(exc)
+        proc = child_process.run([sys.executable, "-c", _TEST_CHILD, json.dumps(child_args)],
+                                 env=env, cwd=test_dir, capture_output=True, text=True,
+                                 errors="replace")
+    except OSError as exc:
+        raise ToolchainError(f"cannot start the cocotb runner process: {exc}") from exc
+    simulator_error = None
+    marks = [line for line in proc.stdout.splitlines() if line.startswith(_TEST_MARK)]
+    if marks:
+        simulator_error = json.loads(marks[-1][len(_TEST_MARK):])["simulator_error"]
+    else:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
+        simulator_error = (f"the cocotb runner process ended without a report "
+                           f"(exit {proc.returncode}){': ' + tail if tail else ''}")
 
     cases: list[TestCaseResult] = []
     run_seed = seed
