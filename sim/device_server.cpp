@@ -12,10 +12,15 @@
 // Verilator writes a Verilog name holding "__" as "___05F" in C++; the PORT_* macros below
 // name the members and can be overridden with -D.
 //
-// Usage: device_server [--host H] [--port P] [--once] [--die-with-parent] [--stats]
+// Usage: device_server [--host H] [--port P] [--once] [--die-with-parent] [--parent-pid N]
+//                      [--idle-timeout S] [--stats]
 //
 // Prints "LISTENING <port>" on stdout once listening (nothing else goes to stdout). Serves one
-// connection at a time: each byte received is fed to rx (one per cycle while rx__ready), each
+// connection at a time. A client connecting while another is served is told so at once: it is
+// accepted, sent the line BUSY_LINE below, its write side is shut down and it is closed (after
+// it closes, or after REJECT_LINGER_S). --idle-timeout S drops the client being served once
+// the device has been idle, its answers written, with nothing received for S seconds (one
+// "device_server: dropped ..." line on stderr); the default 0 never drops one. Each byte received is fed to rx (one per cycle while rx__ready), each
 // byte of tx goes back on the socket. The design is clocked in this loop only while it has
 // something to do (busy, bytes waiting for rx, or tx__valid); when idle the server sleeps in
 // poll(); while clocking it checks the socket every POLL_EVERY (1024) cycles and at once when
@@ -27,7 +32,9 @@
 // is not reset between connections (a board that stays powered); what it sends while no one
 // is connected is lost, as on a UART. --once exits 0 once the first
 // connection is closed. SIGTERM/SIGINT end the server promptly (exit 0), --die-with-parent
-// makes the kernel send SIGTERM when the parent dies. --stats prints a STATS line on stderr
+// makes the kernel send SIGTERM when the parent dies (the parent *thread* that forked it:
+// moeforge.sim.child_process forks from a thread that lives as long as the process);
+// --parent-pid N exits at once if the parent is not N any more (it died before the prctl). --stats prints a STATS line on stderr
 // after each connection and at exit (cycles, busy cycles, seconds spent clocking, cycles/s,
 // CPU seconds of the process and cycles per CPU second).
 // Socket errors print one "device_server: ..." line on stderr and exit 1.
@@ -36,6 +43,7 @@
 #include "verilated.h"
 
 #include <arpa/inet.h>
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdint>
@@ -72,6 +80,12 @@ constexpr size_t IN_CAP = 64 * 1024;       // bytes read from the socket ahead o
 constexpr size_t OUT_FLUSH = 16 * 1024;    // write once this much tx is collected ...
 constexpr unsigned OUT_QUIET = 64;         // ... or tx has been quiet this many cycles
 constexpr size_t OUT_CAP = 256 * 1024;     // tx__ready drops while this much is unwritten
+constexpr size_t MAX_REJECTED = 16;        // clients being turned away at once; more are closed
+constexpr double REJECT_LINGER_S = 2.0;    // how long a turned-away client may take to close
+// The one line a second client gets (the host runtime shows it).
+constexpr char BUSY_LINE[] =
+    "moeforge device busy: another client is connected (the simulated device serves one "
+    "client at a time)\n";
 
 volatile sig_atomic_t g_signal = 0;
 
@@ -93,13 +107,15 @@ struct Options {
     int port = 0;
     bool once = false;
     bool die_with_parent = false;
+    long parent_pid = 0;
+    double idle_timeout_s = 0;
     bool stats = false;
 };
 
 [[noreturn]] void usage(const char* msg) {
     std::fprintf(stderr,
                  "device_server: %s\nusage: device_server [--host H] [--port P] [--once] "
-                 "[--die-with-parent] [--stats]\n",
+                 "[--die-with-parent] [--parent-pid N] [--idle-timeout S] [--stats]\n",
                  msg);
     std::exit(2);
 }
@@ -114,13 +130,22 @@ Options parse_args(int argc, char** argv) {
             o.die_with_parent = true;
         } else if (a == "--stats") {
             o.stats = true;
-        } else if (a == "--host" || a == "--port") {
+        } else if (a == "--host" || a == "--port" || a == "--parent-pid" || a == "--idle-timeout") {
             if (i + 1 >= argc) usage((a + " needs a value").c_str());
             std::string v = argv[++i];
+            char* end = nullptr;
             if (a == "--host") {
                 o.host = v;
+            } else if (a == "--parent-pid") {
+                long p = std::strtol(v.c_str(), &end, 10);
+                if (v.empty() || *end || p <= 0) usage(("--parent-pid must be a pid, not " + v).c_str());
+                o.parent_pid = p;
+            } else if (a == "--idle-timeout") {
+                double t = std::strtod(v.c_str(), &end);
+                if (v.empty() || *end || !(t >= 0) || t > 1e9)
+                    usage(("--idle-timeout must be seconds >= 0, not " + v).c_str());
+                o.idle_timeout_s = t;
             } else {
-                char* end = nullptr;
                 long p = std::strtol(v.c_str(), &end, 10);
                 if (v.empty() || *end || p < 0 || p > 65535)
                     usage(("--port must be 0..65535, not " + v).c_str());
@@ -221,6 +246,7 @@ public:
                 countdown = POLL_EVERY;
                 continue;
             }
+            idle_ = false;
             const size_t pending = out_.size() - out_off_;
             if (pending && (pending >= OUT_FLUSH || quiet_ >= OUT_QUIET)) flush();
             if (!tx_room && out_.size() - out_off_ >= OUT_CAP) {
@@ -258,49 +284,123 @@ private:
         }
     }
 
-    // Idle design: write what is left, end a finished connection, else sleep until the socket
-    // has something.
+    // Idle design: write what is left, end a finished connection (or one idle too long), else
+    // sleep until a socket has something.
     void on_idle() {
         flush();
         if (client_ >= 0 && rd_closed_ && out_off_ == out_.size()) {
             close_client();
             return;
         }
-        wait_events(-1);
+        const double now = now_s();
+        if (!idle_) {
+            idle_ = true;
+            heard_s_ = now;  // the idle clock starts when the device has nothing left to do
+        }
+        int timeout_ms = -1;
+        if (client_ >= 0 && opts_.idle_timeout_s > 0) {
+            const double left = heard_s_ + opts_.idle_timeout_s - now;
+            if (left <= 0) {
+                std::fprintf(stderr, "device_server: dropped a client idle for %g s\n",
+                             opts_.idle_timeout_s);
+                std::fflush(stderr);
+                close_client();
+                return;
+            }
+            timeout_ms = static_cast<int>(std::min(left * 1000.0 + 1.0, 1e9));
+        }
+        wait_events(timeout_ms);
     }
 
-    // poll() the listening socket (no client) or the client; timeout_ms -1 blocks. Signals are
-    // blocked except inside ppoll, so a SIGTERM wakes any wait and ends the loop.
+    // poll() the listening socket, the client (if any) and clients being turned away;
+    // timeout_ms -1 blocks. Signals are blocked except inside ppoll, so a SIGTERM wakes any
+    // wait and ends the loop.
     void wait_events(int timeout_ms) {
-        pollfd pfd{};
-        if (client_ < 0) {
-            pfd = {listen_fd_, POLLIN, 0};
-        } else {
-            pfd.fd = client_;
-            if (!rd_closed_ && in_tail_ < IN_CAP) pfd.events |= POLLIN;
-            if (out_off_ < out_.size()) pfd.events |= POLLOUT;
-            if (!pfd.events) {
-                if (timeout_ms == 0) return;
-                // Nothing to wait for on the socket (should not happen when idle): a short
-                // sleep instead of a busy loop.
-                timeout_ms = 10;
+        pollfd pfds[2 + MAX_REJECTED];
+        nfds_t n = 0;
+        pfds[n++] = {listen_fd_, POLLIN, 0};
+        const nfds_t client_slot = n;
+        if (client_ >= 0) {
+            pollfd c{client_, 0, 0};
+            if (!rd_closed_ && in_tail_ < IN_CAP) c.events |= POLLIN;
+            if (out_off_ < out_.size()) c.events |= POLLOUT;
+            // Nothing to wait for on the client (should not happen when idle): a short sleep
+            // instead of a busy loop.
+            if (!c.events && timeout_ms != 0) timeout_ms = timeout_ms < 0 ? 10 : std::min(timeout_ms, 10);
+            pfds[n++] = c;
+        }
+        const nfds_t rejected_slot = n;
+        if (!rejected_.empty()) {
+            double first = rejected_.front().deadline_s;
+            for (const Rejected& r : rejected_) {
+                pfds[n++] = {r.fd, POLLIN, 0};
+                first = std::min(first, r.deadline_s);
             }
+            const int until = static_cast<int>(std::max(0.0, first - now_s()) * 1000.0) + 1;
+            if (timeout_ms < 0 || until < timeout_ms) timeout_ms = until;
         }
         timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000L};
         const double t0 = timeout_ms ? now_s() : 0.0;
-        int n = ppoll(&pfd, 1, timeout_ms < 0 ? nullptr : &ts, &wait_mask_);
+        int ready = ppoll(pfds, n, timeout_ms < 0 ? nullptr : &ts, &wait_mask_);
         if (timeout_ms) blocked_s_ += now_s() - t0;
-        if (n < 0) {
+        if (ready < 0) {
             if (errno == EINTR) return;
             fail("poll", errno);
         }
-        if (n == 0) return;
-        if (client_ < 0) {
-            accept_client();
-            return;
+        if (!rejected_.empty()) serve_rejected(pfds + rejected_slot);
+        if (ready > 0 && client_ >= 0 && n > client_slot && pfds[client_slot].fd == client_) {
+            const short ev = pfds[client_slot].revents;
+            if (ev & (POLLIN | POLLHUP | POLLERR)) receive();
+            if (client_ >= 0 && (ev & (POLLOUT | POLLERR | POLLHUP))) flush();
         }
-        if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) receive();
-        if (client_ >= 0 && (pfd.revents & (POLLOUT | POLLERR | POLLHUP))) flush();
+        if (ready > 0 && (pfds[0].revents & POLLIN)) {
+            if (client_ < 0) accept_client();
+            turn_away_pending();  // anyone else waiting is told at once
+        }
+    }
+
+    // Accept every connection waiting on the listening socket and tell it the device is busy.
+    void turn_away_pending() {
+        while (true) {
+            int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0) {
+                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED ||
+                    errno == EINTR || errno == EPROTO)
+                    return;
+                fail("accept", errno);
+            }
+            (void)send(fd, BUSY_LINE, sizeof BUSY_LINE - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+            shutdown(fd, SHUT_WR);
+            ++turned_away_;
+            if (rejected_.size() >= MAX_REJECTED) {
+                close(fd);
+                continue;
+            }
+            // Kept open until the peer closes: closing with its bytes unread would reset the
+            // connection, and a reset can discard the line before the peer reads it.
+            rejected_.push_back({fd, now_s() + REJECT_LINGER_S});
+        }
+    }
+
+    // Drain what turned-away clients send; close them at their EOF or their deadline.
+    void serve_rejected(const pollfd* pfds) {
+        const double now = now_s();
+        std::vector<Rejected> keep;
+        for (size_t i = 0; i < rejected_.size(); ++i) {
+            const Rejected& r = rejected_[i];
+            bool done = now >= r.deadline_s;
+            if (!done && (pfds[i].revents & (POLLIN | POLLHUP | POLLERR))) {
+                char sink[4096];
+                ssize_t got = recv(r.fd, sink, sizeof sink, MSG_DONTWAIT);
+                done = got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+            }
+            if (done) {
+                close(r.fd);
+            } else {
+                keep.push_back(r);
+            }
+        }
+        rejected_.swap(keep);
     }
 
     void accept_client() {
@@ -315,6 +415,7 @@ private:
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         client_ = fd;
         rd_closed_ = false;
+        heard_s_ = now_s();
         out_.clear();
         out_off_ = 0;
         conn_start_cycles_ = cycles_;
@@ -334,6 +435,7 @@ private:
         ssize_t n = recv(client_, in_.data() + in_tail_, IN_CAP - in_tail_, MSG_DONTWAIT);
         if (n > 0) {
             in_tail_ += static_cast<size_t>(n);
+            heard_s_ = now_s();
         } else if (n == 0) {
             rd_closed_ = true;  // the peer sends no more; answers still go out
         } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -386,12 +488,13 @@ private:
         std::fprintf(stderr,
                      "STATS %s cycles=%llu busy_cycles=%llu connection_cycles=%llu "
                      "clocked_s=%.3f cycles_per_s=%.0f cpu_s=%.3f cycles_per_cpu_s=%.0f "
-                     "connections=%llu\n",
+                     "connections=%llu turned_away=%llu\n",
                      what, static_cast<unsigned long long>(cycles_),
                      static_cast<unsigned long long>(busy_cycles_),
                      static_cast<unsigned long long>(cycles_ - conn_start_cycles_), clocked,
                      clocked > 0 ? cycles_ / clocked : 0.0, cpu, cpu > 0 ? cycles_ / cpu : 0.0,
-                     static_cast<unsigned long long>(connections_));
+                     static_cast<unsigned long long>(connections_),
+                     static_cast<unsigned long long>(turned_away_));
         std::fflush(stderr);
     }
 
@@ -401,15 +504,24 @@ private:
     std::unique_ptr<VerilatedContext> ctx_;
     std::unique_ptr<Vtop> top_;
 
+    struct Rejected {
+        int fd;
+        double deadline_s;
+    };
+
     int client_ = -1;
     bool rd_closed_ = false;
+    bool idle_ = false;
+    double heard_s_ = 0;  // last byte received, accept, or the device going idle
+    std::vector<Rejected> rejected_;
     std::vector<uint8_t> in_;
     size_t in_head_ = 0, in_tail_ = 0;
     std::vector<uint8_t> out_;
     size_t out_off_ = 0;
     unsigned quiet_ = 0;
 
-    uint64_t cycles_ = 0, busy_cycles_ = 0, conn_start_cycles_ = 0, connections_ = 0;
+    uint64_t cycles_ = 0, busy_cycles_ = 0, conn_start_cycles_ = 0, connections_ = 0,
+             turned_away_ = 0;
     double start_s_ = 0, blocked_s_ = 0;
 };
 
@@ -419,7 +531,8 @@ int main(int argc, char** argv) {
     Options opts = parse_args(argc, argv);
     if (opts.die_with_parent) {
         if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) fail("prctl(PR_SET_PDEATHSIG)", errno);
-        if (getppid() == 1) return 1;  // the parent died before the prctl
+        // The parent died before the prctl: the child was re-parented (to init or a subreaper).
+        if (opts.parent_pid ? getppid() != opts.parent_pid : getppid() == 1) return 1;
     }
     std::signal(SIGPIPE, SIG_IGN);
     struct sigaction sa{};

@@ -7,6 +7,16 @@ a C++ harness that clocks the design, feeds it the bytes received and sends back
 emits, with no Python in the loop. `SimDeviceProcess` runs that executable as a child process;
 `serve_sim` runs it in the foreground (``moeforge serve-sim``).
 
+The server serves one client at a time; a client that connects while another is served is
+told so at once (one line, `BUSY_LINE`, then the connection closes) instead of waiting in the
+listen queue. ``idle_timeout`` drops a served client that stays idle too long (off by default:
+a host may pause between batches without losing its device).
+
+The child never outlives this process: it is forked by the helper thread of
+`moeforge.sim.child_process` and asks the kernel for SIGTERM when its parent dies, so a device
+opened from a worker thread lives on when that thread ends, and dies with the process. Its
+build (Verilator, make, the compiler) runs under `moeforge.sim.child_process.run`.
+
 Cache layout (``<cache>`` is `moeforge.sim.build.cache_root`)::
 
     <cache>/verilog/soc-<digest>.v         the SoC's Verilog, by config + parameters + RTL sources
@@ -29,6 +39,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import queue
@@ -41,17 +52,20 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 from moeforge.config import AccelConfig
 from moeforge.errors import MoeforgeError
 
+from . import child_process
 from .build import SimBuildError, _log_tail, _tool_versions, build_once, cache_root
 from .toolchain import ToolchainError, check_build_tools, verilator_bin, verilator_env
 
 __all__ = [
-    "DEVICE_PORTS", "SimDeviceError", "SimDeviceProcess", "build_device_executable",
-    "build_sim_device", "check_device_ports", "device_wrapper", "serve_sim", "soc_verilog",
+    "BUSY_LINE", "DEVICE_PORTS", "SimDeviceError", "SimDeviceProcess", "build_device_executable",
+    "build_sim_device", "check_device_ports", "device_wrapper", "is_loopback", "serve_sim",
+    "soc_verilog",
 ]
 
 HARNESS = Path(__file__).resolve().parent / "device_server.cpp"
@@ -65,6 +79,9 @@ _MANIFEST = "manifest.json"
 VERILATOR_FLAGS = ("--cc", "--exe", "--build", "-O3", "--x-assign", "fast", "--x-initial", "fast",
                    "-Wno-fatal", "--prefix", "Vtop")
 BUILD_JOBS = 2
+# What the server sends a client that connects while another is served (device_server.cpp).
+BUSY_LINE = (b"moeforge device busy: another client is connected (the simulated device serves "
+             b"one client at a time)\n")
 
 # Verilog port → (direction, width) of the device's top: MoESoC with phy="stream". The harness
 # (device_server.cpp) drives exactly these, plus clk and rst.
@@ -106,15 +123,7 @@ def soc_verilog(cfg: AccelConfig, **soc_params) -> tuple[str, str]:
     the parameters and the hash of the RTL's Python sources, as `layer_verilog` does: a hit
     does not even build the component.
     """
-    from .layer_sim import _source_hash
-    if not isinstance(cfg, AccelConfig):
-        raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
-    if "phy" in soc_params:
-        raise ValueError(f"the simulated device's phy is 'stream', not {soc_params['phy']!r}")
-    params = json.dumps(soc_params, sort_keys=True, default=repr)
-    digest = hashlib.sha256(
-        f"soc|{cfg.content_hash()}|{params}|{_source_hash()}".encode()).hexdigest()[:24]
-    path = cache_root() / "verilog" / f"soc-{digest}.v"
+    path = _soc_verilog_path(cfg, soc_params)
     if path.exists():
         return path.read_text(), SOC_TOP
     from moeforge.rtl.export import to_verilog
@@ -127,6 +136,18 @@ def soc_verilog(cfg: AccelConfig, **soc_params) -> tuple[str, str]:
     tmp.write_text(text)
     os.replace(tmp, path)          # atomic: parallel workers never read half a file
     return text, SOC_TOP
+
+
+def _soc_verilog_path(cfg: AccelConfig, soc_params: dict) -> Path:
+    from .layer_sim import _source_hash
+    if not isinstance(cfg, AccelConfig):
+        raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
+    if "phy" in soc_params:
+        raise ValueError(f"the simulated device's phy is 'stream', not {soc_params['phy']!r}")
+    params = json.dumps(soc_params, sort_keys=True, default=repr)
+    digest = hashlib.sha256(
+        f"soc|{cfg.content_hash()}|{params}|{_source_hash()}".encode()).hexdigest()[:24]
+    return cache_root() / "verilog" / f"soc-{digest}.v"
 
 
 def _check_verilog(verilog: str, top: str) -> None:
@@ -183,7 +204,8 @@ def _is_complete(path: Path) -> bool:
 
 
 def build_device_executable(verilog: str, top: str, *, cache_dir: str | os.PathLike | None = None,
-                            timeout: float = 3600.0) -> Path:
+                            timeout: float = 3600.0,
+                            on_build: Callable[[], None] | None = None) -> Path:
     """The device server for one design, compiled only if not in the cache.
 
     Parameters
@@ -197,6 +219,8 @@ def build_device_executable(verilog: str, top: str, *, cache_dir: str | os.PathL
         Cache folder holding ``device/``; default `cache_root()`.
     timeout : float
         Seconds before a build is abandoned.
+    on_build : callable, optional
+        Called once, before compiling, when the executable is not in the cache yet.
 
     Returns
     -------
@@ -218,7 +242,7 @@ def build_device_executable(verilog: str, top: str, *, cache_dir: str | os.PathL
     key, inputs = _device_key(verilog, top, harness)
     root = cache_root(cache_dir) / "device"
     build_once(root, key, inputs, _is_complete,
-               lambda tmp: _build_into(tmp, verilog, top, harness, timeout))
+               lambda tmp: _build_into(tmp, verilog, top, harness, timeout), on_build=on_build)
     return root / key / EXECUTABLE
 
 
@@ -235,8 +259,8 @@ def _build_into(path: Path, verilog: str, top: str, harness: str, timeout: float
         with open(log, "w") as out:
             out.write(" ".join(cmd) + "\n")
             out.flush()
-            proc = subprocess.run(cmd, env=verilator_env(), cwd=path, stdout=out,
-                                  stderr=subprocess.STDOUT, timeout=timeout, check=False)
+            proc = child_process.run(cmd, env=verilator_env(), cwd=path, stdout=out,
+                                     stderr=subprocess.STDOUT, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise SimBuildError(f"building the device {top!r} took longer than {timeout} s; "
                             f"log: {log}") from exc
@@ -250,20 +274,38 @@ def _build_into(path: Path, verilog: str, top: str, harness: str, timeout: float
     shutil.rmtree(path / "obj", ignore_errors=True)   # objects and headers: ~MBs per design
 
 
-def build_sim_device(cfg: AccelConfig, **soc_params) -> Path:
+def build_sim_device(cfg: AccelConfig, *, quiet: bool = False, **soc_params) -> Path:
     """The device server executable of ``MoESoC(cfg, phy="stream", **soc_params)``.
 
     Exports the SoC (Verilog cached by config, parameters and RTL sources) and builds it with
     the harness (executable cached by content, see the module docstring). The first build of a
-    config takes minutes; later calls, from any process, return at once.
+    config takes minutes; later calls, from any process, return at once. A build that has to
+    export or compile says so on stderr, one line when it starts and one when it is done
+    (terminal or not: a silent step of minutes looks like a hang); a cached one says nothing.
+    ``quiet=True`` silences those lines.
 
     Raises
     ------
     ToolchainError, SimBuildError
         As `build_device_executable`.
     """
+    start = time.monotonic()
+    announced = False
+
+    def announce() -> None:
+        nonlocal announced
+        if not announced and not quiet:
+            print(f"building the simulated device for config {cfg.name} (first time: a few "
+                  "minutes) ...", file=sys.stderr, flush=True)
+        announced = True
+
+    if not _soc_verilog_path(cfg, soc_params).exists():
+        announce()
     verilog, top = soc_verilog(cfg, **soc_params)
-    return build_device_executable(verilog, top)
+    exe = build_device_executable(verilog, top, on_build=announce)
+    if announced and not quiet:
+        print(f"... built in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+    return exe
 
 
 # --- the child process ----------------------------------------------------------------------
@@ -299,11 +341,11 @@ def _drain(pipe, sink) -> None:
 class SimDeviceProcess:
     """A running device server (child process) listening on ``host:port``.
 
-    Create with `start` (a config's SoC, built if needed) or `from_executable`. The child gets
-    ``--die-with-parent``: the kernel sends it SIGTERM when the *thread* that started it ends
-    (``PR_SET_PDEATHSIG`` follows the thread, not the process), so start long-lived devices
-    from the main thread or pass ``die_with_parent=False``. A process not closed is killed when
-    the interpreter exits.
+    Create with `start` (a config's SoC, built if needed) or `from_executable`, from any
+    thread. The child gets ``--die-with-parent``: the kernel sends it SIGTERM when this process
+    ends, however it ends (SIGKILL included). It is forked by the process's helper thread
+    (`moeforge.sim.child_process.spawn`), so it does not die with the thread that started it.
+    A process not closed is stopped when the object is collected or the interpreter exits.
 
     Attributes
     ----------
@@ -331,7 +373,7 @@ class SimDeviceProcess:
     @classmethod
     def start(cls, cfg: AccelConfig, *, host: str = "127.0.0.1", port: int = 0, once: bool = True,
               stats: bool = False, die_with_parent: bool = True, timeout: float = 30.0,
-              **soc_params) -> SimDeviceProcess:
+              idle_timeout: float | None = None, **soc_params) -> SimDeviceProcess:
         """Build (cached) the device of `cfg` and start it.
 
         Parameters
@@ -347,9 +389,12 @@ class SimDeviceProcess:
         stats : bool
             Have the server report cycle counts (see `stats`).
         die_with_parent : bool
-            Kill the child when the starting thread dies (``--die-with-parent``).
+            Stop the child when this process dies (``--die-with-parent``).
         timeout : float
             Seconds to wait for the server to listen (the build is not counted).
+        idle_timeout : float, optional
+            Drop a client once the device has been idle, with nothing received from it, for
+            this many seconds (the next client is then served); None (default) never does.
         **soc_params
             `MoESoC` parameters besides ``cfg`` and ``phy``.
 
@@ -360,25 +405,34 @@ class SimDeviceProcess:
         """
         exe = build_sim_device(cfg, **soc_params)
         return cls.from_executable(exe, host=host, port=port, once=once, stats=stats,
-                                   die_with_parent=die_with_parent, timeout=timeout)
+                                   die_with_parent=die_with_parent, timeout=timeout,
+                                   idle_timeout=idle_timeout)
 
     @classmethod
     def from_executable(cls, executable: str | os.PathLike, *, host: str = "127.0.0.1",
                         port: int = 0, once: bool = True, stats: bool = False,
-                        die_with_parent: bool = True, timeout: float = 30.0) -> SimDeviceProcess:
+                        die_with_parent: bool = True, timeout: float = 30.0,
+                        idle_timeout: float | None = None) -> SimDeviceProcess:
         """Start a built device server (from `build_device_executable`); see `start`."""
         if not isinstance(host, str) or not host:
             raise ValueError(f"host must be a non-empty string, not {host!r}")
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int in 0..65535, not {port!r}")
+        if idle_timeout is not None and (isinstance(idle_timeout, bool)
+                                         or not isinstance(idle_timeout, (int, float))
+                                         or not 0 < idle_timeout <= 1e6):
+            raise ValueError(f"idle_timeout must be seconds in (0, 1e6] or None, not {idle_timeout!r}")
         executable = Path(executable)
         argv = [str(executable), "--host", host, "--port", str(port)]
         argv += ["--once"] * bool(once) + ["--stats"] * bool(stats)
-        argv += ["--die-with-parent"] * bool(die_with_parent)
+        if die_with_parent:
+            argv += ["--die-with-parent", "--parent-pid", str(os.getpid())]
+        if idle_timeout is not None:
+            argv += ["--idle-timeout", repr(float(idle_timeout))]
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, errors="replace",
-                                    close_fds=True)
+            proc = child_process.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True, errors="replace",
+                                       close_fds=True)
         except OSError as exc:
             raise SimDeviceError(f"cannot start the simulated device {executable}: {exc}") from exc
         lines: collections.deque = collections.deque(maxlen=cls.STDERR_LINES)
@@ -495,21 +549,50 @@ class SimDeviceProcess:
 
 # --- moeforge serve-sim ---------------------------------------------------------------------
 
-def serve_sim(cfg: AccelConfig, *, host: str = "127.0.0.1", port: int = 0, **soc_params) -> int:
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` resolves to is a loopback address (127.0.0.0/8, ::1).
+
+    False for the wildcard addresses (``0.0.0.0``, ``::``) and for a name that does not
+    resolve: a server bound there may be reachable from the network.
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, None, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return False
+    addresses = {info[4][0].split("%", 1)[0] for info in infos}
+    try:
+        return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+    except ValueError:
+        return False
+
+
+def serve_sim(cfg: AccelConfig, *, host: str = "127.0.0.1", port: int = 0,
+              idle_timeout: float | None = None, **soc_params) -> int:
     """Build the simulated device of `cfg` and serve it in the foreground until Ctrl-C.
 
-    Connections are served one after another, the device keeping its state between them.
+    Connections are served one at a time, the device keeping its state between them. A client
+    that connects while another is served is told at once that the device is busy (one line,
+    `BUSY_LINE`, then the connection closes). ``idle_timeout`` (seconds) drops a served client
+    once the device has been idle with nothing received from it that long; by default no
+    client is dropped. A `host` that is not a loopback address gets a warning on stderr: the
+    device is then reachable from the network, with no authentication.
     Returns the exit code for the command line: 0 after Ctrl-C, 1 if the device crashed.
     """
-    t0 = time.monotonic()
-    print(f"building the simulated device for {cfg.name} (the first build of a config takes "
-          "minutes; later runs use the cache) ...", file=sys.stderr, flush=True)
+    if not is_loopback(host):
+        print(f"moeforge: warning: the simulated device listens on {host or '*'}, reachable "
+              "from the network with no authentication: anyone who can connect can use it",
+              file=sys.stderr, flush=True)
     exe = build_sim_device(cfg, **soc_params)
-    print(f"  {exe} ({time.monotonic() - t0:.1f} s)", file=sys.stderr, flush=True)
-    dev = SimDeviceProcess.from_executable(exe, host=host, port=port, once=False, stats=True)
+    dev = SimDeviceProcess.from_executable(exe, host=host, port=port, once=False, stats=True,
+                                           idle_timeout=idle_timeout)
     try:
+        when_busy = ("a second client is told the device is busy"
+                     + (f"; an idle client is dropped after {idle_timeout:g} s"
+                        if idle_timeout else ""))
         print(f"simulated device for {cfg.name} (config hash {cfg.content_hash()[:16]}) "
-              f"listening on {dev.host}:{dev.port}; Ctrl-C to stop", flush=True)
+              f"listening on {dev.host}:{dev.port}; one client at a time ({when_busy}); "
+              "Ctrl-C to stop", flush=True)
         try:
             rc = dev.wait()
         except KeyboardInterrupt:
