@@ -20,10 +20,11 @@ import torch
 
 from moeforge.config import AccelConfig
 from moeforge.errors import ShapeError
-from moeforge.rtl.commands import (COUNTERS, WRITE_HEADER_BYTES, CommandError, CommandLayout, Op,
-                                   check_response, encode, layer_writes)
+from moeforge.rtl.commands import (COUNTERS, PROTOCOL_VERSION, WRITE_HEADER_BYTES, CommandError,
+                                   CommandLayout, Op, check_response, encode, image_crc,
+                                   layer_writes)
 
-from .errors import ConfigMismatch, DeviceCommandError, DeviceCrashed, NoSuchDevice
+from .errors import ConfigMismatch, DeviceCommandError, DeviceCrashed, DeviceError, NoSuchDevice
 from .framing import LINK_VERSION
 from .link import Link
 from .transports import FaultyTransport, SerialTransport, SocketTransport, Transport
@@ -60,6 +61,10 @@ class Device:
         if self.hello.link_version != LINK_VERSION:
             raise DeviceCommandError(f"{transport.name}: link protocol version "
                                      f"{self.hello.link_version}, this host speaks {LINK_VERSION}")
+        if self.hello.accel_version != PROTOCOL_VERSION:
+            raise DeviceCommandError(f"{transport.name}: the device's command set is version "
+                                     f"{self.hello.accel_version}, this host speaks "
+                                     f"{PROTOCOL_VERSION}: rebuild the device from this moeforge")
         if cfg is not None and self.hello.config_hash != _hash(cfg):
             raise ConfigMismatch(f"{transport.name}: device built for config with hash "
                                  f"{self.hello.config_hash.hex()}, not {cfg.name} "
@@ -107,7 +112,20 @@ class Device:
     def load(self, q, *, progress: bool | None = None, experts=None, shared: bool = True) -> None:
         """Write `q` (a `QuantizedMoELayer`): router, expert images, shared expert, output scale.
         ``experts``/``shared`` restrict the images written (expert parallelism, see
-        `open_device_group`); the rest of the device is masked off."""
+        `open_device_group`); the rest of the device is masked off.
+
+        The device's image CRC is read before and after: it must have advanced by exactly the
+        CRC of the layer's words (``commands.image_crc``, computed from the layer, not from the
+        packets sent), so a load corrupted anywhere between the layer and the device's
+        memories is an error, not a device that runs with wrong weights.
+
+        Raises
+        ------
+        ConfigMismatch
+            For a layer of another config than the device's.
+        DeviceError
+            If the device's image CRC after the load is not the one of the layer sent.
+        """
         if _hash(q.cfg) != self.hello.config_hash:
             built = (f"config {self.cfg.name}" if self.cfg is not None
                      else f"a config with hash {self.hello.config_hash.hex()}")
@@ -120,6 +138,7 @@ class Device:
             progress = total >= 1 << 20 and sys.stderr.isatty()
         bar = _progress(total, f"load {self.cfg.name}", progress)
         try:
+            before = self.read_image_crc()
             for run in runs:
                 sent = 0
                 while sent < len(run.words):    # cut one packet at a time: the budget may change
@@ -128,12 +147,27 @@ class Device:
                     n = (len(packet) - WRITE_HEADER_BYTES) // run.nbytes
                     sent += n
                     bar.update(n * run.nbytes)
-            self._command(encode(Op.SET_SCALE, int(q.out_mult), int(q.out_shift)))
+            scale = (int(q.out_mult), int(q.out_shift))
+            self._command(encode(Op.SET_SCALE, *scale))
+            want, got = image_crc(runs, scale, before), self.read_image_crc()
+            if got != want:
+                raise DeviceError(f"{self.transport.name}: the device's image CRC 0x{got:08x} is "
+                                  f"not the CRC 0x{want:08x} of the layer sent: the load was "
+                                  f"corrupted")
             if experts is not None or not shared or self._masked:
                 self.set_mask(experts, shared)
         finally:
             bar.close()
         self._q = q
+
+    def read_image_crc(self) -> int:
+        """The device's image CRC (``READ_IMAGE_CRC``): the CRC-32 of every weight byte it has
+        taken since reset."""
+        data = self._command(encode(Op.READ_IMAGE_CRC))
+        if len(data) != 4:
+            raise DeviceCommandError(f"{self.transport.name}: image CRC answered with "
+                                     f"{len(data)} bytes, expected 4")
+        return struct.unpack("<I", data)[0]
 
     def set_mask(self, experts=None, shared: bool = True) -> None:
         """Enable only ``experts`` (None: all) and the shared expert if ``shared``."""

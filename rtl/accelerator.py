@@ -29,11 +29,15 @@ A state machine takes the opcode, then the fixed header of the command (`HEADER_
 checks it (opcode, ranges, batch size, what is loaded) before touching any memory, then moves
 the data: write commands assemble words byte by little-endian byte and write each the cycle
 after its last byte; ``RUN`` starts the core and answers at its ``done``; ``READ_OUTPUT`` reads
-the output buffer word by word and sends its bytes; ``INFO``, ``RUN``'s cycles and
+the output buffer word by word and sends its bytes; ``INFO``, ``RUN``'s cycles, ``READ_IMAGE_CRC`` and
 ``READ_COUNTERS`` are sent from registers. ``SET_EXPERT_MASK``'s bytes are shifted into a staging
 register as they arrive and become the mask (the core's ``expert_off``, inverted) only when the
 packet ends with them; ``READ_PARTIAL`` reads the combiner's accumulators through the core's
 ``acc_rd`` word by word and sends each value's `CommandLayout.partial_bytes` bytes, low first.
+The image CRC (`commands`, ``READ_IMAGE_CRC``) advances one byte a cycle as the bytes arrive:
+a working copy takes each data byte of a weight write (and ``SET_SCALE``'s header bytes), and
+becomes the CRC when its word is written (when ``SET_SCALE`` succeeds); a command that fails
+before that point leaves the CRC as it was, so the CRC covers exactly the words written.
 A failing command drains the rest of its packet and answers its status alone; the device is
 then ready for the next command. ``WRITE_MEMORY`` invalidates the expert cache when it ends (the
 cached copies may be stale), and a ``RUN`` clears the cache's counters with the core's, so
@@ -50,6 +54,7 @@ from amaranth.utils import ceil_log2
 from moeforge.config import AccelConfig
 
 from .commands import COUNTERS, PROTOCOL_VERSION, CommandLayout, Op, Status
+from .crc32 import CRC_INIT, crc32_next
 from .expert_cache import ExpertCache
 from .layer_core import LayerCore
 from .mac_array import weight_word
@@ -59,7 +64,7 @@ __all__ = ["MoEAccelerator", "byte_layout", "HEADER_BYTES", "header_bytes"]
 # Header bytes after the opcode; SET_EXPERT_MASK's depend on the config: see `header_bytes`.
 HEADER_BYTES = {Op.WRITE_ROUTER: 8, Op.WRITE_MEMORY: 8, Op.WRITE_SHARED: 8, Op.SET_SCALE: 3,
                 Op.WRITE_TOKENS: 4, Op.RUN: 2, Op.READ_OUTPUT: 4, Op.READ_PARTIAL: 4,
-                Op.INFO: 0, Op.READ_COUNTERS: 0, Op.INVALIDATE: 0}
+                Op.INFO: 0, Op.READ_COUNTERS: 0, Op.INVALIDATE: 0, Op.READ_IMAGE_CRC: 0}
 
 
 def header_bytes(layout: CommandLayout) -> dict[int, int]:
@@ -145,8 +150,8 @@ class MoEAccelerator(wiring.Component):
         idx = Signal(8)                 # header byte / word byte / payload byte index
         hdr_last = Signal()             # the header's final byte ended the packet
         status = Signal(8)
-        payload = Signal(range(4))      # 0 none, 1 INFO, 2 RUN cycles, 3 counters
-        P_NONE, P_INFO, P_RUN, P_COUNTERS = 0, 1, 2, 3
+        payload = Signal(range(5))      # 0 none, 1 INFO, 2 RUN cycles, 3 counters, 4 image CRC
+        P_NONE, P_INFO, P_RUN, P_COUNTERS, P_CRC = 0, 1, 2, 3, 4
         wbytes = max(C, lay.router_bytes)
         word = Signal(8 * wbytes)
         waddr = Signal(33)
@@ -166,6 +171,13 @@ class MoEAccelerator(wiring.Component):
         expert_on = Signal(n_mask, init=(1 << n_mask) - 1)     # SET_EXPERT_MASK: all after reset
         mask_in = Signal(8 * lay.mask_bytes)                   # header bytes, shifted in
         m.d.comb += core.expert_off.eq(~expert_on)
+
+        # image CRC: `img_crc` covers the words written; `img_run` is it plus the bytes of the
+        # word (or SET_SCALE header) being taken, and `img_next` that after this byte
+        img_crc = Signal(32, init=CRC_INIT)
+        img_run = Signal(32)
+        img_next = Signal(32)
+        is_weight_write = (op == Op.WRITE_ROUTER) | (op == Op.WRITE_MEMORY) | (op == Op.WRITE_SHARED)
 
         # registered write ports (a word is written the cycle after its last byte)
         wr_en = Signal()
@@ -215,9 +227,11 @@ class MoEAccelerator(wiring.Component):
         counter_bytes = [v.as_unsigned()[8 * i:8 * i + 8] if len(v) > 8 * i else Const(0, 8)
                          for v in counter_values for i in range(4)]
         run_bytes = [core.cycles[8 * i:8 * i + 8] for i in range(4)]
+        img_value = img_crc ^ CRC_INIT
+        crc_bytes = [img_value[8 * i:8 * i + 8] for i in range(4)]
         payload_len = Signal(8)
         m.d.comb += payload_len.eq(Array([Const(0, 8), Const(len(info_bytes), 8), Const(4, 8),
-                                          Const(len(counter_bytes), 8)])[payload])
+                                          Const(len(counter_bytes), 8), Const(4, 8)])[payload])
         payload_byte = Signal(8)
         with m.Switch(payload):
             with m.Case(P_INFO):
@@ -226,6 +240,9 @@ class MoEAccelerator(wiring.Component):
                 m.d.comb += payload_byte.eq(Array(run_bytes)[idx[:2]])
             with m.Case(P_COUNTERS):
                 m.d.comb += payload_byte.eq(Array(counter_bytes)[idx])
+            with m.Case(P_CRC):
+                m.d.comb += payload_byte.eq(Array(crc_bytes)[idx[:2]])
+        m.d.comb += img_next.eq(crc32_next(img_run, byte))
 
         # output buffer reads
         out_word = Signal(8 * R)
@@ -254,6 +271,7 @@ class MoEAccelerator(wiring.Component):
         with m.FSM(name="decoder") as decoder:
             with m.State("OPCODE"):
                 m.d.comb += self.i_cmd.ready.eq(1)
+                m.d.sync += img_run.eq(img_crc)
                 with m.If(n_cmd):
                     m.d.sync += [op.eq(byte), hdr.eq(0), idx.eq(0), hdr_len.eq(hdr_lens[byte[:4]])]
                     with m.If((byte >= 16) | ~known[byte[:4]]):
@@ -273,6 +291,8 @@ class MoEAccelerator(wiring.Component):
                 with m.If(n_cmd):
                     m.d.sync += [hdr.word_select(idx[:3], 8).eq(byte), idx.eq(idx + 1),
                                  mask_in.eq(Cat(mask_in[8:], byte))]
+                    with m.If(op == Op.SET_SCALE):
+                        m.d.sync += img_run.eq(img_next)
                     with m.If(idx == hdr_len - 1):
                         m.d.sync += hdr_last.eq(last)
                         m.next = "CHECK"
@@ -312,7 +332,8 @@ class MoEAccelerator(wiring.Component):
                         with m.Elif((hdr[16:24] < 1) | (hdr[16:24] > 62)):
                             respond(Status.OUT_OF_RANGE)
                         with m.Else():
-                            m.d.sync += [y_mult.eq(h_lo16), y_shift.eq(hdr[16:22]), ld_scale.eq(1)]
+                            m.d.sync += [y_mult.eq(h_lo16), y_shift.eq(hdr[16:22]), ld_scale.eq(1),
+                                         img_crc.eq(img_run)]
                             respond(Status.OK)
                     with m.Case(Op.RUN):
                         with m.If(drain):
@@ -358,9 +379,13 @@ class MoEAccelerator(wiring.Component):
                 with m.If(n_cmd):
                     m.d.sync += [word.word_select(idx[:ceil_log2(wbytes) or 1], 8).eq(byte),
                                  idx.eq(idx + 1)]
+                    with m.If(is_weight_write):
+                        m.d.sync += img_run.eq(img_next)
                     with m.If(idx == nbytes - 1):
                         m.d.sync += [idx.eq(0), wr_en.eq(1), wr_op.eq(op), wr_addr.eq(waddr),
                                      waddr.eq(waddr + 1), remaining.eq(remaining - 1)]
+                        with m.If(is_weight_write):
+                            m.d.sync += img_crc.eq(img_next)     # the word is written
                         # the word's bytes so far, plus this one in its place
                         full = Signal.like(word, name="full_word")
                         m.d.comb += full.eq(word)
@@ -401,6 +426,9 @@ class MoEAccelerator(wiring.Component):
                     with m.Case(Op.READ_COUNTERS):
                         m.d.sync += idx.eq(0)
                         respond(Status.OK, P_COUNTERS)
+                    with m.Case(Op.READ_IMAGE_CRC):
+                        m.d.sync += idx.eq(0)
+                        respond(Status.OK, P_CRC)
                     with m.Case(Op.INVALIDATE):
                         m.d.comb += cache.invalidate.eq(1)
                         respond(Status.OK)

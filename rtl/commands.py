@@ -39,7 +39,19 @@ PARTIAL``                                              combiner accumulators of 
                                                        before ``rq_8``), signed, each in
                                                        `CommandLayout.partial_bytes` bytes; 0 for
                                                        a token no enabled expert contributed to
+``READ_     —                                          image CRC u32 (see below)
+IMAGE_
+CRC``
 ==========  =========================================  ============================================
+
+Image CRC: the device keeps a CRC-32 (``zlib.crc32``, the link's CRC) over every byte it has
+put into its weight image since reset, in the order taken: the data bytes of each word that
+``WRITE_ROUTER``, ``WRITE_MEMORY`` or ``WRITE_SHARED`` wrote, and the three header bytes of each
+``SET_SCALE`` that succeeded (`image_bytes` says which bytes of a packet these are). Nothing
+else moves it (not tokens, not the mask; only a reset clears it). A host reads it before and
+after loading a layer: the value after is ``zlib.crc32(image bytes sent, value before)``
+(`image_crc`) exactly when every byte reached the memories as sent, so a load corrupted on the
+way (after the link's frame CRC, or in the device) is caught, not only a corrupted frame.
 
 Expert parallelism: devices holding disjoint sets of experts (the shared expert on one of them),
 each with the mask of its set, run the same tokens; the sum of their ``READ_PARTIAL`` values
@@ -56,14 +68,17 @@ packet ended early have been written.
 from __future__ import annotations
 
 import struct
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from moeforge.config import AccelConfig
 
 __all__ = ["Op", "Status", "COUNTERS", "LOADED_FLAGS", "PROTOCOL_VERSION", "CommandLayout",
-           "CommandError", "encode", "check_response", "WriteRun", "layer_writes", "layer_commands"]
+           "CommandError", "encode", "check_response", "WriteRun", "layer_writes", "layer_commands",
+           "image_bytes", "image_crc"]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2        # 2: READ_IMAGE_CRC
 
 
 class Op:
@@ -79,6 +94,7 @@ class Op:
     INVALIDATE = 0x09
     SET_EXPERT_MASK = 0x0A
     READ_PARTIAL = 0x0B
+    READ_IMAGE_CRC = 0x0C
 
 
 class Status:
@@ -240,6 +256,11 @@ class WriteRun:
     def size(self) -> int:
         return len(self.words) * self.nbytes
 
+    @property
+    def data(self) -> bytes:
+        """The run's words as the packets carry them (little-endian, ``nbytes`` each)."""
+        return _words(self.words, self.nbytes)
+
     def packet(self, start: int, max_payload: int) -> bytes:
         """The packet of the words from index `start` on, as many as ``max_payload`` bytes hold."""
         per = (max_payload - WRITE_HEADER_BYTES) // self.nbytes
@@ -297,6 +318,29 @@ def layer_writes(q, cfg: AccelConfig, *, experts=None, shared: bool = True) -> l
         img.setdefault(lay.shared_image_words - 1, 0)
         runs += _write_runs(Op.WRITE_SHARED, img.items(), lay.cols)
     return runs
+
+
+def image_bytes(packet: bytes) -> bytes:
+    """The bytes of a command packet that a device which accepts it adds to its image CRC:
+    a write's data (``WRITE_ROUTER``, ``WRITE_MEMORY``, ``WRITE_SHARED``), ``SET_SCALE``'s
+    header; none of any other command."""
+    if packet and packet[0] in (Op.WRITE_ROUTER, Op.WRITE_MEMORY, Op.WRITE_SHARED):
+        return packet[WRITE_HEADER_BYTES:]
+    if packet and packet[0] == Op.SET_SCALE:
+        return packet[1:]
+    return b""
+
+
+def image_crc(runs: Iterable[WriteRun], scale: tuple[int, int] | None = None, crc: int = 0) -> int:
+    """The image CRC of a device whose CRC was `crc` once `runs` are written in order, then
+    (if given) ``SET_SCALE`` with ``scale = (mult, shift)``. Computed from the runs' words, not
+    from the packets cut from them: how the host cut them does not matter, a wrong byte in
+    one does."""
+    for run in runs:
+        crc = zlib.crc32(run.data, crc)
+    if scale is not None:
+        crc = zlib.crc32(image_bytes(encode(Op.SET_SCALE, *scale)), crc)
+    return crc
 
 
 def layer_commands(q, cfg: AccelConfig, *, chunk: int = 1024) -> list[bytes]:

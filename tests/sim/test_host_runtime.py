@@ -200,3 +200,60 @@ def test_every_example_config_bit_exact_with_and_without_faults(path):
             s = dev.stats()
         print(f"\n{path} faults={bool(faults)}: {s['tokens']} tokens, {s['cycles']} cycles, "
               f"{s['link']['frames']} frames, {s['retries']} retries")
+
+
+def _image_crc_of(q, cfg, before=0):
+    from moeforge.rtl.commands import image_crc, layer_writes
+    return image_crc(layer_writes(q, cfg), (int(q.out_mult), int(q.out_shift)), before)
+
+
+def test_a_load_corrupted_after_the_frame_crc_is_caught(tiny, monkeypatch):
+    """A weight byte flipped in a packet before it is framed (a host-side bug: the frame CRC
+    covers the wrong byte) reaches the device intact as far as the link can tell; the image
+    CRC read after the load says it is not the layer sent. The device stays usable: a clean
+    load is accepted and runs bit-exact."""
+    from moeforge.host_runtime import DeviceError
+    from moeforge.rtl.commands import WRITE_HEADER_BYTES, Op, WriteRun
+    cfg, q = tiny
+    real = WriteRun.packet
+    flipped = []
+
+    def packet(self, start, max_payload):
+        p = real(self, start, max_payload)
+        if self.op == Op.WRITE_MEMORY and not flipped:
+            flipped.append(start)
+            p = p[:WRITE_HEADER_BYTES + 5] + bytes([p[WRITE_HEADER_BYTES + 5] ^ 0x10]) + \
+                p[WRITE_HEADER_BYTES + 6:]
+        return p
+
+    x = torch.randint(-128, 128, (5, cfg.d_model), dtype=torch.int8,
+                      generator=torch.Generator().manual_seed(8))
+    with open_device("sim", cfg) as dev:
+        assert dev.read_image_crc() == 0                       # nothing written since reset
+        monkeypatch.setattr(WriteRun, "packet", packet)
+        with pytest.raises(DeviceError, match=r"the device's image CRC 0x[0-9a-f]{8} is not the "
+                                              r"CRC 0x[0-9a-f]{8} of the layer sent: the load "
+                                              r"was corrupted"):
+            dev.load(q)
+        assert flipped
+        monkeypatch.setattr(WriteRun, "packet", real)
+        before = dev.read_image_crc()
+        dev.load(q)
+        assert dev.read_image_crc() == _image_crc_of(q, cfg, before)
+        assert torch.equal(dev.run(x), q.forward_int(x))
+
+
+def test_image_crc_holds_under_link_faults(tiny):
+    """A load over a link that flips, drops and duplicates bytes: frames are retransmitted and
+    duplicates answered from the stored response, never written twice, so the device's image
+    CRC is exactly the layer's (the load checks it, and so does this test)."""
+    cfg, q = tiny
+    with open_device("sim", cfg, faults=dict(flip=1e-3, drop=3e-4, dup=3e-4, seed=21)) as dev:
+        dev.load(q)
+        assert dev.read_image_crc() == _image_crc_of(q, cfg)
+        assert dev.stats()["retries"] > 0
+        counters = dev.link.hello().link_counters
+        x = torch.randint(-128, 128, (9, cfg.d_model), dtype=torch.int8,
+                          generator=torch.Generator().manual_seed(2))
+        assert torch.equal(dev.run(x), q.forward_int(x))
+    assert counters["duplicates"] > 0 and counters["crc_errors"] > 0, counters
