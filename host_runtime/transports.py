@@ -7,10 +7,61 @@ from __future__ import annotations
 
 import random
 import socket
+from urllib.parse import parse_qs, urlsplit
 
 from .errors import DeviceCrashed, NoSuchDevice
 
-__all__ = ["Transport", "SocketTransport", "SerialTransport", "FaultyTransport"]
+__all__ = ["Transport", "SocketTransport", "SerialTransport", "FaultyTransport", "socket_address"]
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def socket_address(url: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``socket://host:port`` URL, checked before pyserial sees it.
+
+    pyserial's own messages for a bad URL name its logging option, not the part that is
+    wrong; this names the part. The only option kept is pyserial's ``?logging=LEVEL``.
+
+    Raises
+    ------
+    NoSuchDevice
+        The URL has no host, no port, a port that is not an integer in [1, 65535], or
+        anything beyond ``host:port`` and ``?logging=LEVEL``.
+    """
+    form = "socket://host:port"
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:                          # an unclosed [IPv6 address
+        raise NoSuchDevice(f"{url}: {e} ({form})") from None
+    if parts.scheme != "socket":
+        raise NoSuchDevice(f"{url}: not a {form} URL")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise NoSuchDevice(f"{url}: unexpected {parts.path or '#' + parts.fragment!r} after host:port ({form})")
+    netloc = parts.netloc
+    if "@" in netloc:
+        raise NoSuchDevice(f"{url}: a user name has no meaning here ({form})")
+    if netloc.startswith("["):                       # [IPv6 address]:port
+        host, close, rest = netloc[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise NoSuchDevice(f"{url}: malformed [IPv6 address] ({form})")
+        port = rest[1:]
+    else:
+        host, _, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "")
+    if not host:
+        raise NoSuchDevice(f"{url}: no host ({form})")
+    if not port:
+        raise NoSuchDevice(f"{url}: no port ({form})")
+    if not (port.isascii() and port.isdigit()):
+        raise NoSuchDevice(f"{url}: port {port!r} is not a port number ({form})")
+    if not 1 <= int(port) <= 65535:
+        raise NoSuchDevice(f"{url}: port {int(port)} is not in [1, 65535]")
+    for option, values in parse_qs(parts.query, keep_blank_values=True).items():
+        if option != "logging" or len(values) != 1 or values[0] not in _LOG_LEVELS:
+            raise NoSuchDevice(f"{url}: bad option {parts.query!r} (the only one is "
+                               f"logging={'|'.join(_LOG_LEVELS)})")
+    if parts.query.strip("&") and not parse_qs(parts.query, keep_blank_values=True):
+        raise NoSuchDevice(f"{url}: bad option {parts.query!r}")
+    return host, int(port)
 
 
 class Transport:
@@ -66,11 +117,14 @@ class SocketTransport(Transport):
 
 
 class SerialTransport(Transport):
-    """A pyserial URL: ``/dev/ttyUSB1`` (with ``baud``) or ``socket://host:port``."""
+    """A pyserial URL: ``/dev/ttyUSB1`` (with ``baud``) or ``socket://host:port`` (checked by
+    `socket_address` first)."""
 
     def __init__(self, url: str, *, baud: int = 3_000_000, name: str | None = None):
         import serial
         self.name = name or url
+        if url.startswith("socket://"):
+            socket_address(url)
         try:
             self._port = serial.serial_for_url(url, baudrate=baud, timeout=0)
         except (serial.SerialException, ValueError, OSError) as e:
