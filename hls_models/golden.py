@@ -26,6 +26,19 @@ HIDDEN_BITS = 8   # the hidden activation entering the down projection (MAC arra
 OUT_BITS = 16     # each expert's output, int16 at the layer-wide scale s_o
 
 
+def _first_non_finite(x: torch.Tensor, bad: torch.Tensor) -> str:
+    """'token 17, element 3 is nan: ...' for the first True of `bad` (tokens are the leading
+    dimensions of `x`, elements its last)."""
+    i = int(bad.reshape(-1).to(torch.uint8).argmax())
+    value = float(x.reshape(-1)[i])
+    if x.dim() == 0:
+        return f"the input is {value}: the device takes finite numbers"
+    *lead, element = (int(v) for v in torch.unravel_index(torch.tensor(i), x.shape))
+    token = "" if not lead else f"token {lead[0]}, " if len(lead) == 1 else f"token {lead}, "
+    where = f"{token}element {element}"
+    return f"{where} is {value}: the device takes finite numbers"
+
+
 def _gemm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Exact integer x @ w.T through float64 (see module docstring)."""
     return torch.matmul(x.to(torch.float64), w.to(torch.float64).T).to(torch.int64)
@@ -205,6 +218,18 @@ class QuantizedMoELayer:
 
     # --- float convenience ----------------------------------------------
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Float tokens → the device's int8 tokens (round half to even, saturated).
+
+        Raises
+        ------
+        ShapeError
+            An element is NaN or ±Inf: saturation would turn it into 0 or ±127 without a
+            word, so the first such element is named (token index, element index) instead.
+        """
+        if torch.is_floating_point(x):
+            bad = ~torch.isfinite(x)
+            if bad.any():
+                raise ShapeError(_first_non_finite(x, bad))
         return quantize_symmetric(x, self.x_scale).to(torch.int8)
 
     def dequantize_output(self, y: torch.Tensor) -> torch.Tensor:
@@ -216,8 +241,8 @@ class QuantizedMoELayer:
             raise ShapeError("the layer takes a float tensor; use forward_int for int8 tokens")
         if x.shape[-1] != self.cfg.d_model:
             raise ShapeError(f"input shape {list(x.shape)} does not end in d_model={self.cfg.d_model}")
-        flat = x.reshape(-1, self.cfg.d_model)
-        y = self.dequantize_output(self.forward_int(self.quantize_input(flat)))
+        x_int = self.quantize_input(x)    # before flattening: a bad element is named by the caller's index
+        y = self.dequantize_output(self.forward_int(x_int.reshape(-1, self.cfg.d_model)))
         return y.reshape(x.shape)
 
     # --- weight image ---------------------------------------------------
