@@ -1,6 +1,7 @@
 """The integer primitives of docs/arithmetic.md: rounding, saturation, tables, multipliers."""
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -21,6 +22,58 @@ def test_round_shift_is_round_half_up():
     # 5/2 = 2.5 → 3, -5/2 = -2.5 → -2, 3/2 = 1.5 → 2, -3/2 → -1, -7/4 = -1.75 → -2
     assert round_shift(t(5, -5, 3, -3), 1).tolist() == [3, -2, 2, -1]
     assert round_shift(t(-7), 2).tolist() == [-2]
+
+
+# Every shift the device uses: the requantiser's S ∈ [1, 62] (docs/arithmetic.md §1), which holds
+# the fixed shifts of the tables, the SiLU and the routed scaling factor (4, 12, 15).
+SHIFTS = range(1, 63)
+
+
+def _halves_and_neighbours(s: int) -> list[int]:
+    """k·2^s + 2^(s-1) (exact halves, positive and negative) and the integers either side, as
+    far as int64 holds x + 2^(s-1)."""
+    lo, hi = -(1 << 63), (1 << 63) - 1 - (1 << (s - 1))
+    vals = {k * (1 << s) + (1 << (s - 1)) + d for k in range(-3, 3) for d in (-1, 0, 1)}
+    vals |= {-(1 << 47), (1 << 47) - 1, -1, 0, 1}          # the ends of |acc · M| < 2^47
+    return sorted(v for v in vals if lo <= v <= hi)
+
+
+def _exact(v: int, s: int) -> int:
+    """Round half up of v / 2^s in rationals: the definition, not the shift formula."""
+    return math.floor(Fraction(v, 1 << s) + Fraction(1, 2))
+
+
+@pytest.mark.parametrize("s", SHIFTS)
+def test_round_shift_rounds_half_up_at_every_shift(s):
+    v = _halves_and_neighbours(s)
+    want = [_exact(x, s) for x in v]
+    assert round_shift(torch.tensor(v, dtype=I64), s).tolist() == want
+    # the per-channel form (a tensor of shifts) the requantiser of every channel uses
+    assert round_shift(torch.tensor(v, dtype=I64), torch.full((len(v),), s, dtype=I64)).tolist() == want
+
+
+def test_requantize_rounds_half_up_with_per_channel_shifts():
+    """One channel per shift S, each with a normalised M: accumulators whose acc · M is an exact
+    half of 2^S (positive and negative), through the per-channel requantiser."""
+    cols = []
+    for sh in SHIFTS:
+        if sh <= 15:    # an odd M: acc = 2^(S-1) · M^-1 (mod 2^S) puts acc · M on a half
+            m = (1 << 15) + 1
+            r = ((1 << (sh - 1)) * pow(m, -1, 1 << sh)) % (1 << sh)
+            accs = [r + k * (1 << sh) for k in range(-3, 3)]
+        else:           # M = 2^15: acc = k · 2^(S-16), k odd, gives acc · M = k · 2^(S-1)
+            m = 1 << 15
+            ks = [k for k in (-1, 1, -3, 3, -5, 5) if (k + 1) << (sh - 1) < 1 << 63]
+            accs = [k * (1 << (sh - 16)) for k in (ks * 3)[:6]]   # as many as int64 holds
+        assert all((a * m) % (1 << sh) == 1 << (sh - 1) for a in accs)   # exact halves
+        cols.append((sh, m, accs))
+    shift = torch.tensor([c[0] for c in cols], dtype=I64)
+    mult = torch.tensor([c[1] for c in cols], dtype=I64)
+    acc = torch.tensor([c[2] for c in cols], dtype=I64).T            # 6 tokens × 62 channels
+    lim = 1 << 31
+    want = [[max(-lim, min(lim - 1, _exact(a * m, sh))) for a, (sh, m, _) in zip(row, cols)]
+            for row in acc.tolist()]
+    assert requantize(acc, mult, shift, 32).tolist() == want
 
 
 def test_requantize_saturates_at_int8_limits():
