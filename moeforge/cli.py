@@ -11,10 +11,15 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_args import MAX_TOKENS, int_in
 from .config import AccelConfig
 from .errors import MoeforgeError
+from .outputs import atomic_write, check_output
 
 __all__ = ["main"]
+
+_TOKENS = int_in(1, MAX_TOKENS)
+_SEED = int_in(0, 2**32 - 1)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,36 +46,59 @@ def _accuracy_rows(cfg, seed, tokens):
     return measure_accuracy(cfg, seed=seed, eval_tokens=tokens)
 
 
+def _measuring(paths):
+    """Yield `paths` one by one, saying on stderr which is being measured: a tqdm bar on a
+    terminal, else one line each (a log or a pipe shows progress too, not minutes of silence)."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        with tqdm(total=len(paths), unit="config", file=sys.stderr) as bar:
+            for p in paths:
+                bar.set_description(f"measuring {p}")
+                yield p
+                bar.update(1)
+        return
+    for i, p in enumerate(paths, 1):
+        print(f"measuring {p} ({i}/{len(paths)}) ...", file=sys.stderr, flush=True)
+        yield p
+
+
 def cmd_accuracy(args) -> int:
-    cfgs = [(p, _load_config(p)) for p in args.config]
-    reports = []
-    for path, cfg in cfgs:
+    """One row per config, each printed as soon as it is measured (``--json``: one document at
+    the end, progress on stderr only)."""
+    cfgs = {}
+    for path in args.config:       # every config is checked before minutes of measuring
+        cfg = cfgs[path] = _load_config(path)
         if cfg.family == "custom":
             raise MoeforgeError(f"{path}: family 'custom' has no transformers block to compare with")
-        reports.append((path, _accuracy_rows(cfg, args.seed, args.tokens)))
+    if not args.json:
+        print(f"{'':42} {'device input':>26} {'raw float input':>26}")
+        print(f"{'config':28} {'family':12} {'rel L2':>12} {'same experts':>13} {'rel L2':>12} "
+              f"{'same experts':>13}", flush=True)
+    reports = []
+    for p in _measuring(args.config):
+        r = _accuracy_rows(cfgs[p], args.seed, args.tokens)
+        reports.append({"config": p, **r.as_dict()})
+        if not args.json:
+            print(f"{p:28} {r.family:12} {r.rel_l2 * 100:11.2f}% {r.route_match * 100:12.2f}% "
+                  f"{r.rel_l2_float_input * 100:11.2f}% {r.route_match_float_input * 100:12.2f}%", flush=True)
     if args.json:
-        print(json.dumps([{"config": p, **r.as_dict()} for p, r in reports], indent=2))
-        return 0
-    print(f"{'':42} {'device input':>26} {'raw float input':>26}")
-    print(f"{'config':28} {'family':12} {'rel L2':>12} {'same experts':>13} {'rel L2':>12} {'same experts':>13}")
-    for p, r in reports:
-        print(f"{p:28} {r.family:12} {r.rel_l2 * 100:11.2f}% {r.route_match * 100:12.2f}% "
-              f"{r.rel_l2_float_input * 100:11.2f}% {r.route_match_float_input * 100:12.2f}%")
+        print(json.dumps(reports, indent=2))
     return 0
 
 
 def cmd_quantize(args) -> int:
     """Quantise a random-weight transformers block of the config's family into a weight image."""
-    import torch
-
-    from moeforge.hls_models import QuantizedMoELayer, make_hf_block, make_hf_input
     cfg = _load_config(args.config)
     if cfg.family == "custom":
         raise MoeforgeError(f"{args.config}: family 'custom' has no transformers block to build")
+    out = check_output(args.output, "-o")
+    import torch
+
+    from moeforge.hls_models import QuantizedMoELayer, make_hf_block, make_hf_input
     torch.manual_seed(args.seed)
     block = make_hf_block(cfg, seed=args.seed)
     q = QuantizedMoELayer.from_hf(block, cfg, calib=make_hf_input(cfg, args.calib_tokens, seed=args.seed + 1))
-    q.save(args.output)
+    atomic_write(out, q.save, suffix=out.suffix)
     print(f"wrote {args.output} ({cfg.name}, config {cfg.short_hash})")
     return 0
 
@@ -81,7 +109,7 @@ def cmd_demo(args) -> int:
           f"d_ff={cfg.d_ff}, {cfg.n_experts} experts, top-{cfg.top_k}, {cfg.routing}, "
           f"router {cfg.router_bits}-bit, config hash {cfg.short_hash}")
     print("\n[1] golden model (int8 device arithmetic) vs the float transformers block, "
-          f"{args.tokens} random tokens")
+          f"{args.tokens} random tokens", flush=True)
     r = _accuracy_rows(cfg, args.seed, args.tokens)
     rows = [("float block fed the device's int8 input", r.rel_l2, r.route_match),
             ("float block fed the raw float tokens", r.rel_l2_float_input, r.route_match_float_input)]
@@ -89,7 +117,7 @@ def cmd_demo(args) -> int:
     for name, err, match in rows:
         print(f"    {name:42} {err * 100:11.2f}% {match * 100:12.2f}%")
     met = r.rel_l2 <= 0.03 and r.route_match >= 0.995
-    print(f"    targets ≤ 3% and ≥ 99.5% on the device's input: {'met' if met else 'MISSED'}")
+    print(f"    targets ≤ 3% and ≥ 99.5% on the device's input: {'met' if met else 'MISSED'}", flush=True)
     if args.no_sim:
         return 0
     print(f"\n[2] the whole accelerator in Verilator (cocotb, random stalls) vs the golden model, "
@@ -111,16 +139,13 @@ def cmd_demo(args) -> int:
 def cmd_verilog(args) -> int:
     from moeforge.rtl.units import all_verilog, unit_verilog
     cfg = _load_config(args.config)
+    to_stdout = args.output is None or str(args.output) == "-"
+    out = None if to_stdout else check_output(args.output, "-o")   # before the elaboration
     text = unit_verilog(cfg, args.unit) if args.unit else all_verilog(cfg)
-    if args.output is None or str(args.output) == "-":
+    if out is None:
         sys.stdout.write(text)
         return 0
-    out = Path(args.output)
-    if not out.parent.is_dir():
-        raise MoeforgeError(f"cannot write {out}: folder {out.parent} does not exist")
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)  # a failed run never leaves a half-written file behind
+    atomic_write(out, lambda tmp: tmp.write_text(text))
     print(f"wrote {out} ({args.unit or 'all units'}, config {cfg.name} {cfg.short_hash})", file=sys.stderr)
     return 0
 
@@ -136,15 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("accuracy", help="golden model vs float transformers block, per config")
     a.add_argument("config", nargs="+")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--tokens", type=int, default=2048)
+    a.add_argument("--seed", type=_SEED, default=0)
+    a.add_argument("--tokens", type=_TOKENS, default=2048)
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_accuracy)
 
     q = sub.add_parser("quantize", help="quantise a random-weight block of the config's family to a .safetensors image")
     q.add_argument("--config", required=True)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--calib-tokens", type=int, default=512)
+    q.add_argument("--seed", type=_SEED, default=0)
+    q.add_argument("--calib-tokens", type=_TOKENS, default=512)
     q.add_argument("-o", "--output", required=True, type=Path)
     q.set_defaults(func=cmd_quantize)
 
@@ -172,11 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the README's demo: accuracy report, then the whole layer in simulation")
     d.add_argument("--config", default="configs/tiny.toml")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--tokens", type=int, default=2048)
-    d.add_argument("--sim-tokens", type=int, default=48, help="tokens through the simulated accelerator")
+    d.add_argument("--seed", type=_SEED, default=0)
+    d.add_argument("--tokens", type=_TOKENS, default=2048)
+    d.add_argument("--sim-tokens", type=_TOKENS, default=48, help="tokens through the simulated accelerator")
     d.add_argument("--no-sim", action="store_true", help="skip the simulations (cosimulation and device)")
-    d.add_argument("--device-tokens", type=int, default=256, help="tokens streamed through the simulated device")
+    d.add_argument("--device-tokens", type=_TOKENS, default=256, help="tokens streamed through the simulated device")
     d.add_argument("--no-device", action="store_true", help="skip the simulated-device step")
     d.set_defaults(func=cmd_demo)
 
@@ -186,11 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    for name in ("tokens", "calib_tokens", "sim_tokens", "device_tokens"):
-        if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
-            print(f"moeforge: error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
-            return 2
+    args = build_parser().parse_args(argv)     # numeric options are range-checked while parsing
     try:
         return args.func(args)
     except MoeforgeError as exc:

@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
+from .cli_args import float_in, int_in
 from .config import AccelConfig
 from .errors import MoeforgeError, ShapeError
+from .outputs import atomic_write, check_output
 
 __all__ = ["add_device_commands"]
 
+_RATE = float_in(0, 1, hi_open=True)
+_FAULT_SEED = int_in(0, 2**32 - 1)
 
-def _faults(text: str | None) -> dict | None:
-    """``flip=1e-3,drop=1e-3,dup=1e-3,seed=1`` → dict."""
-    if not text:
-        return None
+
+def _faults(text: str) -> dict | None:
+    """argparse type of ``--faults``: ``flip=1e-3,drop=1e-3,dup=1e-3,seed=1`` → dict, each rate
+    a number in [0, 1) and the seed an integer ≥ 0, checked while parsing (a usage error)."""
     out = {}
-    for part in text.split(","):
-        key, _, value = part.partition("=")
-        key = key.strip()
+    for part in text.split(",") if text.strip() else ():
+        key, _, value = (t.strip() for t in part.partition("="))
         if key not in ("flip", "drop", "dup", "seed") or not value:
-            raise MoeforgeError(f"--faults: {part!r} is not one of flip=RATE, drop=RATE, dup=RATE, seed=N")
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not one of flip=RATE, drop=RATE, dup=RATE, seed=N")
+        if key in out:
+            raise argparse.ArgumentTypeError(f"{key} is given twice")
         try:
-            out[key] = int(value) if key == "seed" else float(value)
-        except ValueError:
-            raise MoeforgeError(f"--faults: {key} must be a number, not {value!r}") from None
-    return out
+            out[key] = (_FAULT_SEED if key == "seed" else _RATE)(value)
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{key} {e}") from None
+    return out or None
 
 
 def _input(path: str, cfg: AccelConfig):
@@ -43,6 +50,12 @@ def _input(path: str, cfg: AccelConfig):
     if x.ndim < 1 or x.shape[-1] != cfg.d_model:
         raise ShapeError(f"--input {path}: shape {list(x.shape)} does not end in d_model={cfg.d_model} "
                          f"of config {cfg.name}")
+    if x.dtype != np.int8 and not np.isfinite(x).all():
+        bad = np.argwhere(~np.isfinite(x))[0]
+        *lead, element = (int(i) for i in bad)
+        token = "" if not lead else f"token {lead[0]}, " if len(lead) == 1 else f"token {lead}, "
+        raise ShapeError(f"--input {path}: {token}element {element} is {x[tuple(bad)]}: "
+                         f"the device takes finite numbers")
     return x
 
 
@@ -54,16 +67,14 @@ def cmd_run(args) -> int:
     from moeforge.hls_models import QuantizedMoELayer
     from moeforge.host_runtime import open_device
     cfg = AccelConfig.from_toml(args.config)
+    out = check_output(args.output, "-o")         # before minutes of device build and streaming
+    if out.resolve() == Path(args.input).resolve():
+        raise MoeforgeError("-o must not overwrite the input file")
     if not Path(args.model).is_file():
         raise MoeforgeError(f"--model {args.model}: no such file")
     q = QuantizedMoELayer.load(args.model, cfg)
     x = _input(args.input, cfg)
-    out = Path(args.output)
-    if not out.resolve().parent.is_dir():
-        raise MoeforgeError(f"-o {args.output}: folder {out.parent} does not exist")
-    if out.resolve() == Path(args.input).resolve():
-        raise MoeforgeError("-o must not overwrite the input file")
-    faults = _faults(args.faults)
+    faults = args.faults
     rows = torch.from_numpy(np.ascontiguousarray(x.reshape(-1, cfg.d_model)))
     if rows.is_floating_point():
         rows = rows.float()
@@ -81,9 +92,7 @@ def cmd_run(args) -> int:
         stats = dev.stats()
     y = torch.cat(ys).reshape(x.shape) if ys else torch.empty(x.shape, dtype=torch.int8)
     y = y.numpy().astype(np.int8 if x.dtype == np.int8 else np.float32)
-    tmp = out.with_name(f".{out.name}.tmp.npy")
-    np.save(tmp, y)
-    tmp.replace(out)        # a failed run leaves an existing output untouched
+    atomic_write(out, lambda tmp: np.save(tmp, y), suffix=".npy")   # np.save keeps a .npy name as it is
     if args.json:
         print(json.dumps(stats, indent=2))
     else:
@@ -97,8 +106,6 @@ def cmd_serve_sim(args) -> int:
     """Serve the simulated device on a TCP port (reach it with socket://host:port)."""
     from moeforge.sim.sim_device import serve_sim
     cfg = AccelConfig.from_toml(args.config)
-    if not 0 <= args.port <= 65535:
-        raise MoeforgeError(f"--port must be in 0..65535, not {args.port}")
     return serve_sim(cfg, host=args.host, port=args.port)
 
 
@@ -109,14 +116,15 @@ def add_device_commands(sub) -> None:
     r.add_argument("--model", required=True, help="the quantised layer (.safetensors, from `moeforge quantize`)")
     r.add_argument("--input", required=True, help=".npy of tokens [..., d_model], float or int8")
     r.add_argument("-o", "--output", required=True, help=".npy to write (float32, or int8 for int8 input)")
-    r.add_argument("--faults", help="inject link faults: flip=1e-3,drop=1e-3,dup=1e-3,seed=1")
+    r.add_argument("--faults", type=_faults, help="inject link faults: flip=1e-3,drop=1e-3,dup=1e-3,seed=1 "
+                   "(rates per byte in [0, 1), seed an integer >= 0)")
     r.add_argument("--json", action="store_true", help="print the device statistics as JSON")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("serve-sim", help="serve the simulated device on a TCP port (socket://host:port)")
     s.add_argument("--config", required=True)
-    s.add_argument("--port", type=int, default=5555)
+    s.add_argument("--port", type=int_in(0, 65535), default=5555, help="TCP port (0: any free port)")
     s.add_argument("--host", default="127.0.0.1")
     s.set_defaults(func=cmd_serve_sim)
 
