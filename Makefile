@@ -8,23 +8,38 @@ JOBS   ?= 2
 
 .PHONY: demo test test-slow bench clean-venv
 
+# NO_INSTALL=1 runs a target on the venv as it is (offline; the suite's own make runs use it).
+SETUP := $(if $(NO_INSTALL),,$(STAMP))
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(SETUP)
 	$(VENV)/bin/moeforge demo --config configs/tiny.toml
 
 # `slow` marks wide random sweeps (kept out of the 25-minute suite); `make test-slow` runs them.
-test: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) -m "not slow" tests
+# TEST_MARKERS and TEST_PATHS narrow a run (make test TEST_MARKERS=verilator TEST_PATHS=tests/sim).
+TEST_MARKERS ?= not slow
+TEST_PATHS   ?= tests
 
-test-slow: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) -m slow tests
+# pytest exits 5 when no test ran (a marker expression or a path that selects nothing): the
+# target fails with pytest's status and a line saying why, never passes on an empty run.
+define pytest_run
+	$(PY) -m pytest -n $(JOBS) -m "$(1)" $(TEST_PATHS) || { rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make: no test ran: -m \"$(1)\" selects nothing in $(TEST_PATHS)" >&2; fi; \
+	  exit $$rc; }
+endef
 
-bench: $(STAMP)
+test: $(SETUP)
+	$(call pytest_run,$(TEST_MARKERS))
+
+test-slow: $(SETUP)
+	$(call pytest_run,slow)
+
+bench: $(SETUP)
 	$(PY) bench/run_all.py
 
 clean-venv:
