@@ -61,15 +61,15 @@ def _input(path: str, cfg: AccelConfig):
 
 def cmd_run(args) -> int:
     """Stream a .npy of tokens through a device and write the outputs."""
+    cfg = AccelConfig.from_toml(args.config)
+    out = check_output(args.output, "-o")         # before minutes of device build and streaming
+    if out.resolve() == Path(args.input).resolve():
+        raise MoeforgeError("-o must not overwrite the input file")
     import numpy as np
     import torch
 
     from moeforge.hls_models import QuantizedMoELayer
     from moeforge.host_runtime import open_device
-    cfg = AccelConfig.from_toml(args.config)
-    out = check_output(args.output, "-o")         # before minutes of device build and streaming
-    if out.resolve() == Path(args.input).resolve():
-        raise MoeforgeError("-o must not overwrite the input file")
     if not Path(args.model).is_file():
         raise MoeforgeError(f"--model {args.model}: no such file")
     q = QuantizedMoELayer.load(args.model, cfg)
