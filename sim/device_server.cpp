@@ -314,11 +314,13 @@ private:
 
     // poll() the listening socket, the client (if any) and clients being turned away;
     // timeout_ms -1 blocks. Signals are blocked except inside ppoll, so a SIGTERM wakes any
-    // wait and ends the loop.
+    // wait and ends the loop. While the client is leaving (it sent EOF), the listening socket
+    // is not watched: a client connecting then waits to be served, it is not turned away.
     void wait_events(int timeout_ms) {
         pollfd pfds[2 + MAX_REJECTED];
         nfds_t n = 0;
-        pfds[n++] = {listen_fd_, POLLIN, 0};
+        const bool watch_listen = client_ < 0 || !rd_closed_;
+        if (watch_listen) pfds[n++] = {listen_fd_, POLLIN, 0};
         const nfds_t client_slot = n;
         if (client_ >= 0) {
             pollfd c{client_, 0, 0};
@@ -353,9 +355,11 @@ private:
             if (ev & (POLLIN | POLLHUP | POLLERR)) receive();
             if (client_ >= 0 && (ev & (POLLOUT | POLLERR | POLLHUP))) flush();
         }
-        if (ready > 0 && (pfds[0].revents & POLLIN)) {
+        if (ready > 0 && watch_listen && (pfds[0].revents & POLLIN)) {
             if (client_ < 0) accept_client();
-            turn_away_pending();  // anyone else waiting is told at once
+            // Anyone else waiting is told at once, unless the client just sent EOF (it is
+            // leaving: the next one waits its turn).
+            if (client_ >= 0 && !rd_closed_) turn_away_pending();
         }
     }
 

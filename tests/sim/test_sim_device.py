@@ -5,11 +5,13 @@ Most tests run a stand-in design with the SoC's ports (`CountingEcho`); one runs
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from amaranth.lib.wiring import In, Out
 
 from moeforge.rtl.export import to_verilog
 from moeforge.sim.build import SimBuildError
-from moeforge.sim.sim_device import (DEVICE_PORTS, SimDeviceError, SimDeviceProcess,
+from moeforge.sim.sim_device import (BUSY_LINE, DEVICE_PORTS, SimDeviceError, SimDeviceProcess,
                                      build_device_executable, check_device_ports)
 
 pytestmark = pytest.mark.verilator
@@ -226,19 +228,30 @@ def test_child_dying_before_listening_is_reported(echo_exe):
         SimDeviceProcess.from_executable(echo_exe, port=70000)
 
 
-def test_does_not_outlive_its_parent(echo_exe):
+@pytest.mark.parametrize("where", ["main thread", "worker thread"])
+def test_does_not_outlive_its_parent(echo_exe, where):
+    """SIGKILL of the parent stops the device, whichever thread started it; started from a
+    worker thread, the device lives on after that thread ends."""
     parent_code = textwrap.dedent("""
-        import sys, time
+        import sys, threading, time
         from moeforge.sim.sim_device import SimDeviceProcess
-        dev = SimDeviceProcess.from_executable(sys.argv[1], once=False)
-        print(dev.pid, flush=True)
+        box = []
+        start = lambda: box.append(SimDeviceProcess.from_executable(sys.argv[1], once=False))
+        if sys.argv[2] == "main thread":
+            start()
+        else:
+            worker = threading.Thread(target=start)
+            worker.start()
+            worker.join()
+        print(box[0].pid, flush=True)
         time.sleep(120)
     """)
-    parent = subprocess.Popen([sys.executable, "-c", parent_code, str(echo_exe)],
+    parent = subprocess.Popen([sys.executable, "-c", parent_code, str(echo_exe), where],
                               stdout=subprocess.PIPE, text=True)
     try:
         child = int(parent.stdout.readline())
-        assert not gone(child)
+        time.sleep(0.5)
+        assert not gone(child), "the device died before its parent"
         parent.kill()                            # no chance to clean up
         parent.wait(5)
         deadline = time.monotonic() + 5
@@ -248,6 +261,145 @@ def test_does_not_outlive_its_parent(echo_exe):
     finally:
         parent.kill()
         parent.stdout.close()
+
+
+def test_device_started_in_a_thread_is_used_after_the_thread_ends(echo_exe):
+    box = []
+    worker = threading.Thread(
+        target=lambda: box.append(SimDeviceProcess.from_executable(echo_exe, once=False)))
+    worker.start()
+    worker.join()
+    with box[0] as dev:
+        time.sleep(0.5)
+        assert dev.alive(), dev.describe_exit()
+        with dev.connect() as sock:
+            sock.sendall(b"\x00" * 5)
+            assert recv_exactly(sock, 5) == bytes(range(5))
+        assert dev.alive()
+
+
+def test_open_device_in_a_worker_thread_is_used_from_the_main_thread():
+    """The Python API: a device opened (and loaded) in a thread that then ends still runs."""
+    import torch
+
+    from moeforge.config import AccelConfig
+    from moeforge.hls_models import QuantizedMoELayer, make_hf_block, make_hf_input
+    from moeforge.host_runtime import open_device
+
+    cfg = AccelConfig.from_toml(ROOT / "configs" / "tiny.toml")
+    q = QuantizedMoELayer.from_hf(make_hf_block(cfg, seed=0), cfg,
+                                  calib=make_hf_input(cfg, 256, seed=1))
+    box, errors = [], []
+
+    def open_and_load():
+        try:
+            dev = open_device("sim", cfg)
+            box.append(dev)
+            dev.load(q)
+        except BaseException as exc:    # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=open_and_load)
+    worker.start()
+    worker.join()
+    assert box and not errors, errors
+    with box[0] as dev:
+        time.sleep(0.5)
+        x = q.quantize_input(make_hf_input(cfg, 9, seed=3))
+        assert torch.equal(dev.run(x), q.forward_int(x))
+
+
+def test_second_client_is_told_at_once_that_the_device_is_busy(echo_exe):
+    with SimDeviceProcess.from_executable(echo_exe, once=False, stats=True) as dev:
+        with dev.connect() as first:            # connected, and says nothing
+            time.sleep(0.2)
+            t0 = time.monotonic()
+            with dev.connect(timeout=5) as second:
+                second.sendall(b"\x00" * 3)     # e.g. a HELLO frame: not executed
+                got = bytearray()
+                while chunk := second.recv(4096):
+                    got += chunk
+            assert time.monotonic() - t0 < 3
+            assert bytes(got) == BUSY_LINE
+            first.sendall(b"\x00" * 4)          # the first client is served as before
+            assert recv_exactly(first, 4) == bytes(range(4))
+        with dev.connect() as third:            # the first has left: the next is served
+            third.sendall(b"\x00")
+            assert recv_exactly(third, 1) == b"\x04"
+        assert dev.alive()
+        dev.close()
+        assert dev.stats()["turned_away"] == 1
+
+
+def test_second_open_device_fails_at_once(echo_exe):
+    """The host of a second client gets an error in seconds, not 'not answering HELLO' after
+    its whole retry budget."""
+    from moeforge.host_runtime import DeviceError, open_device
+
+    with SimDeviceProcess.from_executable(echo_exe, once=False) as dev, dev.connect():
+        t0 = time.monotonic()
+        with pytest.raises(DeviceError):
+            open_device(f"socket://127.0.0.1:{dev.port}")
+        assert time.monotonic() - t0 < 10
+
+
+def test_idle_client_is_dropped_after_the_idle_timeout(echo_exe):
+    with SimDeviceProcess.from_executable(echo_exe, once=False, idle_timeout=1.0) as dev:
+        with dev.connect() as busy:             # keeps talking: not dropped
+            for i in range(4):
+                busy.sendall(b"\x00")
+                assert recv_exactly(busy, 1) == bytes([i])
+                time.sleep(0.4)
+        with dev.connect(timeout=10) as idle:
+            t0 = time.monotonic()
+            assert idle.recv(1) == b""          # dropped: EOF
+            assert 0.9 < time.monotonic() - t0 < 5
+        with dev.connect() as sock:              # the next client is served
+            sock.sendall(b"\x00")
+            assert recv_exactly(sock, 1) == b"\x04"
+        assert "dropped a client idle for 1 s" in "\n".join(dev.stderr_tail())
+    with pytest.raises(ValueError, match="idle_timeout"):
+        SimDeviceProcess.from_executable(echo_exe, idle_timeout=-1)
+
+
+def test_serve_sim_warns_when_reachable_from_the_network(echo_exe, monkeypatch, capsys):
+    """A non-loopback address gets a warning before anything listens (192.0.2.1 is a
+    documentation address this machine does not have: nothing is bound)."""
+    from moeforge.config import AccelConfig
+    from moeforge.sim import sim_device
+
+    assert sim_device.is_loopback("127.0.0.1") and sim_device.is_loopback("localhost")
+    assert not sim_device.is_loopback("0.0.0.0") and not sim_device.is_loopback("::")
+    monkeypatch.setattr(sim_device, "build_sim_device", lambda cfg, **params: echo_exe)
+    cfg = AccelConfig.from_toml(ROOT / "configs" / "tiny.toml")
+    with pytest.raises(SimDeviceError, match="cannot listen on 192.0.2.1"):
+        sim_device.serve_sim(cfg, host="192.0.2.1", port=0)
+    err = capsys.readouterr().err
+    assert "warning: the simulated device listens on 192.0.2.1" in err
+    assert "no authentication" in err
+
+
+def test_device_build_says_what_it_does_only_when_it_compiles(echo_exe, tmp_path, monkeypatch,
+                                                              capsys):
+    """The first build prints a line when it starts and one when it is done, on stderr
+    (captured here, so not a terminal); a cached build prints nothing."""
+    from moeforge.config import AccelConfig
+    from moeforge.sim import sim_device
+
+    verilog = to_verilog(CountingEcho(delay=4), "counting_echo")
+    monkeypatch.setenv("MOEFORGE_CACHE", str(tmp_path))
+    monkeypatch.setattr(sim_device, "soc_verilog", lambda cfg, **params: (verilog, "counting_echo"))
+    cfg = AccelConfig.from_toml(ROOT / "configs" / "tiny.toml")
+    exe = sim_device.build_sim_device(cfg)
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert lines[0] == ("building the simulated device for config tiny (first time: a few "
+                        "minutes) ...")
+    assert re.fullmatch(r"\.\.\. built in \d+ s", lines[1]), lines[1]
+    assert sim_device.build_sim_device(cfg) == exe
+    assert capsys.readouterr() == ("", "")
 
 
 def test_build_failure_raises_with_log(tmp_path):
@@ -307,6 +459,7 @@ def test_serve_sim_until_ctrl_c(echo_exe):
         out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0, err
         assert "stopped after" in err
+        assert "warning" not in err             # loopback: reachable from this machine only
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
     finally:
