@@ -74,13 +74,16 @@ def cmd_accuracy(args) -> int:
         print(f"{'':42} {'device input':>26} {'raw float input':>26}")
         print(f"{'config':28} {'family':12} {'rel L2':>12} {'same experts':>13} {'rel L2':>12} "
               f"{'same experts':>13}", flush=True)
+    from tqdm import tqdm
     reports = []
     for p in _measuring(args.config):
         r = _accuracy_rows(cfgs[p], args.seed, args.tokens)
         reports.append({"config": p, **r.as_dict()})
         if not args.json:
-            print(f"{p:28} {r.family:12} {r.rel_l2 * 100:11.2f}% {r.route_match * 100:12.2f}% "
-                  f"{r.rel_l2_float_input * 100:11.2f}% {r.route_match_float_input * 100:12.2f}%", flush=True)
+            with tqdm.external_write_mode(file=sys.stdout):    # the row above a terminal's bar
+                print(f"{p:28} {r.family:12} {r.rel_l2 * 100:11.2f}% {r.route_match * 100:12.2f}% "
+                      f"{r.rel_l2_float_input * 100:11.2f}% {r.route_match_float_input * 100:12.2f}%",
+                      flush=True)
     if args.json:
         print(json.dumps(reports, indent=2))
     return 0
@@ -182,17 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sim", help="cosimulate the whole layer (or one unit) in Verilator against the golden model")
     s.add_argument("--config", required=True)
     s.add_argument("--unit", help="unit name (default: the whole accelerator on its backing-memory model)")
-    s.add_argument("--tokens", type=int, default=16)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--stall", type=float, default=0.3, help="probability of a stall cycle on each stream")
-    s.add_argument("--waves", action="store_true", help="write a waveform file and print its path")
+    from .cli_args import MAX_TOKENS, float_in, int_in
+    from .cli_sim import bytes_per_cycle, cmd_sim
+    s.add_argument("--tokens", type=int_in(1, MAX_TOKENS), default=16,
+                   help=f"tokens to stream, 1 to {MAX_TOKENS} (a unit: at most its token buffer)")
+    s.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
+    s.add_argument("--stall", type=float_in(0.0, 1.0, hi_open=True), default=0.3,
+                   help="probability of a stall cycle on each stream, in [0, 1)")
+    s.add_argument("--waves", action="store_true", help="write a waveform file and keep the run's "
+                   "folder (its path is printed); without it the folder is always removed")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--trace", help="whole layer: write each batch's expert-cache accesses (RTL "
                    "counters and the Python model's hit/miss/slot sequence) to this JSON file")
-    s.add_argument("--mem-latency", type=int, help="whole layer: backing-memory latency in cycles (default 16)")
-    s.add_argument("--mem-bandwidth", help="whole layer: backing-memory bytes per cycle, e.g. 4 or 1/2 "
+    s.add_argument("--mem-latency", type=int_in(1, 1024),
+                   help="whole layer: backing-memory latency in cycles, 1 to 1024 (default 16)")
+    s.add_argument("--mem-bandwidth", type=bytes_per_cycle,
+                   help="whole layer: backing-memory bytes per cycle, e.g. 4 or 1/2 "
                    "(default one word, mac_cols bytes)")
-    from .cli_sim import cmd_sim
     s.set_defaults(func=cmd_sim)
 
     d = sub.add_parser("demo", help="the README's demo: accuracy report, then the whole layer in simulation")

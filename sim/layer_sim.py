@@ -8,6 +8,8 @@ the batches' expert sequence through `ExpertCacheModel` and checks the RTL's hit
 counters against it, and puts each batch's cycles next to its roofline `BatchBound`.
 
 Everything reaches the device as command packets, one byte a cycle, as a host would send them.
+The verdict is `scoreboard.verdict`'s: the bench's summary for this run (its nonce) must say
+that every token sent was compared, element by element, and that none differed.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,8 +25,13 @@ import torch
 
 from moeforge.config import AccelConfig
 from moeforge.errors import ConfigError
+from moeforge.outputs import atomic_write, check_output
 
-__all__ = ["run_layer", "run_steps", "BatchBound", "batch_bound", "layer_program", "layer_verilog"]
+__all__ = ["run_layer", "run_steps", "BatchBound", "batch_bound", "layer_program", "layer_verilog",
+           "LAYER_BENCH"]
+
+# The cocotb module of the whole layer.
+LAYER_BENCH = "moeforge.sim.benches.layer"
 
 
 @dataclass(frozen=True)
@@ -144,15 +149,22 @@ def run_layer(cfg: AccelConfig, *, tokens: int, seed: int, latency: int | None =
               bytes_per_cycle=None, stall: float = 0.3, waves: bool = False,
               workdir: str | Path | None = None, perturb: bool = False,
               q=None, x: torch.Tensor | None = None, trace: str | Path | None = None) -> dict:
-    """Build (cached) and run the whole layer; returns the summary of the command line."""
+    """Build (cached) and run the whole layer; returns the summary of the command line.
+
+    ``passed`` holds only if this run's bench summary compared all `tokens` (every element)
+    and none differed; ``compared`` / ``expected`` are ``{tokens, elements}`` and ``problems``
+    says why a run did not pass. `trace` is checked before anything is built and written
+    atomically. The temporary folder is removed on every path unless `waves` (then
+    ``workdir`` is its path).
+    """
     from moeforge.hls_models.expert_cache import ExpertCacheModel
     from moeforge.hls_models.hf_random import make_hf_input
     from moeforge.rtl.accelerator_sim import DEFAULT_LATENCY, AcceleratorWithMemory
-    from moeforge.rtl.commands import COUNTERS
-    from moeforge.sim.unit_sim import random_layer
+    from moeforge.sim.unit_sim import check_run_options, random_layer, run_bench, run_folder
 
-    if not isinstance(tokens, int) or tokens < 1:
-        raise ConfigError("tokens", f"must be a positive number of tokens, not {tokens!r}")
+    check_run_options(tokens=tokens, seed=seed, stall=stall)
+    if trace is not None:
+        check_output(trace, "trace")
     latency = DEFAULT_LATENCY if latency is None else latency
     bpc = Fraction(cfg.mac_cols if bytes_per_cycle is None else bytes_per_cycle)
     try:
@@ -180,10 +192,34 @@ def run_layer(cfg: AccelConfig, *, tokens: int, seed: int, latency: int | None =
         out_step = steps[batches[0]["run_step"] + 1]
         v = out_step["expected"][0][0]
         out_step["expected"][0][0] = v + 1 if v < 127 else v - 1
+    sent = sum(len(st["expected"]) for st in steps if st.get("expected") is not None)
 
-    results, s, handle, wall, tmp = run_steps(top, steps, seed=seed, stall=stall, waves=waves,
-                                              workdir=workdir)
-    responses = s.get("responses", [])
+    handle, bench = _layer_build(top, steps, stall=stall, waves=waves)
+    with run_folder(workdir, "moeforge-sim-layer-", keep=waves) as tmp:
+        run = run_bench(handle, LAYER_BENCH, bench, tmp, seed=seed)
+        out = {"config": cfg.name, "tokens": tokens, "seed": seed}
+        out.update(_layer_result(cfg, run, batches, sent, trace=trace))
+        out.update(wall_s=round(run.wall, 2), build_cached=handle.cached,
+                   build_seconds=round(handle.seconds, 2),
+                   memory=dict(latency=latency, bytes_per_cycle=str(bpc)))
+        if waves and run.results.waves_path:
+            out["waves"] = str(run.results.waves_path)
+        if waves or workdir is not None:
+            out["workdir"] = str(tmp)
+    return out
+
+
+def _layer_result(cfg, run, batches, sent: int, *, trace) -> dict:
+    """The summary of a whole-layer run (the verdict, cycles, cache counters per batch);
+    writes `trace`."""
+    from moeforge.rtl.commands import COUNTERS
+    from moeforge.sim.scoreboard import verdict
+    results, s = run.results, run.summary
+    failure = "; ".join(f.message for f in results.failures)
+    v = verdict(s, nonce=run.nonce, tokens=sent, elements=sent * cfg.d_model, sim_ok=results.ok,
+                failure=failure)
+    ours = v.compared is not None          # the summary is this run's: its numbers may be shown
+    responses = s.get("responses", []) if ours else []
 
     per_batch = []
     for b in batches:
@@ -197,8 +233,8 @@ def run_layer(cfg: AccelConfig, *, tokens: int, seed: int, latency: int | None =
         per_batch.append(row)
     done = [r for r in per_batch if "cycles" in r]
     total = lambda k: sum(r[k] for r in done)   # noqa: E731
-    out = {"config": cfg.name, "tokens": tokens, "seed": seed, "batches": len(batches),
-           "passed": results.ok, "mismatches": s.get("mismatches", 0 if results.ok else None)}
+    out = {"batches": len(batches), "passed": v.passed, "compared": v.compared,
+           "expected": v.expected, "mismatches": v.mismatches}
     if done:
         cycles = total("cycles")
         bound = sum(r["bound"]["total"] for r in done)
@@ -209,28 +245,24 @@ def run_layer(cfg: AccelConfig, *, tokens: int, seed: int, latency: int | None =
                    mac_util=round(total("mac_busy") / max(1, cycles), 4),
                    cache_model_match=all(r["hits"] == r["model_hits"] and r["misses"] == r["model_misses"]
                                          for r in done))
-    if s.get("sim_cycles") and s.get("wall_s"):
+    if ours and s.get("sim_cycles") and s.get("wall_s"):
         out["sim_cycles_per_s"] = round(s["sim_cycles"] / s["wall_s"], 1)
-    out.update(wall_s=round(wall, 2), build_cached=handle.cached, build_seconds=round(handle.seconds, 2),
-               memory=dict(latency=latency, bytes_per_cycle=str(bpc)), per_batch=per_batch)
-    if not results.ok:
-        out["passed"] = False
-        out["failure"] = (s.get("failure") or "; ".join(f.message for f in results.failures))[:2000]
+    out["per_batch"] = per_batch
+    if not v.passed:
+        out["problems"] = list(v.problems)
+    if failure or (ours and s.get("failure")):
+        out["failure"] = (failure or s["failure"])[:2000]
     if trace is not None:
-        Path(trace).write_text(json.dumps([dict(batch=i, experts=b["experts"], model=b["model_trace"],
-                                                rtl=per_batch[i]) for i, b in enumerate(batches)], indent=1))
-    if waves and results.waves_path:
-        out["waves"] = str(results.waves_path)
-    out["workdir"] = str(tmp)
+        rows = [dict(batch=i, experts=b["experts"], model=b["model_trace"], rtl=per_batch[i])
+                for i, b in enumerate(batches)]
+        atomic_write(trace, lambda tmp_path: tmp_path.write_text(json.dumps(rows, indent=1)))
     return out
 
 
-def run_steps(top, steps, *, seed: int, stall: float = 0.3, waves: bool = False,
-              workdir: str | Path | None = None):
-    """Run command `steps` (see `sim.benches.layer`) on `top` (an `AcceleratorWithMemory`).
-    Returns ``(results, summary, build handle, wall s, workdir)``."""
+def _layer_build(top, steps, *, stall: float, waves: bool):
+    """Build (cached) `top`; returns ``(build handle, the bench data for `steps`)``."""
     from moeforge.rtl.export import verilog_ports
-    from moeforge.sim.build import build_cached, run_cocotb
+    from moeforge.sim.build import build_cached
     cfg = top.cfg
     ports = verilog_ports(top)
     prefix = lambda s: ports[f"{s}.valid"].name.removesuffix("__valid")   # noqa: E731
@@ -239,16 +271,20 @@ def run_steps(top, steps, *, seed: int, stall: float = 0.3, waves: bool = False,
     key = f"{cfg.content_hash()}|{top.memory.latency}|{top.memory.bytes_per_cycle}"
     verilog = layer_verilog(top, key)
     _silence_unused(top)
-    handle = build_cached(verilog, "layer", waves=waves)
-    tmp = Path(tempfile.mkdtemp(prefix="moeforge-sim-layer-")) if workdir is None else Path(workdir)
-    tmp.mkdir(parents=True, exist_ok=True)
-    bench_file = tmp / "bench.json"
-    bench_file.write_text(json.dumps(bench))
-    t0 = time.monotonic()
-    results = run_cocotb(handle, "moeforge.sim.benches.layer", test_dir=tmp, seed=seed, check=False,
-                         extra_env={"MOEFORGE_BENCH": str(bench_file),
-                                    "COCOTB_REWRITE_ASSERTION_FILES": "none"})
-    wall = time.monotonic() - t0
-    summary_file = bench_file.with_suffix(".summary.json")
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    return results, summary, handle, wall, tmp
+    return build_cached(verilog, "layer", waves=waves), bench
+
+
+def run_steps(top, steps, *, seed: int, stall: float = 0.3, waves: bool = False,
+              workdir: str | Path | None = None):
+    """Run command `steps` (see `sim.benches.layer`) on `top` (an `AcceleratorWithMemory`).
+
+    Returns ``(results, summary, build handle, wall s, workdir)``: ``summary`` is the bench's
+    for this run (its nonce checked), ``{}`` if it wrote none; ``workdir`` is ``None`` when the
+    run used a temporary folder (removed unless `waves`).
+    """
+    from moeforge.sim.unit_sim import run_bench, run_folder
+    handle, bench = _layer_build(top, steps, stall=stall, waves=waves)
+    with run_folder(workdir, "moeforge-sim-layer-", keep=waves) as tmp:
+        run = run_bench(handle, LAYER_BENCH, bench, tmp, seed=seed)
+    summary = run.summary if isinstance(run.summary, dict) and run.summary.get("nonce") == run.nonce else {}
+    return run.results, summary, handle, run.wall, (tmp if waves or workdir is not None else None)

@@ -1,17 +1,25 @@
 """Run one unit's cosimulation against the golden model: `moeforge sim --unit NAME`.
 
 A bench pairs a stimulus maker (golden model → inputs and expected outputs, as JSON)
-with a cocotb module in `moeforge.sim.benches`. The cocotb side writes a summary that
-comes back here with the wall time, so the command line can print cycles, mismatches,
-MAC utilisation and simulated cycles per second.
+with a cocotb module in `moeforge.sim.benches`. The tool writes the stimulus with a nonce
+and the path of the summary it expects; the cocotb side compares every output with a
+counting `Scoreboard` and writes there what it compared. The verdict comes only from that
+summary (`moeforge.sim.scoreboard.verdict`): no summary, another run's, or fewer outputs
+compared than were expected is never a pass.
+
+`run_bench` and `run_folder` are shared with the whole-layer run (`sim.layer_sim`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import secrets
+import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +28,18 @@ import torch
 from moeforge.config import AccelConfig
 from moeforge.errors import ConfigError
 
-__all__ = ["BENCHES", "UnitBench", "run_unit", "random_layer"]
+__all__ = ["BENCHES", "UnitBench", "BenchRun", "run_unit", "run_bench", "run_folder",
+           "random_layer", "bench_outputs", "check_run_options", "BENCH_VARIABLES"]
+
+# The environment variables the bench modules read their stimulus file from.
+BENCH_VARIABLES = ("MOEFORGE_BENCH", "MOEFORGE_TEST_PARAMS", "MOEFORGE_HIDDEN_BENCH")
+
+
+def bench_outputs(stim: dict) -> tuple[int, int]:
+    """``(tokens, elements)`` a bench whose scoreboard takes ``stim["expected"]`` row by row
+    must compare."""
+    rows = stim["expected"]
+    return len(rows), sum(len(r) for r in rows)
 
 
 @dataclass(frozen=True)
@@ -28,9 +47,9 @@ class UnitBench:
     """A unit's cosimulation.
 
     `stimulus(cfg, component, q, tokens, seed)` returns the JSON-able bench data, written to
-    a file named by MOEFORGE_BENCH (and MOEFORGE_TEST_PARAMS, for benches shared with the
-    tests). A bench that writes no summary of its own stops at the first mismatch: its
-    summary is derived from the cocotb results (cycles from simulated time).
+    a file named by each of `BENCH_VARIABLES` (benches shared with the tests read their own).
+    `outputs(stim)` says how many tokens and elements the bench's scoreboard must compare
+    (tokens as the scoreboard counts them: one per output beat of a streaming unit).
     """
 
     unit: str                       # name in rtl.units.UNITS
@@ -38,7 +57,64 @@ class UnitBench:
     stimulus: Callable[..., dict]
     testcase: str | None = None     # run only this cocotb test of the module
     harness: Callable | None = None     # cfg → (unit, the design to build around it); default the unit
-    summarise: Callable | None = None   # (bench summary, stimulus) → {mismatches, cycles, wall_s, mac_busy}
+    summarise: Callable | None = None   # (bench summary, stimulus) → extra fields (mac_busy, ...)
+    outputs: Callable[[dict], tuple[int, int]] = bench_outputs
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One cocotb run of a bench: its results, the summary file's content (``None`` if it
+    wrote none; see `scoreboard.read_summary`), the nonce the run was given, wall seconds."""
+
+    results: object
+    summary: object
+    nonce: str
+    wall: float
+
+
+@contextlib.contextmanager
+def run_folder(workdir: str | Path | None, prefix: str, *, keep: bool = False) -> Iterator[Path]:
+    """The folder a run works in: `workdir` if given (left as it is), else a new temporary
+    folder that is removed however the block ends (an error, Ctrl-C), except when `keep` and
+    the block ended normally (the caller then reports its path)."""
+    if workdir is not None:
+        path = Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    kept = False
+    try:
+        yield path
+        kept = keep
+    finally:
+        if not kept:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def run_bench(handle, module: str, bench: dict, workdir: Path, *, seed: int,
+              testcase: str | None = None) -> BenchRun:
+    """Write `bench` with a fresh nonce and the summary path into ``workdir/bench.json``, run
+    the cocotb `module` on `handle`, and read back the summary it wrote for this run."""
+    from moeforge.sim.build import run_cocotb
+    from moeforge.sim.scoreboard import read_summary
+    nonce = secrets.token_hex(8)
+    bench_file = workdir / "bench.json"
+    summary_file = workdir / "bench.summary.json"
+    summary_file.unlink(missing_ok=True)          # a summary of an earlier run is not this one's
+    bench_file.write_text(json.dumps({**bench, "nonce": nonce, "summary": str(summary_file)}))
+    env = {name: str(bench_file) for name in BENCH_VARIABLES}
+    env["COCOTB_REWRITE_ASSERTION_FILES"] = "none"
+    t0 = time.monotonic()
+    results = run_cocotb(handle, module, test_dir=workdir, seed=seed, check=False,
+                         testcase=testcase, extra_env=env)
+    wall = time.monotonic() - t0
+    return BenchRun(results=results, summary=read_summary(summary_file), nonce=nonce, wall=wall)
+
+
+def _int_gemm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Exact integer ``x @ w.T`` (int64)."""
+    return x.to(torch.int64) @ w.to(torch.int64).T
 
 
 def random_layer(cfg: AccelConfig, seed: int):
@@ -60,12 +136,11 @@ def _requantiser_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     """The down projection's requantisation of one expert: one beat per output channel and
     group of `lanes` tokens (a beat shares its channel's multiplier and shift)."""
     from moeforge.hls_models.fixed_point import requantize
-    from moeforge.hls_models.golden import _gemm
     from moeforge.hls_models.hf_random import make_hf_input
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed)).to(torch.int64)
     e = int(torch.randint(cfg.n_experts, (1,), generator=torch.Generator().manual_seed(seed)))
     bank = q.experts
-    acc = _gemm(bank.hidden(e, x), bank.w_down[e])            # [T, D] int32 range
+    acc = _int_gemm(bank.hidden(e, x), bank.w_down[e])            # [T, D] int32 range
     lanes = dut.lanes
     pad = (-tokens) % lanes
     acc = torch.cat([acc, torch.zeros(pad, cfg.d_model, dtype=torch.int64)])
@@ -169,31 +244,94 @@ def _expert_ffn_stimulus(cfg, eng, q, tokens: int, seed: int, harness=None) -> d
 
 
 def _expert_ffn_summary(s: dict, stim: dict) -> dict:
-    return {"cycles": int(s["sim_cycles"]), "wall_s": s["wall_s"],
-            "mac_busy": sum(b for b, _ in s["periods"]),
-            "mac_util_busy": round(sum(b for b, _ in s["periods"]) / max(1, sum(t for _, t in s["periods"])), 4)}
+    periods = s.get("periods") or []
+    busy = sum(b for b, _ in periods)
+    return {"mac_busy": busy, "mac_util_busy": round(busy / max(1, sum(t for _, t in periods)), 4)}
+
+
+def _expert_ffn_outputs(stim: dict) -> tuple[int, int]:
+    """Every job's ``o_y`` beats: R lanes, token and last each."""
+    rows = [r for job in stim["jobs"] for r in job["expected"]]
+    return len(rows), sum(len(r) for r in rows)
+
+
+def _combiner_outputs(stim: dict) -> tuple[int, int]:
+    """``o_y`` beats: ``d_model / lanes`` per token, each its lanes plus token and last."""
+    beats = sum(len(b["expected"]) for b in stim["batches"]) * (stim["d_model"] // stim["lanes"])
+    return beats, beats * (stim["lanes"] + 2)
+
+
+def _hidden_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
+    """One expert's gate/up accumulators of random tokens (exact GEMMs), its requantiser state
+    loaded through the write port; expected ``ExpertBank.hidden``."""
+    from moeforge.hls_models.hf_random import make_hf_input
+    from moeforge.rtl.export import verilog_ports
+    from moeforge.rtl.hidden import hidden_image
+    from moeforge.sim.stream import pack_layout
+    x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed)).to(torch.int64)
+    e = int(torch.randint(cfg.n_experts, (1,), generator=torch.Generator().manual_seed(seed)))
+    bank = q.experts
+    acc_u = _int_gemm(x, bank.w_up[e])
+    acc_g = _int_gemm(x, bank.w_gate[e]) if dut.swiglu else None
+    L, F = dut.lanes, acc_u.shape[1]
+    beats = []
+    for t in range(tokens):
+        for b in range(F // L):
+            value = {"up": acc_u[t, b * L:(b + 1) * L].tolist(), "last": int(b == F // L - 1)}
+            if dut.swiglu:
+                value["gate"] = acc_g[t, b * L:(b + 1) * L].tolist()
+            beats.append(pack_layout(dut.acc_layout, value))
+    ports = verilog_ports(dut)
+    batch = dict(name="cli", image=hidden_image(bank, e), beats=beats,
+                 expected=bank.hidden(e, x).tolist())
+    return {"lanes": L, "latency": dut.latency, "i_acc": _stream_prefix(dut, "i_acc"),
+            "o_h": _stream_prefix(dut, "o_h"),
+            "wr": {k: ports[f"wr.{k}"].name for k in ("addr", "data", "en")},
+            "h_data_offset": dut.h_layout["data"].offset, "h_last_offset": dut.h_layout["last"].offset,
+            "batches": [batch], "perturb": None, "expected": batch["expected"]}
 
 
 BENCHES: dict[str, UnitBench] = {
     "requantiser": UnitBench("requantiser", "moeforge.sim.benches.requantiser", _requantiser_stimulus),
     "combiner": UnitBench("combiner", "moeforge.sim.benches.combiner", _combiner_stimulus,
-                          testcase="combiner_batches"),
+                          testcase="combiner_batches", outputs=_combiner_outputs),
     "router": UnitBench("router", "moeforge.sim.benches.router", _router_stimulus, testcase="router_batches"),
+    "hidden": UnitBench("hidden", "moeforge.sim.benches.hidden", _hidden_stimulus, testcase="hidden_random"),
     "expert_ffn": UnitBench("expert_ffn", "moeforge.sim.benches.expert_ffn", _expert_ffn_stimulus,
                             testcase="expert_ffn_jobs", harness=_expert_ffn_harness,
-                            summarise=_expert_ffn_summary),
+                            summarise=_expert_ffn_summary, outputs=_expert_ffn_outputs),
 }
+
+
+def check_run_options(*, tokens, seed, stall) -> None:
+    """`ConfigError` unless `tokens` is a positive integer, `seed` an integer in [0, 2**32) and
+    `stall` a probability in [0, 1): checked before anything is built."""
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
+        raise ConfigError("tokens", f"must be a positive number of tokens, not {tokens!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 32:
+        raise ConfigError("seed", f"must be an integer in [0, 2**32), not {seed!r}")
+    if not isinstance(stall, (int, float)) or isinstance(stall, bool) or not math.isfinite(stall) \
+            or not 0 <= stall < 1:
+        raise ConfigError("stall", f"must be a probability in [0, 1), not {stall!r}")
 
 
 def run_unit(cfg: AccelConfig, unit: str, *, tokens: int, seed: int, waves: bool = False,
              stall: float = 0.3, perturb: bool = False, workdir: str | Path | None = None) -> dict:
-    """Build (cached) and run `unit`'s bench; returns the summary (see the command line)."""
+    """Build (cached) and run `unit`'s bench; returns the summary (see the command line).
+
+    ``passed`` is `scoreboard.verdict`'s: this run's bench summary compared every expected
+    output and none differed. ``compared`` / ``expected`` are ``{tokens, elements}`` (tokens as
+    the unit's scoreboard counts them), ``problems`` says why a run did not pass. The
+    temporary folder is removed unless `waves` (then ``workdir`` is its path).
+    """
     from moeforge.rtl.export import to_verilog
     from moeforge.rtl.units import elaborate
-    from moeforge.sim.build import build_cached, run_cocotb
+    from moeforge.sim.build import build_cached
+    from moeforge.sim.scoreboard import verdict
 
     if unit not in BENCHES:
-        raise ConfigError("unit", f"has no cosimulation bench yet; benches: {', '.join(BENCHES)}")
+        raise ConfigError("unit", f"has no cosimulation bench: {unit!r}; benches: {', '.join(BENCHES)}")
+    check_run_options(tokens=tokens, seed=seed, stall=stall)
     if not 1 <= tokens <= cfg.token_buffer_depth:
         raise ConfigError("tokens", f"must be in [1, token_buffer_depth={cfg.token_buffer_depth}], not {tokens}")
     bench = BENCHES[unit]
@@ -210,41 +348,37 @@ def run_unit(cfg: AccelConfig, unit: str, *, tokens: int, seed: int, waves: bool
     if perturb:  # prove the check can fail: one expected value off by one
         stim["expected"][len(stim["expected"]) // 2][0] += 1  # (a shared list with batches' expected)
     stim.update(seed=seed, in_stall=stall, out_stall=stall)
+    n_tokens, n_elements = bench.outputs(stim)
     handle = build_cached(to_verilog(top, unit), unit, waves=waves)
-    own_dir = workdir is None
-    tmp = Path(tempfile.mkdtemp(prefix=f"moeforge-sim-{unit}-")) if own_dir else Path(workdir)
-    tmp.mkdir(parents=True, exist_ok=True)
-    bench_file = tmp / "bench.json"
-    summary_file = bench_file.with_suffix(".summary.json")
-    if bench.summarise is not None:
-        stim["summary"] = str(summary_file)
-    bench_file.write_text(json.dumps(stim))
-    t0 = time.monotonic()
-    results = run_cocotb(handle, bench.module, test_dir=tmp, seed=seed, check=False, testcase=bench.testcase,
-                         extra_env={"MOEFORGE_BENCH": str(bench_file), "MOEFORGE_TEST_PARAMS": str(bench_file),
-                                    "COCOTB_REWRITE_ASSERTION_FILES": "none"})
-    wall = time.monotonic() - t0
-    if summary_file.exists():
-        s = json.loads(summary_file.read_text())
-        if bench.summarise is not None:
-            s = {"mismatches": 0 if results.ok else 1, **bench.summarise(s, stim)}
-    else:   # a bench that stops at the first mismatch: at least one when it failed
-        sim_ns = sum(c.sim_time_ns or 0 for c in results.cases)
-        real = sum(c.real_time_s or 0 for c in results.cases)
-        s = {"mismatches": 0 if results.ok else 1, "cycles": int(sim_ns // 10), "wall_s": real or wall}
-    macs = stim.get("macs", 0)
-    out = {"unit": unit, "config": cfg.name, "tokens": tokens, "seed": seed, "passed": results.ok,
-           "mismatches": s["mismatches"], "cycles": s["cycles"],
-           "sim_cycles_per_s": round(s["cycles"] / s["wall_s"], 1) if s.get("wall_s") else None,
-           "wall_s": round(wall, 2),
+    with run_folder(workdir, f"moeforge-sim-{unit}-", keep=waves) as tmp:
+        run = run_bench(handle, bench.module, stim, tmp, seed=seed, testcase=bench.testcase)
+    results, s = run.results, run.summary
+    failure = "; ".join(f.message for f in results.failures)
+    v = verdict(s, nonce=run.nonce, tokens=n_tokens, elements=n_elements, sim_ok=results.ok,
+                failure=failure)
+    ours = v.compared is not None            # the summary is this run's: its numbers may be shown
+    cycles = s.get("cycles") if ours else None
+    cycles = int(s["sim_cycles"]) if ours and cycles is None and s.get("sim_cycles") else cycles
+    wall_s = s.get("wall_s") if ours else None
+    out = {"unit": unit, "config": cfg.name, "tokens": tokens, "seed": seed, "passed": v.passed,
+           "compared": v.compared, "expected": v.expected, "mismatches": v.mismatches,
+           "cycles": cycles,
+           "sim_cycles_per_s": round(cycles / wall_s, 1) if cycles and wall_s else None,
+           "wall_s": round(run.wall, 2),
            "build_cached": handle.cached, "build_seconds": round(handle.seconds, 2)}
-    if macs:
-        out["mac_util"] = round(s.get("mac_busy", 0) / max(1, s["cycles"]), 4)
+    if ours and bench.summarise is not None:
+        s = {**s, **bench.summarise(s, stim)}
+    macs = stim.get("macs", 0)
+    if macs and ours and cycles:
+        out["mac_util"] = round(s.get("mac_busy", 0) / max(1, cycles), 4)
         if "mac_util_busy" in s:     # over the engine's busy periods (from the first job's acceptance)
             out["mac_util_busy"] = s["mac_util_busy"]
-    if not results.ok:
-        out["failure"] = "; ".join(f.message for f in results.failures)[:2000]
+    if not v.passed:
+        out["problems"] = list(v.problems)
+    if failure or (ours and s.get("failure")):
+        out["failure"] = (failure or s["failure"])[:2000]
     if waves and results.waves_path:
         out["waves"] = str(results.waves_path)
-    out["workdir"] = str(tmp)
+    if waves or workdir is not None:
+        out["workdir"] = str(tmp)
     return out

@@ -12,19 +12,25 @@ it exported:
     (a batch may override them with its own ``in_stall`` / ``out_stall``);
 ``batches``
     each ``{name, n_tokens, mult, shift, contribs: [[token, gate, [d_model ints]]...],
-    expected: [[d_model ints] per output token]}`` from the golden model.
+    expected: [[d_model ints] per output token]}`` from the golden model;
+``nonce``, ``summary`` (optional)
+    ``combiner_batches`` writes what it compared there (`common.write_summary`: tokens are
+    ``o_y`` beats, elements their lanes plus token and last), with ``cycles`` and ``wall_s``.
 """
 
 import itertools
 import json
 import os
 import random
+import time
 
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
+from cocotb.utils import get_sim_time
 
 from moeforge.rtl.combiner import contrib_layout, flush_layout, y_layout
+from moeforge.sim.benches.common import write_summary
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout
 
@@ -86,8 +92,9 @@ class Bench:
     def __init__(self, dut, *, seed, in_stall, out_stall):
         self.dut = dut
         _, self.flush_lay, self.y_lay = layouts()
-        self.sb = Scoreboard("combiner")                    # y lanes, beat by beat
-        self.side = Scoreboard("combiner token/last")       # the beat's token and last flag
+        # counting: every beat is compared, finish() fails on the first difference
+        self.sb = Scoreboard("combiner", stop=False)                    # y lanes, beat by beat
+        self.side = Scoreboard("combiner token/last", stop=False)       # the beat's token and last
         self.in_pause = Pauses(in_stall, seed + 1)
         self.out_pause = Pauses(out_stall, seed + 2)
         self.sink = StreamSink(dut, P["o_y"], dut.clk, pause=iter(self.out_pause),
@@ -139,15 +146,20 @@ async def combiner_batches(dut):
     flush is accepted), random stalls and back-pressure, bit-exact y, token and last."""
     await start(dut)
     bench = Bench(dut, seed=cocotb.RANDOM_SEED, in_stall=P["in_stall"], out_stall=P["out_stall"])
-    total = 0
-    for batch in P["batches"]:
-        start_cycle = bench.contrib_mon.cycle
-        await bench.run_batch(batch, in_stall=P["in_stall"], out_stall=P["out_stall"])
-        total += len(batch["contribs"]) * P["d_model"] // P["lanes"] + len(batch["expected"])
-        cocotb.log.info("%s: %d contributions, flush accepted after %d cycles", batch["name"],
-                        len(batch["contribs"]), bench.contrib_mon.cycle - start_cycle)
-    bound = int(4 * total / max(0.05, 1 - P["out_stall"])) + 200
-    await bench.finish(max_cycles=bound)
+    wall, sim_ns = time.perf_counter(), get_sim_time("ns")
+    try:
+        total = 0
+        for batch in P["batches"]:
+            start_cycle = bench.contrib_mon.cycle
+            await bench.run_batch(batch, in_stall=P["in_stall"], out_stall=P["out_stall"])
+            total += len(batch["contribs"]) * P["d_model"] // P["lanes"] + len(batch["expected"])
+            cocotb.log.info("%s: %d contributions, flush accepted after %d cycles", batch["name"],
+                            len(batch["contribs"]), bench.contrib_mon.cycle - start_cycle)
+        bound = int(4 * total / max(0.05, 1 - P["out_stall"])) + 200
+        await bench.finish(max_cycles=bound)
+    finally:
+        write_summary(P, [bench.sb], side=[bench.side], cycles=int((get_sim_time("ns") - sim_ns) // 10),
+                      wall_s=time.perf_counter() - wall)
     cocotb.log.info("%d o_y beats checked", bench.sb.matched)
 
 

@@ -26,7 +26,9 @@ bench/mac_util.py and `moeforge sim --unit expert_ffn`.
     add one to that expected value, to prove the check can fail;
 ``summary``: ``null`` or a path
     where the test writes the busy periods (``expert_ffn_throughput``: and the job spans),
-    simulated cycles and wall time (for bench/mac_util.py and the command line).
+    simulated cycles and wall time (for bench/mac_util.py and the command line);
+    ``expert_ffn_jobs`` writes it through `common.write_summary`, with what it compared and
+    the tool's ``nonce``, however the test ends.
 """
 
 import itertools
@@ -40,6 +42,7 @@ from cocotb.triggers import Event, ReadOnly, RisingEdge
 from cocotb.utils import get_sim_time
 
 from moeforge.rtl.expert_ffn import ExpertFFN
+from moeforge.sim.benches.common import write_summary
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout
 
@@ -80,16 +83,17 @@ def x_beats(eng, x):
             for tok in x for s in range(S)]
 
 
-async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None):
+async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None, sb=None):
     """Run `jobs`: each presented as soon as the engine takes it (it prefetches the next job
     while one computes), or, if the job says ``after_previous``, once the previous one ended.
+    The outputs go to `sb` (a counting `Scoreboard` by default).
 
     Returns ``(periods, spans)``: ``periods`` the ``(busy_cycles, total_cycles)`` of each busy
     period (the counters restart when a job finds the engine idle); ``spans`` per job the
     cycles its ``i_job`` beat and its last ``o_y`` beat transferred.
     """
     eng = engine()
-    sb = Scoreboard("expert_ffn")
+    sb = Scoreboard("expert_ffn", stop=False) if sb is None else sb
     busy, total = port(dut, "busy_cycles"), port(dut, "total_cycles")
     ends = list(itertools.accumulate(len(job["expected"]) for job in jobs))   # beats so far
     end_cycles = []
@@ -164,12 +168,14 @@ async def expert_ffn_jobs(dut):
     await start(dut)
     wall = time.perf_counter()
     sim_ns = get_sim_time("ns")
-    periods, _ = await run_jobs(dut, P["jobs"], in_stall=P["in_stall"], out_stall=P["out_stall"],
-                                seed=cocotb.RANDOM_SEED, perturb=P.get("perturb"))
-    if P.get("summary"):              # `moeforge sim --unit expert_ffn` reads it
-        with open(P["summary"], "w") as f:
-            json.dump(dict(periods=periods, sim_cycles=(get_sim_time("ns") - sim_ns) / 10,
-                           wall_s=time.perf_counter() - wall), f)
+    sb = Scoreboard("expert_ffn", stop=False)
+    periods = None
+    try:
+        periods, _ = await run_jobs(dut, P["jobs"], in_stall=P["in_stall"], out_stall=P["out_stall"],
+                                    seed=cocotb.RANDOM_SEED, perturb=P.get("perturb"), sb=sb)
+    finally:                          # `moeforge sim --unit expert_ffn` reads it
+        write_summary(P, [sb], periods=periods, sim_cycles=(get_sim_time("ns") - sim_ns) / 10,
+                      wall_s=time.perf_counter() - wall)
     ops = sum(job["busy"] for job in P["jobs"])
     assert sum(b for b, _ in periods) == ops, f"busy_cycles {periods} != {ops} MAC ops of the jobs"
     assert all(b <= t for b, t in periods), periods

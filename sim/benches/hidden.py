@@ -18,17 +18,23 @@ The pytest side writes everything into a JSON file named by the environment vari
 ``in_stall``, ``out_stall``
     stall probabilities of the input driver and the output sink;
 ``perturb``: ``null`` or ``[token, element]``
-    add one to that expected value (tokens counted over all batches), to prove the check fails.
+    add one to that expected value (tokens counted over all batches), to prove the check fails;
+``nonce``, ``summary`` (optional)
+    ``hidden_random`` writes what it compared there (`common.write_summary`), with ``cycles``
+    and ``wall_s``: `moeforge sim --unit hidden` computes its verdict from it.
 """
 
 import json
 import os
+import time
 from pathlib import Path
 
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
+from cocotb.utils import get_sim_time
 
+from moeforge.sim.benches.common import write_summary
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, unpack_signed
 
@@ -102,34 +108,39 @@ async def hidden_random(dut):
     """Every batch: load its image, stream its tokens with random stalls on both sides, check
     every token bit-exact; the batch drains before the next image is written."""
     seed = cocotb.RANDOM_SEED
-    sb = Scoreboard("hidden")
+    sb = Scoreboard("hidden", stop=False)          # counts; finish() fails on a difference
     sb.add_expected_many(expected_tokens())
     Clock(dut.clk, 10, unit="ns").start()
     await reset(dut)
-    collector = TokenCollector(sb)
-    sink = StreamSink(dut, P["o_h"], dut.clk, stall_prob=P["out_stall"], seed=seed + 1,
-                      callback=collector)
-    in_monitor = StreamMonitor(dut, P["i_acc"], dut.clk).start()   # checks our own driver
-    sink.start()
-    done = 0
-    sent = 0
-    for k, batch in enumerate(P["batches"]):
-        await write_image(dut, batch["image"])
-        driver = StreamDriver(dut, P["i_acc"], dut.clk, stall_prob=P["in_stall"],
-                              seed=seed + 10 + k)
-        await driver.start(batch["beats"])
-        sent += len(driver.sent)
-        done += len(batch["expected"])
-        bound = int((len(batch["beats"]) + 50) / max(0.05, 1 - P["out_stall"])) + 200
-        await wait_tokens(dut, collector, sink, done, bound, batch["name"])
-        cocotb.log.info("batch %r: %d tokens", batch["name"], len(batch["expected"]))
-    for _ in range(20):                       # nothing extra may come out afterwards
-        await RisingEdge(dut.clk)
-    sink.stop()
-    in_monitor.stop()
-    assert collector.current == [], f"hidden: a token without last: {collector.current}"
-    sb.finish()
-    assert len(in_monitor.beats) == sent, "input monitor and drivers disagree"
+    wall, sim_ns = time.perf_counter(), get_sim_time("ns")
+    try:
+        collector = TokenCollector(sb)
+        sink = StreamSink(dut, P["o_h"], dut.clk, stall_prob=P["out_stall"], seed=seed + 1,
+                          callback=collector)
+        in_monitor = StreamMonitor(dut, P["i_acc"], dut.clk).start()   # checks our own driver
+        sink.start()
+        done = 0
+        sent = 0
+        for k, batch in enumerate(P["batches"]):
+            await write_image(dut, batch["image"])
+            driver = StreamDriver(dut, P["i_acc"], dut.clk, stall_prob=P["in_stall"],
+                                  seed=seed + 10 + k)
+            await driver.start(batch["beats"])
+            sent += len(driver.sent)
+            done += len(batch["expected"])
+            bound = int((len(batch["beats"]) + 50) / max(0.05, 1 - P["out_stall"])) + 200
+            await wait_tokens(dut, collector, sink, done, bound, batch["name"])
+            cocotb.log.info("batch %r: %d tokens", batch["name"], len(batch["expected"]))
+        for _ in range(20):                       # nothing extra may come out afterwards
+            await RisingEdge(dut.clk)
+        sink.stop()
+        in_monitor.stop()
+        assert collector.current == [], f"hidden: a token without last: {collector.current}"
+        sb.finish()
+        assert len(in_monitor.beats) == sent, "input monitor and drivers disagree"
+    finally:
+        write_summary(P, [sb], cycles=int((get_sim_time("ns") - sim_ns) // 10),
+                      wall_s=time.perf_counter() - wall)
 
 
 @cocotb.test(timeout_time=5, timeout_unit="ms")

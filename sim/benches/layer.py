@@ -12,9 +12,14 @@ byte by byte, with random stalls on both streams. ``MOEFORGE_BENCH`` names a JSO
     ints each, from ``QuantizedMoELayer.forward_int``), compared bit-exact;
 ``in_stall``, ``out_stall``, ``d_model``.
 
-Summary (beside the bench file): ``mismatches`` (tokens that differ), ``responses`` (the data of
-every response, hex), ``sim_cycles``, ``wall_s``, ``failure`` (the first mismatch, named by the
-scoreboard: token, element, both values, cycle).
+``nonce``, ``summary``
+    from the tool: the summary file to write and the run's nonce to write into it.
+
+Summary (`common.write_summary`): ``compared`` (output tokens and elements compared),
+``mismatches`` (elements that differ), ``responses`` (the data of every response, hex),
+``sim_cycles``, ``wall_s``, ``failure`` (the first failure, named by the scoreboard: token,
+element, both values, cycle). It is written however the test ends, so a run that stopped early
+says how far it got.
 """
 
 import time
@@ -60,9 +65,8 @@ def _signed(b: int) -> int:
     return b - 256 if b >= 128 else b
 
 
-@cocotb.test()
-async def layer_commands(dut):
-    b = load_bench()
+async def run(dut, b: dict) -> None:
+    """Send every step of `b`, check each status and every expected output; write the summary."""
     start_clock(dut)
     getattr(dut, b["i_cmd"] + "__valid").value = 0
     getattr(dut, b["o_rsp"] + "__ready").value = 0
@@ -71,24 +75,29 @@ async def layer_commands(dut):
     wall, sim_ns = time.perf_counter(), get_sim_time("ns")
     link = CommandLink(dut, b, cocotb.RANDOM_SEED)
     D = b["d_model"]
-    responses, mismatches, failure = [], 0, None
-    for step in b["steps"]:
-        rsp = await link.command(bytes.fromhex(step["packet"]), step["max_cycles"])
-        responses.append(rsp.hex())
-        assert rsp[0] == step["status"], \
-            f"{step['name']}: status {rsp[0]}, expected {step['status']} (response {rsp.hex()})"
-        if step.get("expected") is not None:
-            got = rsp[1:]
-            received = [[_signed(v) for v in got[t * D:(t + 1) * D]] for t in range(len(got) // D)]
-            sb = Scoreboard(step["name"])
-            try:
-                sb.compare(step["expected"], received, cycles=[link.cycle] * len(received))
-            except AssertionError as exc:
-                failure = failure or str(exc)
-                mismatches += sum(1 for e, r in zip(step["expected"], received) if e != r) + \
-                    abs(len(step["expected"]) - len(received))
-    wall = time.perf_counter() - wall
-    link.rx.stop()
-    write_summary(mismatches=mismatches, responses=responses, failure=failure,
-                  sim_cycles=(get_sim_time("ns") - sim_ns) / 10, wall_s=wall)
-    assert mismatches == 0, failure
+    responses, boards, failure = [], [], None
+    try:
+        for step in b["steps"]:
+            rsp = await link.command(bytes.fromhex(step["packet"]), step["max_cycles"])
+            responses.append(rsp.hex())
+            assert rsp[0] == step["status"], \
+                f"{step['name']}: status {rsp[0]}, expected {step['status']} (response {rsp.hex()})"
+            if step.get("expected") is not None:
+                got = rsp[1:]
+                received = [[_signed(v) for v in got[t * D:(t + 1) * D]] for t in range(len(got) // D)]
+                sb = Scoreboard(step["name"], stop=False)
+                boards.append(sb)
+                try:
+                    sb.compare(step["expected"], received, cycles=[link.cycle] * len(received))
+                except AssertionError as exc:
+                    failure = failure or str(exc)
+    finally:
+        link.rx.stop()
+        write_summary(b, boards, responses=responses, sim_cycles=(get_sim_time("ns") - sim_ns) / 10,
+                      wall_s=time.perf_counter() - wall)
+    assert failure is None, failure
+
+
+@cocotb.test()
+async def layer_commands(dut):
+    await run(dut, load_bench())

@@ -13,18 +13,24 @@ exported:
     each ``{name, image: [[addr, data]...], tokens: [[d_model ints]...],
     expected: [[experts..., gates..., shared_gate] per token]}`` from
     ``QuantizedMoELayer.route_int``; a batch loads its image through the write port, then
-    streams its tokens.
+    streams its tokens;
+``nonce``, ``summary`` (optional)
+    ``router_batches`` writes what it compared there (`common.write_summary`), with
+    ``cycles`` and ``wall_s``: `moeforge sim --unit router` computes its verdict from it.
 """
 
 import json
 import os
 import random
+import time
 
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
+from cocotb.utils import get_sim_time
 
 from moeforge.rtl.router import route_layout, token_layout
+from moeforge.sim.benches.common import write_summary
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout
 
@@ -78,7 +84,7 @@ class Bench:
 
     def __init__(self, dut, *, seed, in_stall, out_stall):
         self.dut = dut
-        self.sb = Scoreboard("router")
+        self.sb = Scoreboard("router", stop=False)         # counts; finish() fails
         self.sink = StreamSink(dut, P["o_route"], dut.clk, stall_prob=out_stall, seed=seed + 1,
                                callback=lambda b: self.sb.add_received(route_values(b.payload),
                                                                        cycle=b.cycle))
@@ -114,9 +120,14 @@ async def router_batches(dut):
     await start(dut)
     rng = random.Random(cocotb.RANDOM_SEED)
     bench = Bench(dut, seed=cocotb.RANDOM_SEED, in_stall=P["in_stall"], out_stall=P["out_stall"])
-    for batch in P["batches"]:
-        await bench.run_batch(batch, rng, wr_stall=P["wr_stall"])
-    await bench.finish()
+    wall, sim_ns = time.perf_counter(), get_sim_time("ns")
+    try:
+        for batch in P["batches"]:
+            await bench.run_batch(batch, rng, wr_stall=P["wr_stall"])
+        await bench.finish()
+    finally:
+        write_summary(P, [bench.sb], cycles=int((get_sim_time("ns") - sim_ns) // 10),
+                      wall_s=time.perf_counter() - wall)
 
 
 @cocotb.test(timeout_time=100, timeout_unit="ms")

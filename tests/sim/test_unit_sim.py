@@ -12,7 +12,7 @@ pytestmark = pytest.mark.verilator
 TINY = "configs/tiny.toml"
 
 
-UNITS = ["requantiser", "combiner", "router", "expert_ffn"]
+UNITS = ["requantiser", "combiner", "router", "hidden", "expert_ffn"]
 
 
 @pytest.mark.parametrize("unit", UNITS)
@@ -21,6 +21,7 @@ def test_cli_sim_json(unit, capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["unit"] == unit and r["tokens"] == 8
     assert r["passed"] and r["mismatches"] == 0 and r["cycles"] > 0 and r["sim_cycles_per_s"] > 0
+    assert r["compared"] == r["expected"] and r["compared"]["tokens"] >= 8, r
     if unit == "expert_ffn":      # the unit with MACs reports their utilisation
         assert 0 < r["mac_util"] <= 1
 
@@ -28,7 +29,8 @@ def test_cli_sim_json(unit, capsys):
 @pytest.mark.parametrize("unit", UNITS)
 def test_perturbed_reference_fails(unit, tmp_path):
     r = run_unit(AccelConfig.from_toml(TINY), unit, tokens=8, seed=3, perturb=True, workdir=tmp_path)
-    assert not r["passed"] and r["mismatches"] >= 1
+    assert not r["passed"] and r["mismatches"] == 1      # one element off by one, all compared
+    assert r["compared"] == r["expected"], r
     assert "mismatch at token" in r["failure"]
 
 
@@ -36,8 +38,13 @@ def test_perturbed_reference_fails(unit, tmp_path):
     (["--unit", "requantiser", "--tokens", "0"], "tokens"),
     (["--unit", "requantiser", "--tokens", "33"], "token_buffer_depth=32"),
     (["--unit", "nonesuch"], "unit"),
+    (["--unit", "hidden", "--tokens", "33"], "token_buffer_depth=32"),
 ])
 def test_cli_sim_bad_input_exit_2(argv, message, capsys):
-    assert main(["sim", "--config", TINY, *argv]) == 2
+    try:
+        code = main(["sim", "--config", TINY, *argv])
+    except SystemExit as exc:            # argparse's usage error
+        code = exc.code
+    assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
