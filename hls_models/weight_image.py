@@ -34,8 +34,8 @@ def digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
     """
     h = hashlib.sha256()
 
-    def field(b: bytes) -> None:
-        h.update(len(b).to_bytes(8, "little"))
+    def field(b) -> None:
+        h.update(memoryview(b).nbytes.to_bytes(8, "little"))
         h.update(b)
 
     for name in sorted(tensors):
@@ -43,7 +43,8 @@ def digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
         field(name.encode())
         field(str(t.dtype).removeprefix("torch.").encode())
         field(",".join(map(str, t.shape)).encode())
-        field(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        a = t.reshape(-1).numpy()
+        field(a.astype(a.dtype.newbyteorder("<"), copy=False))   # no copy on little-endian hosts
     for key in sorted(k for k in meta if k != DIGEST_KEY):
         field(key.encode())
         field(str(meta[key]).encode())
