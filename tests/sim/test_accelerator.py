@@ -39,6 +39,11 @@ def test_perturbed_expectation_fails(tmp_path):
     assert "mismatch at token 0, element 0" in r["failure"]
 
 
+def _flags(*parts):
+    """INFO's flags byte with `parts` loaded: the bits are named by ``LOADED_FLAGS``."""
+    return sum(1 << LOADED_FLAGS.index(p) for p in parts)
+
+
 def _info(cfg, error=0, flags=0):
     return bytes([Status.OK, PROTOCOL_VERSION]) + bytes.fromhex(cfg.content_hash()[:16]) + \
         bytes([error, flags])
@@ -90,7 +95,8 @@ def test_bad_commands_are_flagged_and_the_device_stays_usable(tmp_path):
         step("run over tokens never written", encode(Op.RUN, 1), Status.NO_TOKENS),
         step("read outputs beyond the buffer", encode(Op.READ_OUTPUT, t_max, 1), Status.OUT_OF_RANGE),
         step("everything loaded", encode(Op.INFO), Status.OK,
-             expect=_info(cfg, error=Status.OUT_OF_RANGE, flags=0b0111).hex()),
+             expect=_info(cfg, error=Status.OUT_OF_RANGE,
+                          flags=_flags("router", "scale", "experts")).hex()),
     ]
     n_load = batches[0]["run_step"] - 1          # the load steps come before the first batch's
     steps = before + load_and_run[:n_load] + after_load + load_and_run[n_load:]
@@ -101,9 +107,16 @@ def test_bad_commands_are_flagged_and_the_device_stays_usable(tmp_path):
     for st, rsp in zip(steps, summary["responses"], strict=True):
         if "expect" in st:
             assert rsp == st["expect"], (st["name"], rsp)
-    counters = bytes.fromhex(summary["responses"][-1])[1:]
-    assert len(counters) == 4 * len(COUNTERS)
-    assert LOADED_FLAGS[:3] == ("router", "scale", "experts")
+    # the batch after the refused commands really ran: its counters are the golden routing's
+    assert steps[-1]["packet"] == encode(Op.READ_COUNTERS).hex()
+    raw = bytes.fromhex(summary["responses"][-1])
+    assert raw[0] == Status.OK and len(raw) == 1 + 4 * len(COUNTERS)
+    got = {n: int.from_bytes(raw[1 + 4 * i:5 + 4 * i], "little") for i, n in enumerate(COUNTERS)}
+    experts = q.route_int(x).indices.unique().numel()
+    assert (got["tokens_routed"], got["experts_run"]) == (x.shape[0], experts), got
+    assert got["hits"] + got["misses"] == experts and got["misses"] >= 1, got
+    assert got["words_fetched"] == got["misses"] * lay.image_words, got
+    assert 0 < got["mac_busy"] <= got["mac_total"] <= got["cycles"], got
 
 
 def test_layer_commands_refuse_a_layer_of_another_shape():
@@ -144,7 +157,8 @@ def _random_config(seed: int) -> AccelConfig:
     rng = random.Random(seed)
     family = rng.choice(sorted(family_configs()))
     base = family_configs()[family]
-    rows = rng.choice([2, 4]) if base.activation == "swiglu" else rng.choice([2, 4])
+    # SwiGLU pairs gate and up rows (even rows only); ReLU takes any row count d_model allows
+    rows = rng.choice([2, 4]) if base.activation == "swiglu" else rng.choice([1, 2, 4])
     slots = rng.randint(1, 3)
     policy = rng.choice(["lru", "lfu", "pinned"])
     pinned = (rng.randrange(base.n_experts),) if policy == "pinned" and slots > 1 else ()
@@ -154,8 +168,21 @@ def _random_config(seed: int) -> AccelConfig:
                         token_buffer_depth=rng.choice([8, 16]))
 
 
-# make test: switch ReLU 2×4 LFU; DeepSeek-V2 shared 2×8 pinned. make test-slow: eight more.
+# make test: switch ReLU 4×8 LFU, one slot; DeepSeek-V2 shared 2×8 pinned. make test-slow: eight
+# more (switch 1×8: a one-row array).
 SLOW_SEEDS = (1, 2, 3, 4, 5, 7, 8, 9)
+
+
+def test_random_configs_cover_what_the_array_allows():
+    """The sweep's seeds draw both activations, SwiGLU with even rows only, ReLU with one row too,
+    and each config is one the accelerator accepts."""
+    from moeforge.rtl.accelerator_sim import AcceleratorWithMemory
+    cfgs = [_random_config(s) for s in (6, 14, *SLOW_SEEDS)]
+    shapes = {(c.activation, c.mac_rows) for c in cfgs}
+    assert ("relu", 1) in shapes and {a for a, _ in shapes} == {"relu", "swiglu"}, shapes
+    assert all(r % 2 == 0 for a, r in shapes if a == "swiglu"), shapes
+    for c in cfgs:
+        AcceleratorWithMemory(c)
 
 
 @pytest.mark.parametrize("seed", [6, 14, *(pytest.param(s, marks=pytest.mark.slow) for s in SLOW_SEEDS)])
