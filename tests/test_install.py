@@ -109,3 +109,13 @@ def test_installed_command_runs_outside_the_checkout(installed):
     out = _run([str(scripts / "moeforge"), "--help"], cwd=cwd).stdout
     assert out.startswith("usage: moeforge") and "sim" in out
     assert "usage: moeforge sim" in _run([str(scripts / "moeforge"), "sim", "--help"], cwd=cwd).stdout
+
+
+@pytest.mark.verilator
+def test_installed_sim_runs_a_unit_bench(installed):
+    """`moeforge sim` from the install: its cocotb bench and build come from the installed package."""
+    _, _, scripts, cwd = installed
+    shutil.copy2(ROOT / "configs" / "tiny.toml", cwd / "tiny.toml")
+    out = _run([str(scripts / "moeforge"), "sim", "--config", "tiny.toml", "--unit", "requantiser",
+                "--tokens", "8", "--seed", "1"], cwd=cwd, timeout=900).stdout
+    assert "bit-exact" in out, out
