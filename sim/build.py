@@ -57,7 +57,7 @@ from .toolchain import (AMARANTH_LINT_WAIVERS, ToolchainError, check_build_tools
 
 __all__ = [
     "BuildHandle", "SimBuildError", "SimFailure", "SimResults", "TestCaseResult",
-    "build_cached", "cache_root", "run_cocotb",
+    "build_cached", "build_once", "cache_root", "log_tail", "run_cocotb", "tool_versions",
 ]
 
 # Bump when the cache directory layout or the build recipe changes.
@@ -239,7 +239,8 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 @functools.cache
-def _tool_versions() -> dict[str, str]:
+def tool_versions() -> dict[str, str]:
+    """The versions of everything a build depends on (part of every cache key)."""
     import cocotb_tools.config
     from importlib.metadata import version
 
@@ -290,7 +291,7 @@ def _build_key(verilog_text: str, top: str, flags: tuple[str, ...], waves: str |
         "top": top,
         "flags": list(flags),
         "waves": waves,
-        **_tool_versions(),
+        **tool_versions(),
     }
     blob = json.dumps(inputs, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest(), inputs
@@ -301,7 +302,8 @@ def _is_complete(path: Path, top: str) -> bool:
     return (path / _MANIFEST).is_file() and exe.is_file() and os.access(exe, os.X_OK)
 
 
-def _log_tail(path: Path, lines: int = 40) -> str:
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last `lines` lines of a log file, for error messages ("(no log)" if unreadable)."""
     try:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -459,10 +461,10 @@ def _build_into(path: Path, verilog_text: str, top: str, flags: tuple[str, ...],
             f.write(proc.stdout)
             f.write(proc.stderr)
         raise SimBuildError(f"Verilator build of {top!r} failed (exit {proc.returncode}); "
-                            f"log: {log}\n{_log_tail(log)}")
+                            f"log: {log}\n{log_tail(log)}")
     if not (path / "obj" / top).is_file():
         raise SimBuildError(f"Verilator build of {top!r} produced no executable; log: {log}\n"
-                            f"{_log_tail(log)}")
+                            f"{log_tail(log)}")
 
 
 def _parse_results(xml_path: Path) -> tuple[list[TestCaseResult], int | None]:
@@ -615,6 +617,6 @@ def run_cocotb(handle: BuildHandle, test_module: str, *, test_dir: str | os.Path
     if check and not results.ok:
         msg = f"cocotb run of {test_module} on {handle.top} failed:\n{results.summary()}"
         if simulator_error:
-            msg += "\n" + _log_tail(log_path, 30)
+            msg += "\n" + log_tail(log_path, 30)
         raise SimFailure(msg, results)
     return results

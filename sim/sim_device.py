@@ -59,7 +59,7 @@ from moeforge.config import AccelConfig
 from moeforge.errors import MoeforgeError
 
 from . import child_process
-from .build import SimBuildError, _log_tail, _tool_versions, build_once, cache_root
+from .build import SimBuildError, build_once, cache_root, log_tail, tool_versions
 from .toolchain import ToolchainError, check_build_tools, verilator_bin, verilator_env
 
 __all__ = [
@@ -116,16 +116,20 @@ def check_device_ports(component) -> None:
                          f"missing {missing}, extra {extra}, wrong direction or width {wrong}")
 
 
-def soc_verilog(cfg: AccelConfig, **soc_params) -> tuple[str, str]:
+def soc_verilog(cfg: AccelConfig, *, on_export: Callable[[], None] | None = None,
+                **soc_params) -> tuple[str, str]:
     """``(verilog, top)`` of ``MoESoC(cfg, phy="stream", **soc_params)``.
 
     The text is cached on disk (``<cache>/verilog/soc-<digest>.v``) by the config's content,
     the parameters and the hash of the RTL's Python sources, as `layer_verilog` does: a hit
-    does not even build the component.
+    does not even build the component. ``on_export()``, if given, is called before a miss
+    elaborates the SoC.
     """
     path = _soc_verilog_path(cfg, soc_params)
     if path.exists():
         return path.read_text(), SOC_TOP
+    if on_export is not None:
+        on_export()
     from moeforge.rtl.export import to_verilog
     from moeforge.rtl.soc import MoESoC
     soc = MoESoC(cfg, phy="stream", **soc_params)
@@ -193,7 +197,7 @@ def _device_key(verilog: str, top: str, harness: str) -> tuple[str, dict]:
         "harness_sha256": hashlib.sha256(harness.encode()).hexdigest(),
         "top": top,
         "flags": list(VERILATOR_FLAGS),
-        **_tool_versions(),
+        **tool_versions(),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest(), inputs
 
@@ -269,7 +273,7 @@ def _build_into(path: Path, verilog: str, top: str, harness: str, timeout: float
     exe = path / "obj" / EXECUTABLE
     if proc.returncode != 0 or not exe.is_file():
         raise SimBuildError(f"Verilator build of the device {top!r} failed "
-                            f"(exit {proc.returncode}); log: {log}\n{_log_tail(log)}")
+                            f"(exit {proc.returncode}); log: {log}\n{log_tail(log)}")
     os.replace(exe, path / EXECUTABLE)
     shutil.rmtree(path / "obj", ignore_errors=True)   # objects and headers: ~MBs per design
 
@@ -299,9 +303,7 @@ def build_sim_device(cfg: AccelConfig, *, quiet: bool = False, **soc_params) -> 
                   "minutes) ...", file=sys.stderr, flush=True)
         announced = True
 
-    if not _soc_verilog_path(cfg, soc_params).exists():
-        announce()
-    verilog, top = soc_verilog(cfg, **soc_params)
+    verilog, top = soc_verilog(cfg, on_export=announce, **soc_params)
     exe = build_device_executable(verilog, top, on_build=announce)
     if announced and not quiet:
         print(f"... built in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from moeforge.errors import MoeforgeError
 
+from . import child_process
+
 __all__ = [
     "ToolchainError", "verilator_root", "verilator_bin", "verilator_env", "verilator_version",
     "check_build_tools", "fst_supported", "verilator_lint", "LintResult", "AMARANTH_LINT_WAIVERS",
@@ -233,9 +235,13 @@ def verilator_lint(verilog_text: str, top: str, *, waivers: str | None = AMARANT
             control.write_text(waivers)
             cmd.append(str(control))
         cmd.append(str(design))
+        # Under child_process.run: Verilator (a Perl driver and its binary) stops if we die.
         try:
-            proc = subprocess.run(cmd, env=verilator_env(), cwd=tmp, capture_output=True,
-                                  text=True, timeout=timeout, check=False)
+            proc = child_process.run(cmd, env=verilator_env(), cwd=tmp, capture_output=True,
+                                     text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ToolchainError(f"verilator --lint-only of {top!r} took longer than "
+                                 f"{timeout} s") from None
         except OSError as exc:
             raise ToolchainError(f"cannot run {verilator_bin()}: {exc}") from exc
     output = (proc.stdout + proc.stderr).replace(tmp + "/", "")
