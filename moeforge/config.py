@@ -38,6 +38,18 @@ SECTIONS = {
 
 MAX_DIM = 1 << 16
 
+# What the hardware generator can build in bounded time. Amaranth writes every word of every
+# memory into the Verilog (a 4-Mbit memory takes about 20 s to elaborate and convert), so each
+# limit bounds the memories of one unit; with all of them at their maximum every unit of
+# `moeforge.rtl.units` converts to Verilog in well under a minute.
+TOP_K_MAX = 64                 # the router's top-k selection logic grows with top_k × n_experts
+EXPERT_BYTES_MAX = 1 << 18     # one expert's weights: the MAC array's weight buffer holds them all
+LAYER_BYTES_MAX = 1 << 20      # every routed expert: the simulated device's backing memory
+ROUTER_WEIGHTS_MAX = 1 << 17   # router_rows × d_model: the router's weight memory (16-bit words)
+BUFFER_ELEMENTS_MAX = 1 << 16  # token_buffer_depth × the widest token: token, hidden, output and
+                               # combiner buffers (the combiner's are 40-bit accumulators)
+DISPATCH_ENTRIES_MAX = 1 << 16  # n_experts × token_buffer_depth: the dispatch table
+
 
 def _check_int(name, value, lo, hi):
     if isinstance(value, bool) or not isinstance(value, int):
@@ -54,6 +66,11 @@ def _check_choice(name, value, choices):
 def _check_bool(name, value):
     if not isinstance(value, bool):
         raise ConfigError(name, f"must be true or false, not {value!r}")
+
+
+def _check_at_most(name, what, value, limit, why):
+    if value > limit:
+        raise ConfigError(name, f"{what} must be at most {limit} ({why}), not {value}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +101,8 @@ class AccelConfig:
     router_bits : router weight precision, 8 to 16 bits.
     hidden_rotation : block size of the Walsh-Hadamard rotation applied to each expert's
         hidden vector before it is quantised to int8 (spreads outliers; 1: none;
-        0: automatic, the largest power of two up to 64 that divides the hidden sizes).
+        0: automatic, the largest power of two up to 64 that divides the hidden sizes and
+        fits the hidden unit's lanes, see `rotation_block`).
 
     Parameters (hardware)
     ---------------------
@@ -92,6 +110,24 @@ class AccelConfig:
     cache_slots, cache_policy, pinned_experts : on-chip expert cache.
     token_buffer_depth : largest batch the device holds.
     clock_mhz : clock target.
+
+    Notes
+    -----
+    A config is valid only if the hardware generator can build every unit of it, so
+    ``moeforge config`` and every later command agree. Beyond each field's own range:
+
+    - ``d_model`` is a multiple of ``mac_rows`` and ``mac_cols`` (MAC array, router and
+      combiner lanes); SwiGLU needs an even ``mac_rows`` (gate and up rows in pairs);
+    - ``d_ff`` and ``shared_d_ff`` are multiples of ``mac_cols`` and of the hidden unit's
+      lanes (``mac_rows / 2`` for SwiGLU, ``mac_rows`` for ReLU); those lanes and
+      ``mac_cols`` divide one another, and so do the lanes and the rotation block;
+    - sizes that keep elaboration bounded (each unit's Verilog in well under a minute):
+      ``top_k`` ≤ 64; one expert's weights (``3·d_model·d_ff`` bytes for SwiGLU, ``2·`` for
+      ReLU; the shared expert too) ≤ 256 KiB, the MAC array's weight buffer holds them;
+      ``n_experts`` experts' weights ≤ 1 MiB, the simulated device's backing memory;
+      ``router_rows·d_model`` ≤ 2^17 router weights; ``token_buffer_depth`` times the
+      widest of ``d_model``, ``d_ff``, ``shared_d_ff`` ≤ 2^16 (token, hidden, output and
+      accumulator buffers); ``n_experts·token_buffer_depth`` ≤ 2^16 (the dispatch table).
 
     Raises
     ------
@@ -209,6 +245,57 @@ class AccelConfig:
         if isinstance(clk, bool) or not isinstance(clk, (int, float)) or not (1 <= clk <= 1000):
             raise ConfigError("clock_mhz", f"must be a number in [1, 1000], not {clk!r}")
         object.__setattr__(self, "clock_mhz", float(clk))
+        self._check_buildable()
+
+    def _check_buildable(self):
+        """The rules of the hardware generator (`moeforge.rtl`) on top of each field's range."""
+        R, C = self.mac_rows, self.mac_cols
+        swiglu = self.activation == "swiglu"
+        if swiglu and R % 2:
+            raise ConfigError("mac_rows", f"must be even for SwiGLU (gate and up rows in pairs), "
+                              f"not {R}")
+        step = math.lcm(R, C)
+        if self.d_model % step:
+            raise ConfigError("d_model", f"must be a multiple of {step}, the least common multiple "
+                              f"of mac_rows={R} and mac_cols={C}; not {self.d_model}")
+        lanes = self.hidden_lanes
+        if lanes % C and C % lanes:
+            raise ConfigError("mac_cols", f"and the hidden unit's {lanes} lanes (mac_rows"
+                              f"{' / 2' if swiglu else ''}) must divide one another; not {C}")
+        step = math.lcm(lanes, C)
+        for name in ("d_ff", "shared_d_ff"):
+            size = getattr(self, name)
+            if size % step:
+                raise ConfigError(name, f"must be a multiple of {step}, the least common multiple "
+                                  f"of mac_cols={C} and the hidden unit's {lanes} lanes; not {size}")
+        block = self.rotation_block           # the automatic block always fits
+        if block % lanes and lanes % block:
+            raise ConfigError("hidden_rotation", f"the rotation block {block} and the hidden "
+                              f"unit's {lanes} lanes must divide one another")
+
+        _check_at_most("top_k", "top_k", self.top_k, TOP_K_MAX,
+                       "the router's top-k logic grows with top_k × n_experts")
+        per = 3 if swiglu else 2
+        factor = f"{per} × d_model × "
+        _check_at_most("d_ff", f"one expert's weights ({factor}d_ff bytes)",
+                       per * self.d_model * self.d_ff, EXPERT_BYTES_MAX,
+                       "the MAC array's weight buffer holds a whole expert")
+        _check_at_most("shared_d_ff", f"the shared expert's weights ({factor}shared_d_ff bytes)",
+                       per * self.d_model * self.shared_d_ff, EXPERT_BYTES_MAX,
+                       "the MAC array's weight buffer holds a whole expert")
+        _check_at_most("n_experts", f"every expert's weights (n_experts × {factor}d_ff bytes)",
+                       self.n_experts * per * self.d_model * self.d_ff, LAYER_BYTES_MAX,
+                       "the simulated device's backing memory holds them all")
+        _check_at_most("n_experts", "the router's weights (router_rows × d_model)",
+                       self.router_rows * self.d_model, ROUTER_WEIGHTS_MAX,
+                       "one router weight memory")
+        widest = max(self.d_model, self.d_ff, self.shared_d_ff)
+        _check_at_most("token_buffer_depth", "token_buffer_depth × max(d_model, d_ff, shared_d_ff)",
+                       self.token_buffer_depth * widest, BUFFER_ELEMENTS_MAX,
+                       "the token, hidden and accumulator buffers hold a whole batch")
+        _check_at_most("token_buffer_depth", "token_buffer_depth × n_experts",
+                       self.token_buffer_depth * self.n_experts, DISPATCH_ENTRIES_MAX,
+                       "the dispatch table has a row of tokens per expert")
 
     # --- derived values -------------------------------------------------
     @property
@@ -216,12 +303,27 @@ class AccelConfig:
         return self.n_experts // self.n_group
 
     @property
+    def hidden_lanes(self) -> int:
+        """Channels per beat of the hidden unit: one per gate/up row pair of the MAC array
+        (SwiGLU) or one per row (ReLU)."""
+        return self.mac_rows // 2 if self.activation == "swiglu" else self.mac_rows
+
+    @property
     def rotation_block(self) -> int:
-        """The Walsh-Hadamard block size actually used for expert hidden vectors."""
+        """The Walsh-Hadamard block size actually used for expert hidden vectors.
+
+        Automatic (``hidden_rotation = 0``): the largest power of two up to 64 that divides
+        ``d_ff`` and ``shared_d_ff`` and that the hidden unit's lanes divide or are a multiple
+        of (so the hidden unit can be built).
+        """
         if self.hidden_rotation:
             return self.hidden_rotation
         g = math.gcd(self.d_ff, self.shared_d_ff)
-        return min(64, g & -g)
+        block = min(64, g & -g)
+        lanes = self.hidden_lanes
+        if block % lanes and lanes % block:
+            block = min(block, lanes & -lanes)   # lanes not a power of two: its power-of-two part
+        return block
 
     @property
     def router_rows(self) -> int:
@@ -283,6 +385,11 @@ class AccelConfig:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{where} is not valid TOML: {exc}") from None
+        if not data.get("model"):
+            # an empty file would otherwise be a silent all-defaults layer
+            raise ConfigError("model", f"{where} has no [model] section (or it is empty); a "
+                              f"config names at least its layer's shape, e.g. d_model, d_ff, "
+                              f"n_experts, top_k")
         return cls.from_dict(data)
 
     def content_hash(self) -> str:

@@ -5,9 +5,11 @@ import subprocess
 import sys
 
 import pytest
+import transformers
 
 from moeforge import AccelConfig, ConfigError
 from moeforge.cli import main
+from moeforge.hf_config import model_fields_from_hf
 
 CONFIGS = sorted(glob.glob("configs/*.toml"))
 
@@ -137,29 +139,46 @@ def test_cli_subprocess_exit_codes(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("name,family,shape", [
+FULL_SIZE = [
     ("MixtralConfig", "mixtral", (4096, 14336, 8, 2)),
     ("Qwen2MoeConfig", "qwen2_moe", (2048, 1408, 60, 4)),
     ("Qwen3MoeConfig", "qwen3_moe", (2048, 768, 128, 8)),
     ("OlmoeConfig", "olmoe", (2048, 2048, 64, 8)),
     ("DeepseekV3Config", "deepseek_v3", (7168, 2048, 256, 8)),
     ("SwitchTransformersConfig", "switch", (768, 2048, 8, 1)),
-])
-def test_from_hf_full_size_configs(name, family, shape):
-    transformers = pytest.importorskip("transformers")
-    cfg = AccelConfig.from_hf(getattr(transformers, name)(), mac_rows=16, cache_slots=4)
-    assert cfg.family == family
-    assert (cfg.d_model, cfg.d_ff, cfg.n_experts, cfg.top_k) == shape
+]
+
+
+@pytest.mark.parametrize("name,family,shape", FULL_SIZE)
+def test_from_hf_reads_full_size_models_and_refuses_to_build_them(name, family, shape):
+    # transformers is a declared test dependency: imported, never skipped
+    config = getattr(transformers, name)()
+    fields_ = model_fields_from_hf(config)
+    assert fields_["family"] == family
+    assert (fields_["d_model"], fields_["d_ff"], fields_["n_experts"], fields_["top_k"]) == shape
+    # a full-size expert does not fit the MAC array's weight buffer: refused, naming the limit
+    with pytest.raises(ConfigError, match=r"^d_ff: one expert's weights .* at most 262144"):
+        AccelConfig.from_hf(config, mac_rows=16, cache_slots=4)
+
+
+@pytest.mark.parametrize("name,family,_", FULL_SIZE)
+def test_from_hf_scaled_down_configs(name, family, _):
+    small = dict(hidden_size=64, intermediate_size=64, moe_intermediate_size=64,
+                 shared_expert_intermediate_size=64, d_model=64, d_ff=64,
+                 num_experts=16, n_routed_experts=16, num_local_experts=16, n_group=4, topk_group=2)
+    config = getattr(transformers, name)(**small)
+    cfg = AccelConfig.from_hf(config, mac_rows=16, cache_slots=4)
+    assert cfg.family == family and (cfg.d_model, cfg.d_ff) == (64, 64)
     assert cfg.mac_rows == 16 and cfg.cache_slots == 4 and cfg.mac_cols == AccelConfig().mac_cols
 
 
 def test_from_hf_errors():
-    transformers = pytest.importorskip("transformers")
+    small = dict(hidden_size=64, intermediate_size=64)
     with pytest.raises(ConfigError, match="mac_colz: is not an AccelConfig field"):
-        AccelConfig.from_hf(transformers.MixtralConfig(), mac_colz=4)
+        AccelConfig.from_hf(transformers.MixtralConfig(**small), mac_colz=4)
     with pytest.raises(ConfigError, match="model_type"):
         AccelConfig.from_hf(transformers.LlamaConfig())
     with pytest.raises(ConfigError, match="top_k"):  # the default DeepseekV2Config has no top-k
         AccelConfig.from_hf(transformers.DeepseekV2Config())
     with pytest.raises(ConfigError, match="activation"):
-        AccelConfig.from_hf(transformers.MixtralConfig(hidden_act="gelu"))
+        AccelConfig.from_hf(transformers.MixtralConfig(hidden_act="gelu", **small))
