@@ -113,3 +113,22 @@ def test_cache_location_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_root() == (tmp_path / "xdg").resolve() / "moeforge" / "sim"
     assert os.fspath(cache_root(tmp_path / "x")) == os.fspath((tmp_path / "x").resolve())
+
+
+def test_build_once_announces_only_a_build_that_is_not_there(tmp_path):
+    """`on_build` runs once when the build has to happen, never for a finished one."""
+    from moeforge.sim.build import build_once
+
+    calls = []
+
+    def build_into(path):
+        (path / "done").write_text("yes")
+
+    def complete(path):
+        return (path / "done").is_file()
+
+    assert build_once(tmp_path, "k", {}, complete, build_into,
+                      on_build=lambda: calls.append("cold")) is False
+    assert build_once(tmp_path, "k", {}, complete, build_into,
+                      on_build=lambda: calls.append("warm")) is True
+    assert calls == ["cold"]
