@@ -85,11 +85,20 @@ _lock = threading.Lock()
 _spawner: _Spawner | None = None
 
 
+def _forget_spawner() -> None:
+    """In a forked copy of this process: it has no helper thread, and the lock may be held."""
+    global _lock, _spawner
+    _lock = threading.Lock()
+    _spawner = None
+
+
+os.register_at_fork(after_in_child=_forget_spawner)
+
+
 def _the_spawner() -> _Spawner:
     global _spawner
     with _lock:
-        # A forked copy of this process has no helper thread: it starts its own.
-        if _spawner is None or _spawner.pid != os.getpid():
+        if _spawner is None or _spawner.pid != os.getpid() or not _spawner.thread.is_alive():
             _spawner = _Spawner()
         return _spawner
 
@@ -114,8 +123,11 @@ def spawn(argv: Sequence[str | os.PathLike], **popen_kwargs) -> subprocess.Popen
     OSError
         As `subprocess.Popen` (e.g. the executable does not exist).
     """
+    argv = [os.fspath(a) for a in argv]
+    if sys.is_finalizing():         # no new thread can start: fork from this one
+        return subprocess.Popen(argv, **popen_kwargs)
     future: concurrent.futures.Future = concurrent.futures.Future()
-    _the_spawner().requests.put(([os.fspath(a) for a in argv], popen_kwargs, future))
+    _the_spawner().requests.put((argv, popen_kwargs, future))
     try:
         return future.result()
     except BaseException:
