@@ -362,10 +362,9 @@ class AccelConfig:
         import tomli_w
         text = tomli_w.dumps(self.to_dict())
         if path is not None:
-            path = Path(path)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)  # never leave a half-written config behind
+            from .outputs import atomic_write
+            # never a half-written config, nor a temporary file left behind
+            atomic_write(path, lambda tmp: tmp.write_text(text))
         return text
 
     @classmethod

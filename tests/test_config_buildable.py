@@ -10,7 +10,7 @@ import pytest
 import tomli_w
 from amaranth.hdl import Fragment
 
-from moeforge import AccelConfig, ConfigError
+from moeforge import AccelConfig, ConfigError, MoeforgeError
 from moeforge.cli import main
 from moeforge.config import (BUFFER_ELEMENTS_MAX, DISPATCH_ENTRIES_MAX, EXPERT_BYTES_MAX,
                              LAYER_BYTES_MAX, ROUTER_WEIGHTS_MAX, TOP_K_MAX)
@@ -220,9 +220,19 @@ def test_automatic_rotation_fits_the_hidden_lanes():
     # 6 lanes (12 rows, SwiGLU): a block of 32 (the largest power of two dividing d_ff = 96)
     # would not fit them; the automatic block is 2, and the layer builds
     cfg = AccelConfig(**_valid_base(mac_rows=12, mac_cols=2, d_model=96, d_ff=96))
-    assert (cfg.hidden_lanes, cfg.rotation_block) == (6, 2)
+    assert cfg.rotation_block == 2
+    assert cfg.hidden_lanes == 6
     _elaborate_all(cfg, full=True)
     # with power-of-two lanes the block is the largest power of two up to 64 dividing the sizes
     for kw, block in ((dict(d_ff=96), 32), (dict(d_ff=64, shared_d_ff=48), 16),
                       (dict(d_ff=256, mac_rows=8, mac_cols=8), 64)):
         assert AccelConfig(**_valid_base(**kw)).rotation_block == block
+
+
+def test_to_toml_into_a_missing_folder_is_one_error_and_leaves_nothing(tmp_path):
+    with pytest.raises(MoeforgeError, match="cannot write"):
+        AccelConfig().to_toml(tmp_path / "nodir" / "c.toml")
+    target = tmp_path / "c.toml"
+    AccelConfig().to_toml(target)
+    assert AccelConfig.from_toml(target) == AccelConfig()
+    assert [p.name for p in tmp_path.iterdir()] == ["c.toml"]     # no temporary file beside it
