@@ -14,17 +14,22 @@ from moeforge import AccelConfig, ConfigError, MoeforgeError
 from moeforge.cli import main
 from moeforge.config import (BUFFER_ELEMENTS_MAX, DISPATCH_ENTRIES_MAX, EXPERT_BYTES_MAX,
                              LAYER_BYTES_MAX, ROUTER_WEIGHTS_MAX, TOP_K_MAX)
+from moeforge.rtl.soc import MoESoC
 from moeforge.rtl.units import UNITS, elaborate
 
 
 def _elaborate_all(cfg: AccelConfig, *, full: bool) -> None:
     """Build every unit of `cfg`; with `full` also run Amaranth's elaboration of each (the
-    checks inside `elaborate` methods, e.g. the MAC array's buffer depth), short of Verilog."""
+    checks inside `elaborate` methods, e.g. the MAC array's buffer depth), short of Verilog.
+    Any exception fails the test."""
     units = [elaborate(cfg, name) for name in UNITS]
     if full:
         for unit in units:
             Fragment.get(unit, None)
     _BUILT.extend(units)
+    # and the whole device (layer core, expert cache, backing memory, host link): constructed,
+    # which runs every parameter check of its parts
+    _BUILT.append(MoESoC(cfg))
 
 
 _BUILT = []   # units built only to be checked: dropped without Amaranth's unused warning
