@@ -75,12 +75,13 @@ runner.build(sources=a["sources"], hdl_toplevel=a["top"], build_dir=a["build_dir
              build_args=a["flags"], waves=a["waves"], log_file=a["log"], always=True)
 """
 
-# Runs in the child test process: cocotb's runner with this process's sys.path (which the runner
-# hands to the simulator as PYTHONPATH); reports how the simulator ended on its last stdout line.
+# Runs in the child test process (its arguments as JSON on stdin): cocotb's runner with this
+# process's sys.path (which the runner hands to the simulator as PYTHONPATH); reports how the
+# simulator ended on its last stdout line.
 _TEST_MARK = "MOEFORGE_COCOTB_RUN "
 _TEST_CHILD = r"""
 import json, sys
-a = json.loads(sys.argv[1])
+a = json.load(sys.stdin)
 sys.path[:] = a["sys_path"]
 from cocotb_tools.runner import get_runner
 error = None
@@ -574,7 +575,7 @@ def run_cocotb(handle: BuildHandle, test_module: str, *, test_dir: str | os.Path
     with contextlib.suppress(OSError):
         results_xml.unlink()                  # a stale file must not pass for this run's results
     child_args = {
-        "mark": _TEST_MARK, "sys_path": sys.path,
+        "mark": _TEST_MARK, "sys_path": [str(p) for p in sys.path],
         "test": dict(test_module=test_module, hdl_toplevel=handle.top,
                      hdl_toplevel_lang="verilog", build_dir=str(handle.obj_dir),
                      test_dir=str(test_dir), results_xml=str(results_xml),
@@ -582,9 +583,9 @@ def run_cocotb(handle: BuildHandle, test_module: str, *, test_dir: str | os.Path
                      waves=handle.waves, test_args=test_args, testcase=testcase),
     }
     try:
-        proc = child_process.run([sys.executable, "-c", _TEST_CHILD, json.dumps(child_args)],
-                                 env=env, cwd=test_dir, capture_output=True, text=True,
-                                 errors="replace")
+        proc = child_process.run([sys.executable, "-c", _TEST_CHILD],
+                                 input=json.dumps(child_args), env=env, cwd=test_dir,
+                                 capture_output=True, text=True, errors="replace")
     except OSError as exc:
         raise ToolchainError(f"cannot start the cocotb runner process: {exc}") from exc
     simulator_error = None

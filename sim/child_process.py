@@ -149,11 +149,12 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def run(argv: Sequence[str | os.PathLike], *, timeout: float | None = None,
-        capture_output: bool = False, **popen_kwargs) -> subprocess.CompletedProcess:
+        capture_output: bool = False, input: str | bytes | None = None,
+        **popen_kwargs) -> subprocess.CompletedProcess:
     """Run `argv` to its end under the guard, in a process group of its own.
 
-    Like `subprocess.run` (``capture_output``, ``text``, ``stdout``, ``stderr``, ``cwd``,
-    ``env`` ...; standard input is ``/dev/null`` unless given), except that nothing it starts
+    Like `subprocess.run` (``capture_output``, ``input``, ``text``, ``stdout``, ``stderr``,
+    ``cwd``, ``env`` ...; standard input is ``/dev/null`` unless given), except that nothing it starts
     outlives this process: if this process dies the guard kills the group, and on a timeout or
     any exception (KeyboardInterrupt included) `run` kills the group before it raises. The
     group is not the terminal's, so Ctrl-C reaches this process only, which then stops the
@@ -173,17 +174,17 @@ def run(argv: Sequence[str | os.PathLike], *, timeout: float | None = None,
     if capture_output:
         popen_kwargs.setdefault("stdout", subprocess.PIPE)
         popen_kwargs.setdefault("stderr", subprocess.PIPE)
-    popen_kwargs.setdefault("stdin", subprocess.DEVNULL)
+    popen_kwargs.setdefault("stdin", subprocess.DEVNULL if input is None else subprocess.PIPE)
     args = [os.fspath(a) for a in argv]
     proc = spawn([sys.executable, "-c", GUARD, str(os.getpid()), *args], process_group=0,
                  **popen_kwargs)
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(input, timeout=timeout)
     except BaseException:
         kill_group(proc)
         raise
     finally:
-        for pipe in (proc.stdout, proc.stderr):
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
