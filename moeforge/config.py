@@ -39,9 +39,10 @@ SECTIONS = {
 MAX_DIM = 1 << 16
 
 # What the hardware generator can build in bounded time. Amaranth writes every word of every
-# memory into the Verilog (a 4-Mbit memory takes about 20 s to elaborate and convert), so each
-# limit bounds the memories of one unit; with all of them at their maximum every unit of
-# `moeforge.rtl.units` converts to Verilog in well under a minute.
+# memory into the Verilog (a 4-Mbit memory takes 10-20 s to elaborate and convert), so each
+# limit bounds the memories of one unit: with any of them at its maximum, a unit of
+# `moeforge.rtl.units` converts to Verilog in about a minute at most (the 64 × 64 MAC array's
+# own logic, not its memories, is then the largest part).
 TOP_K_MAX = 64                 # the router's top-k selection logic grows with top_k × n_experts
 EXPERT_BYTES_MAX = 1 << 18     # one expert's weights: the MAC array's weight buffer holds them all
 LAYER_BYTES_MAX = 1 << 20      # every routed expert: the simulated device's backing memory
@@ -121,7 +122,7 @@ class AccelConfig:
     - ``d_ff`` and ``shared_d_ff`` are multiples of ``mac_cols`` and of the hidden unit's
       lanes (``mac_rows / 2`` for SwiGLU, ``mac_rows`` for ReLU); those lanes and
       ``mac_cols`` divide one another, and so do the lanes and the rotation block;
-    - sizes that keep elaboration bounded (each unit's Verilog in well under a minute):
+    - sizes that keep elaboration bounded (each unit's Verilog in about a minute at most):
       ``top_k`` ≤ 64; one expert's weights (``3·d_model·d_ff`` bytes for SwiGLU, ``2·`` for
       ReLU; the shared expert too) ≤ 256 KiB, the MAC array's weight buffer holds them;
       ``n_experts`` experts' weights ≤ 1 MiB, the simulated device's backing memory;
