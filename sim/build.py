@@ -76,8 +76,8 @@ runner.build(sources=a["sources"], hdl_toplevel=a["top"], build_dir=a["build_dir
 """
 
 # Runs in the child test process (its arguments as JSON on stdin): cocotb's runner with this
-# process's sys.path (which the runner hands to the simulator as PYTHONPATH); reports how the
-# simulator ended on its last stdout line.
+# process's sys.path, made absolute (the runner hands it to the simulator as PYTHONPATH; the
+# child runs in the test folder); reports how the simulator ended on its last stdout line.
 _TEST_MARK = "MOEFORGE_COCOTB_RUN "
 _TEST_CHILD = r"""
 import json, sys
@@ -564,8 +564,10 @@ def run_cocotb(handle: BuildHandle, test_module: str, *, test_dir: str | os.Path
     run_env = {str(k): str(v) for k, v in (extra_env or {}).items()}
     # cocotb rewrites the asserts of every module imported in the simulator ("*.py") unless
     # told otherwise; rewriting all of torch makes its import take ~4 s instead of ~0.7 s.
-    # Rewrite the test module only.
-    run_env.setdefault("COCOTB_REWRITE_ASSERTION_FILES", f"{test_module.rsplit('.', 1)[-1]}.py")
+    # Rewrite the test module only (unless the caller asks otherwise: it changes no verdict).
+    if "COCOTB_REWRITE_ASSERTION_FILES" not in os.environ:
+        run_env.setdefault("COCOTB_REWRITE_ASSERTION_FILES",
+                           f"{test_module.rsplit('.', 1)[-1]}.py")
     run_env["WAVES"] = "1" if handle.waves else "0"     # the build decides, not the environment
     env = {**os.environ, **run_env}
     for name in _RUN_ARGUMENT_VARS:
@@ -575,7 +577,7 @@ def run_cocotb(handle: BuildHandle, test_module: str, *, test_dir: str | os.Path
     with contextlib.suppress(OSError):
         results_xml.unlink()                  # a stale file must not pass for this run's results
     child_args = {
-        "mark": _TEST_MARK, "sys_path": [str(p) for p in sys.path],
+        "mark": _TEST_MARK, "sys_path": [os.path.abspath(p) for p in sys.path],
         "test": dict(test_module=test_module, hdl_toplevel=handle.top,
                      hdl_toplevel_lang="verilog", build_dir=str(handle.obj_dir),
                      test_dir=str(test_dir), results_xml=str(results_xml),
