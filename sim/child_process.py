@@ -154,11 +154,11 @@ def run(argv: Sequence[str | os.PathLike], *, timeout: float | None = None,
     """Run `argv` to its end under the guard, in a process group of its own.
 
     Like `subprocess.run` (``capture_output``, ``input``, ``text``, ``stdout``, ``stderr``,
-    ``cwd``, ``env`` ...; standard input is ``/dev/null`` unless given), except that nothing it starts
-    outlives this process: if this process dies the guard kills the group, and on a timeout or
-    any exception (KeyboardInterrupt included) `run` kills the group before it raises. The
-    group is not the terminal's, so Ctrl-C reaches this process only, which then stops the
-    command.
+    ``cwd``, ``env`` ...; standard input is ``/dev/null`` unless given), except that nothing
+    it starts outlives this process: if this process dies the guard kills the group, and on a
+    timeout or any exception (KeyboardInterrupt included) `run` kills the group before it
+    raises. The group is not the terminal's, so Ctrl-C reaches this process only, which then
+    stops the command.
 
     Returns
     -------

@@ -17,26 +17,26 @@
 //
 // Prints "LISTENING <port>" on stdout once listening (nothing else goes to stdout). Serves one
 // connection at a time. A client connecting while another is served is told so at once: it is
-// accepted, sent the line BUSY_LINE below, its write side is shut down and it is closed (after
-// it closes, or after REJECT_LINGER_S). --idle-timeout S drops the client being served once
-// the device has been idle, its answers written, with nothing received for S seconds (one
-// "device_server: dropped ..." line on stderr); the default 0 never drops one. Each byte received is fed to rx (one per cycle while rx__ready), each
-// byte of tx goes back on the socket. The design is clocked in this loop only while it has
-// something to do (busy, bytes waiting for rx, or tx__valid); when idle the server sleeps in
-// poll(); while clocking it checks the socket every POLL_EVERY (1024) cycles and at once when
-// the bytes it holds for rx run out (so a gap in the input costs at most ~1024 cycles, well
-// under the link's receive timeout). tx bytes are written in batches, when tx has been quiet
-// for OUT_QUIET cycles or 16 KiB are waiting; tx__ready drops while 256 KiB are unwritten (a
-// peer that does not read stops the clock). A connection whose peer stops sending (EOF) is kept until the device is idle and its
-// output is written, so a client may shut down its write side and read the answers. The device
-// is not reset between connections (a board that stays powered); what it sends while no one
-// is connected is lost, as on a UART. --once exits 0 once the first
-// connection is closed. SIGTERM/SIGINT end the server promptly (exit 0), --die-with-parent
-// makes the kernel send SIGTERM when the parent dies (the parent *thread* that forked it:
-// moeforge.sim.child_process forks from a thread that lives as long as the process);
-// --parent-pid N exits at once if the parent is not N any more (it died before the prctl). --stats prints a STATS line on stderr
-// after each connection and at exit (cycles, busy cycles, seconds spent clocking, cycles/s,
-// CPU seconds of the process and cycles per CPU second).
+// accepted, sent the line BUSY_LINE below, its write side is shut down and it is closed (after it
+// closes, or after REJECT_LINGER_S). --idle-timeout S drops the client being served once the device
+// has been idle, its answers written, with nothing received for S seconds (one "device_server:
+// dropped ..." line on stderr); the default 0 never drops one. Each byte received is fed to rx (one
+// per cycle while rx__ready), each byte of tx goes back on the socket. The design is clocked in
+// this loop only while it has something to do (busy, bytes waiting for rx, or tx__valid); when idle
+// the server sleeps in poll(); while clocking it checks the socket every POLL_EVERY (1024) cycles
+// and at once when the bytes it holds for rx run out (so a gap in the input costs at most ~1024
+// cycles, well under the link's receive timeout). tx bytes are written in batches, when tx has been
+// quiet for OUT_QUIET cycles or 16 KiB are waiting; tx__ready drops while 256 KiB are unwritten (a
+// peer that does not read stops the clock). A connection whose peer stops sending (EOF) is kept
+// until the device is idle and its output is written, so a client may shut down its write side and
+// read the answers. The device is not reset between connections (a board that stays powered); what
+// it sends while no one is connected is lost, as on a UART. --once exits 0 once the first
+// connection is closed. SIGTERM/SIGINT end the server promptly (exit 0), --die-with-parent makes
+// the kernel send SIGTERM when the parent dies (the parent *thread* that forked it:
+// moeforge.sim.child_process forks from a thread that lives as long as the process); --parent-pid N
+// exits at once if the parent is not N any more (it died before the prctl). --stats prints a STATS
+// line on stderr after each connection and at exit (cycles, busy cycles, seconds spent clocking,
+// cycles/s, CPU seconds of the process and cycles per CPU second).
 // Socket errors print one "device_server: ..." line on stderr and exit 1.
 
 #include "Vtop.h"
@@ -138,7 +138,8 @@ Options parse_args(int argc, char** argv) {
                 o.host = v;
             } else if (a == "--parent-pid") {
                 long p = std::strtol(v.c_str(), &end, 10);
-                if (v.empty() || *end || p <= 0) usage(("--parent-pid must be a pid, not " + v).c_str());
+                if (v.empty() || *end || p <= 0)
+                    usage(("--parent-pid must be a pid, not " + v).c_str());
                 o.parent_pid = p;
             } else if (a == "--idle-timeout") {
                 double t = std::strtod(v.c_str(), &end);
@@ -328,7 +329,8 @@ private:
             if (out_off_ < out_.size()) c.events |= POLLOUT;
             // Nothing to wait for on the client (should not happen when idle): a short sleep
             // instead of a busy loop.
-            if (!c.events && timeout_ms != 0) timeout_ms = timeout_ms < 0 ? 10 : std::min(timeout_ms, 10);
+            if (!c.events && timeout_ms != 0)
+                timeout_ms = timeout_ms < 0 ? 10 : std::min(timeout_ms, 10);
             pfds[n++] = c;
         }
         const nfds_t rejected_slot = n;
@@ -396,7 +398,8 @@ private:
             if (!done && (pfds[i].revents & (POLLIN | POLLHUP | POLLERR))) {
                 char sink[4096];
                 ssize_t got = recv(r.fd, sink, sizeof sink, MSG_DONTWAIT);
-                done = got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+                done = got == 0 ||
+                       (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
             }
             if (done) {
                 close(r.fd);

@@ -423,7 +423,8 @@ class SimDeviceProcess:
         if idle_timeout is not None and (isinstance(idle_timeout, bool)
                                          or not isinstance(idle_timeout, (int, float))
                                          or not 0 < idle_timeout <= 1e6):
-            raise ValueError(f"idle_timeout must be seconds in (0, 1e6] or None, not {idle_timeout!r}")
+            raise ValueError(f"idle_timeout must be seconds in (0, 1e6] or None, "
+                             f"not {idle_timeout!r}")
         executable = Path(executable)
         argv = [str(executable), "--host", host, "--port", str(port)]
         argv += ["--once"] * bool(once) + ["--stats"] * bool(stats)
