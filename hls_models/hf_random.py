@@ -115,7 +115,9 @@ def hf_config_for(cfg: AccelConfig):
     config_cls = getattr(module, HF_BLOCKS[cfg.family][1])
     hf = config_cls(**_config_kwargs(cfg))
     hf._experts_implementation = "eager"  # the plain loop; None makes transformers log a warning
-    implied = AccelConfig.from_hf(hf)
+    # cfg's own hardware, so the implied config is buildable exactly when cfg is
+    hardware = {n: getattr(cfg, n) for n in SECTIONS["precision"] + SECTIONS["hardware"]}
+    implied = AccelConfig.from_hf(hf, **hardware)
     for name in SECTIONS["model"] + SECTIONS["routing"]:
         if name != "name" and getattr(implied, name) != getattr(cfg, name):
             raise ConfigError(name, f"a {cfg.family} block has {name}={getattr(implied, name)!r}; "

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moeforge import AccelConfig
+from moeforge import AccelConfig, ConfigError
 from moeforge.hls_models.hf_random import make_hf_input
 from moeforge.rtl.export import to_verilog, verilog_ports
 from moeforge.rtl.expert_ffn import expert_image
@@ -214,8 +214,8 @@ def test_layer_core_parameter_errors(kwargs, exc, match):
 def test_layer_core_bad_config():
     with pytest.raises(TypeError, match="cfg must be an AccelConfig"):
         LayerCore("configs/tiny.toml")
-    with pytest.raises(ValueError, match="must divide d_model=64, not 6|multiple of 6, not 64"):
-        LayerCore(config("tiny").replace(mac_cols=6))
+    with pytest.raises(ConfigError, match="d_model: must be a multiple of 12"):
+        config("tiny").replace(mac_cols=6)      # refused before any unit sees it
 
 
 def test_flat_weights_flags_misuse():

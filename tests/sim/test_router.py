@@ -259,26 +259,27 @@ def test_scoreboard_failure_is_reported(sim_build, tmp_path):
 
 
 # Elaboration variants no Verilator build covers, as configs (also run in Amaranth's simulator).
+# A 1×1 ReLU array makes any d_model a valid config; the router's lanes are given separately.
 ODD_CONFIGS = {
     # un-normalised sigmoid gates, Qwen2's sigmoid shared gate, groups of one expert (max),
     # router_bits 8, one lane
-    "sigmoid-plain-shared": (AccelConfig(d_model=8, d_ff=8, n_experts=4, top_k=2,
+    "sigmoid-plain-shared": (AccelConfig(mac_rows=1, mac_cols=1, activation="relu", d_model=8, d_ff=8, n_experts=4, top_k=2,
                                          routing="sigmoid_topk", n_group=4, topk_group=3,
                                          shared_d_ff=8, shared_gate="sigmoid", router_bits=8),
                              1),
     # renormalised softmax_topk over top2_sum groups, six experts, k 3, rsf 64, 3 slices
-    "softmax-renorm-top2": (AccelConfig(d_model=6, d_ff=8, n_experts=6, top_k=3,
+    "softmax-renorm-top2": (AccelConfig(mac_rows=1, mac_cols=1, activation="relu", d_model=6, d_ff=8, n_experts=6, top_k=3,
                                         renormalize=True, n_group=3, topk_group=2,
                                         group_score="top2_sum", routed_scaling_factor=64.0),
                             2),
     # one expert: its gate is always 1.0
-    "one-expert": (AccelConfig(d_model=4, d_ff=8, n_experts=1, top_k=1, cache_slots=1), 4),
+    "one-expert": (AccelConfig(mac_rows=1, mac_cols=1, activation="relu", d_model=4, d_ff=8, n_experts=1, top_k=1, cache_slots=1), 4),
     # k = E (every expert), rsf 0.5, router_bits 9
-    "topk-softmax-all": (AccelConfig(d_model=12, d_ff=8, n_experts=3, top_k=3,
+    "topk-softmax-all": (AccelConfig(mac_rows=1, mac_cols=1, activation="relu", d_model=12, d_ff=8, n_experts=3, top_k=3,
                                      routing="topk_softmax", renormalize=True,
                                      routed_scaling_factor=0.5, router_bits=9), 3),
     # renormalised sigmoid without bias, five experts, rsf 2.5, 3 lanes
-    "sigmoid-renorm-5": (AccelConfig(d_model=9, d_ff=8, n_experts=5, top_k=2,
+    "sigmoid-renorm-5": (AccelConfig(mac_rows=1, mac_cols=1, activation="relu", d_model=9, d_ff=8, n_experts=5, top_k=2,
                                      routing="sigmoid_topk", renormalize=True,
                                      routed_scaling_factor=2.5, shared_d_ff=8), 3),
 }
