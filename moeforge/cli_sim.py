@@ -8,15 +8,19 @@ missing or incomplete ends in an error naming what is missing (exit 1: not the u
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from fractions import Fraction
 
 from .config import AccelConfig
 from .errors import MoeforgeError
 from .outputs import check_output
 
-__all__ = ["cmd_sim", "sim_layer", "bytes_per_cycle"]
+__all__ = ["cmd_sim", "sim_layer", "bytes_per_cycle", "terminate_as_interrupt", "NotVerified"]
 
 
 class NotVerified(MoeforgeError):
@@ -39,6 +43,25 @@ def bytes_per_cycle(text: str) -> Fraction:
 
 
 bytes_per_cycle.__name__ = "bytes per cycle"
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM ends the run as Ctrl-C does (`KeyboardInterrupt`): the
+    simulation is stopped and the run's temporary folder removed, instead of Python dying
+    where it stands and leaving them behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _load_config(path: str) -> AccelConfig:
@@ -96,7 +119,9 @@ def cmd_sim(args) -> int:
     cfg = _load_config(args.config)
     if args.unit is None:
         return sim_layer(cfg, args)
-    r = run_unit(cfg, args.unit, tokens=args.tokens, seed=args.seed, waves=args.waves, stall=args.stall)
+    with terminate_as_interrupt():
+        r = run_unit(cfg, args.unit, tokens=args.tokens, seed=args.seed, waves=args.waves,
+                     stall=args.stall)
     extra = f", MAC utilisation {r['mac_util'] * 100:.1f}%" if "mac_util" in r else ""
     speed = f", {r['sim_cycles_per_s']:.0f} simulated cycles/s" if r.get("sim_cycles_per_s") else ""
     cycles = f", {r['cycles']} cycles" if r.get("cycles") is not None else ""
@@ -112,8 +137,10 @@ def sim_layer(cfg, args) -> int:
     trace = getattr(args, "trace", None)
     if trace is not None:
         check_output(trace, "--trace")
-    r = run_layer(cfg, tokens=args.tokens, seed=args.seed, latency=args.mem_latency,
-                  bytes_per_cycle=args.mem_bandwidth, stall=args.stall, waves=args.waves, trace=trace)
+    with terminate_as_interrupt():
+        r = run_layer(cfg, tokens=args.tokens, seed=args.seed, latency=args.mem_latency,
+                      bytes_per_cycle=args.mem_bandwidth, stall=args.stall, waves=args.waves,
+                      trace=trace)
     mism = f", {r['mismatches']} mismatches" if r.get("mismatches") is not None else ""
     line = (f"layer @ {r['config']}: {{verdict}} — {r['tokens']} tokens in {r['batches']} batches: "
             f"{_compared(r)}{mism}")

@@ -399,3 +399,55 @@ def test_layer_mismatch_counts_elements_and_trace_failure_leaves_nothing(own_tmp
     assert r["compared"] == r["expected"] == {"tokens": 4, "elements": 4 * cfg.d_model}
     assert r["problems"][0] == f"1 of {4 * cfg.d_model} compared elements differ"
     assert _sim_folders(own_tmpdir) == []
+
+
+@pytest.mark.verilator
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signalled_sim_leaves_no_folder(sig, tmp_path):
+    """Ctrl-C (SIGINT) or SIGTERM while the simulation runs: the command ends non-zero, and
+    neither its run folder nor its simulator is left behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    root = tmp_path / "tmp"
+    root.mkdir()
+    env = {**os.environ, "TMPDIR": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "moeforge.cli", "sim", "--config", TINY,
+                             "--unit", "requantiser", "--tokens", "32", "--stall", "0.9"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any((root / f / "bench.json").exists() for f in _sim_folders(root)):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run folder never appeared"
+            time.sleep(0.02)
+        time.sleep(0.5)                 # the simulation is starting or running
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0 and "bit-exact" not in out, (proc.returncode, out, err)
+    assert "moeforge: interrupted" in err and "Traceback" not in err, err
+    assert _sim_folders(root) == []
+    deadline = time.monotonic() + 5
+    while _processes_in(root) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_in(root) == [], "a process still works in the removed run folder"
+
+
+def _processes_in(root):
+    """Pids of the processes whose working folder is under `root` (the simulator runs in its
+    run folder)."""
+    from pathlib import Path
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.readlink(d / "cwd").startswith(str(root)):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
