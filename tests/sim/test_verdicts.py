@@ -333,14 +333,10 @@ def test_a_preset_bench_variable_cannot_fake_a_verdict(tmp_path, capsys, monkeyp
     """The issue's case: MOEFORGE_BENCH already set to another bench file (one that compares
     nothing and passes). The run must either compare what it sent (the tool's variables win)
     or end with an error saying nothing of this run was compared: never a bare bit-exact."""
-    from moeforge.rtl.accelerator_sim import AcceleratorWithMemory
-    from moeforge.rtl.export import verilog_ports
     cfg = AccelConfig.from_toml(TINY)
-    ports = verilog_ports(AcceleratorWithMemory(cfg))
-    prefix = {s: ports[f"{s}.valid"].name.removesuffix("__valid") for s in ("i_cmd", "o_rsp")}
     foreign = tmp_path / "other" / "bench.json"
     foreign.parent.mkdir()
-    foreign.write_text(json.dumps(dict(i_cmd=prefix["i_cmd"], o_rsp=prefix["o_rsp"], steps=[],
+    foreign.write_text(json.dumps(dict(i_cmd="i_cmd", o_rsp="o_rsp", steps=[],
                                        in_stall=0.0, out_stall=0.0, d_model=cfg.d_model,
                                        nonce="0" * 16, summary=str(foreign.with_suffix(".summary.json")))))
     for name in unit_sim.BENCH_VARIABLES:
