@@ -28,7 +28,7 @@ from moeforge.errors import ConfigError
 from moeforge.outputs import atomic_write, check_output
 
 __all__ = ["run_layer", "run_steps", "BatchBound", "batch_bound", "layer_program", "layer_verilog",
-           "LAYER_BENCH"]
+           "LAYER_BENCH", "rtl_source_hash"]
 
 # The cocotb module of the whole layer.
 LAYER_BENCH = "moeforge.sim.benches.layer"
@@ -75,15 +75,20 @@ def _silence_unused(top) -> None:
         todo += [v for v in vars(obj).values() if isinstance(v, Elaboratable)]
 
 
-def _source_hash() -> str:
-    """Hash of the Python sources the RTL is generated from (for the Verilog cache)."""
-    root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for folder in ("rtl", "hls_models", "moeforge"):
-        for p in sorted((root / folder).glob("*.py")):
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
+def rtl_source_hash() -> str:
+    """Hash of the Python sources the RTL is generated from (for the Verilog cache): every module
+    of the packages the RTL, its tables and the config come from, wherever they are installed."""
     import amaranth
+
+    import moeforge
+    import moeforge.hls_models
+    import moeforge.rtl
+    h = hashlib.sha256()
+    for pkg in (moeforge.rtl, moeforge.hls_models, moeforge):
+        folder = Path(pkg.__file__).resolve().parent
+        for p in sorted(folder.rglob("*.py")):
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
     h.update(amaranth.__version__.encode())
     return h.hexdigest()
 
@@ -93,7 +98,7 @@ def layer_verilog(top, key: str) -> str:
     whole layer takes tens of seconds)."""
     from moeforge.rtl.export import to_verilog
     from moeforge.sim.build import cache_root
-    digest = hashlib.sha256(f"{key}|{_source_hash()}".encode()).hexdigest()[:24]
+    digest = hashlib.sha256(f"{key}|{rtl_source_hash()}".encode()).hexdigest()[:24]
     path = cache_root() / "verilog" / f"layer-{digest}.v"
     if path.exists():
         return path.read_text()

@@ -143,14 +143,14 @@ def soc_verilog(cfg: AccelConfig, *, on_export: Callable[[], None] | None = None
 
 
 def _soc_verilog_path(cfg: AccelConfig, soc_params: dict) -> Path:
-    from .layer_sim import _source_hash
+    from .layer_sim import rtl_source_hash
     if not isinstance(cfg, AccelConfig):
         raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
     if "phy" in soc_params:
         raise ValueError(f"the simulated device's phy is 'stream', not {soc_params['phy']!r}")
     params = json.dumps(soc_params, sort_keys=True, default=repr)
     digest = hashlib.sha256(
-        f"soc|{cfg.content_hash()}|{params}|{_source_hash()}".encode()).hexdigest()[:24]
+        f"soc|{cfg.content_hash()}|{params}|{rtl_source_hash()}".encode()).hexdigest()[:24]
     return cache_root() / "verilog" / f"soc-{digest}.v"
 
 

@@ -9,11 +9,8 @@ output writing itself is under test, by a fake device that runs the golden model
 import contextlib
 import io
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -122,18 +119,9 @@ def test_output_path_refused_before_the_work(command, where, files, tmp_path, no
     assert list((tmp_path / "out").iterdir()) == []
 
 
-@pytest.fixture
-def shared_dir():
-    """A folder another user can reach (pytest's own temporary folders are private to root)."""
-    d = Path(tempfile.mkdtemp(prefix="moeforge-test-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d)
-
-
 @pytest.mark.parametrize("command", ["quantize", "verilog"])
 @pytest.mark.parametrize("what", ["folder", "file"])
-def test_unwritable_output_refused(command, what, shared_dir):
+def test_unwritable_output_refused(command, what, shared_dir, unprivileged):
     """As root every file is writable, so the command runs as user 'nobody' (setpriv)."""
     target = shared_dir / "ro"
     target.mkdir()
@@ -145,11 +133,7 @@ def test_unwritable_output_refused(command, what, shared_dir):
     else:
         target.chmod(0o555)
     argv = _output_commands(None)[command](out)
-    cmd = [sys.executable, "-m", "moeforge.cli", *argv]
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: every file is writable to root")
-        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    cmd = unprivileged([sys.executable, "-m", "moeforge.cli", *argv])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=shared_dir)
     assert r.returncode == 2, r.stderr
     line = one_error_line(r.stderr)

@@ -10,6 +10,9 @@ a bench for every registered unit.
 import dataclasses
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -138,13 +141,16 @@ def test_trace_path_is_checked_before_anything_is_built(make, message, tmp_path,
     assert "--trace" in err and message in err and err.count("\n") == 1, err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
-def test_trace_in_an_unwritable_folder(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("moeforge.sim.build.build_cached", _no_build)
-    ro = tmp_path / "ro"
-    ro.mkdir(mode=0o500)
-    assert main(["sim", "--config", TINY, "--trace", str(ro / "t.json")]) == 2
-    assert "is not writable" in capsys.readouterr().err
+def test_trace_in_an_unwritable_folder(shared_dir, unprivileged):
+    """Refused before anything is built (as 'nobody' under root, where every folder is writable)."""
+    ro = shared_dir / "ro"
+    ro.mkdir(mode=0o555)
+    cmd = unprivileged([sys.executable, "-m", "moeforge.cli", "sim", "--config", str(Path(TINY).resolve()),
+                        "--trace", str(ro / "t.json")])
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=shared_dir)
+    assert r.returncode == 2, r.stderr
+    assert "--trace" in r.stderr and "is not writable" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert list(ro.iterdir()) == []
 
 
 @pytest.mark.parametrize("kw,message", [

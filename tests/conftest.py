@@ -1,0 +1,30 @@
+"""Fixtures every test folder may use."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def shared_dir():
+    """A folder another user can reach (pytest's own temporary folders are private to root)."""
+    d = Path(tempfile.mkdtemp(prefix="moeforge-test-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d)
+
+
+@pytest.fixture
+def unprivileged():
+    """``unprivileged(cmd) -> cmd`` run as user 'nobody' when the tests run as root, where every
+    file is writable and a permission check could never fail."""
+    def wrap(cmd: list[str]) -> list[str]:
+        if os.geteuid() != 0:
+            return cmd
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: every file is writable to root")
+        return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    return wrap
