@@ -106,7 +106,7 @@ def cmd_serve_sim(args) -> int:
     """Serve the simulated device on a TCP port (reach it with socket://host:port)."""
     from moeforge.sim.sim_device import serve_sim
     cfg = AccelConfig.from_toml(args.config)
-    return serve_sim(cfg, host=args.host, port=args.port)
+    return serve_sim(cfg, host=args.host, port=args.port, idle_timeout=args.idle_timeout)
 
 
 def add_device_commands(sub) -> None:
@@ -122,10 +122,19 @@ def add_device_commands(sub) -> None:
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("serve-sim", help="serve the simulated device on a TCP port (socket://host:port)")
+    s = sub.add_parser(
+        "serve-sim", help="serve the simulated device on a TCP port (socket://host:port)",
+        description="Serve the simulated device of a config on a TCP port, one client at a time: a "
+                    "client that connects while another is served is told at once that the device is "
+                    "busy (one line, then the connection closes). --idle-timeout drops a served client "
+                    "that stays idle that long (default: never). A --host that is not a loopback "
+                    "address makes the device reachable from the network with no authentication "
+                    "(a warning says so).")
     s.add_argument("--config", required=True)
     s.add_argument("--port", type=int_in(0, 65535), default=5555, help="TCP port (0: any free port)")
     s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--idle-timeout", type=float_in(0.001, 1e6), default=None, metavar="S",
+                   help="drop a client idle for S seconds (default: never)")
     s.set_defaults(func=cmd_serve_sim)
 
 
