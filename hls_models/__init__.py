@@ -1,8 +1,9 @@
-"""Float reference layers, import from `transformers`, and (with golden) the bit-exact model.
+"""Float reference layers, import from `transformers`, quantisation and the bit-exact golden model.
 
 `transformers` is imported only inside the functions that need it.
 """
 
+from .golden import QuantizedMoELayer
 from .hf_import import float_weights_from_hf
 from .hf_random import family_configs, hf_config_for, make_hf_block, make_hf_input
 from .reference import FloatMoELayer
@@ -16,8 +17,5 @@ __all__ = [
     "make_hf_input",
     "hf_config_for",
     "family_configs",
+    "QuantizedMoELayer",
 ]
-
-from .golden import QuantizedMoELayer  # noqa: E402
-
-__all__ += ["QuantizedMoELayer"]

@@ -17,6 +17,11 @@ import torch
 
 from moeforge.config import AccelConfig
 
+from .golden import QuantizedMoELayer
+from .hf_import import float_weights_from_hf
+from .hf_random import make_hf_block, make_hf_input
+from .reference import FloatMoELayer
+
 __all__ = ["AccuracyReport", "measure_accuracy"]
 
 
@@ -40,11 +45,6 @@ def _expert_sets(indices: torch.Tensor) -> torch.Tensor:
 def measure_accuracy(cfg: AccelConfig, *, seed: int = 0, calib_tokens: int = 2048,
                      eval_tokens: int = 2048) -> AccuracyReport:
     """Build a random-weight `transformers` block for `cfg.family`, quantise, compare."""
-    from .golden import QuantizedMoELayer
-    from .hf_import import float_weights_from_hf
-    from .hf_random import make_hf_block, make_hf_input
-    from .reference import FloatMoELayer
-
     block = make_hf_block(cfg, seed=seed)
     calib = make_hf_input(cfg, calib_tokens, seed=2 * seed)
     x = make_hf_input(cfg, eval_tokens, seed=2 * seed + 1)

@@ -1,8 +1,8 @@
 """The device's integer primitives, exactly as docs/arithmetic.md states them.
 
 Every function takes and returns int64 tensors and is exact: the RTL must produce
-the same integers. Constants here are the single source for the golden model, the
-RTL table ROMs and the documentation.
+the same integers. The widths and formats they use are `moeforge.spec.arith`'s; the tables
+built here (exp, sigmoid) are the ones the RTL's ROMs hold.
 """
 
 from __future__ import annotations
@@ -11,39 +11,14 @@ import math
 
 import torch
 
+from moeforge.spec.arith import (EXP_A_LIMIT, EXP_ARG_SHIFT, EXP_HI_SHIFT, EXP_HI_SIZE, EXP_LO_SIZE, GATE_FRAC,
+                                 GATE_ONE, MULT_BITS, SHIFT_MAX, SHIFT_MIN, SIG_SIZE, SIG_STEP_SHIFT, SILU_FRAC)
+
 __all__ = [
-    "MULT_BITS", "LOGIT_FRAC", "GATE_FRAC", "GATE_ONE", "RSF_FRAC", "SILU_FRAC", "SILU_BITS",
-    "EXP_ARG_SHIFT", "EXP_HI_SHIFT", "EXP_HI_SIZE", "EXP_LO_SIZE", "EXP_D_MAX", "SIG_STEP_SHIFT", "SIG_SIZE",
     "saturate", "round_shift", "requantize", "multiplier_shift",
     "exp_hi_table", "exp_lo_table", "sigmoid_lut", "exp_neg", "sigmoid_exact", "silu_fixed",
     "quantize_symmetric", "fwht_blocks",
 ]
-
-# Requantisation multipliers are unsigned 16-bit, normalised to [2^15, 2^16).
-MULT_BITS = 16
-# Router logits are fixed point with 16 fractional bits: near-ties finer than 2^-16
-# are the only routing decisions the integer router can get wrong.
-LOGIT_FRAC = 16
-# Gate weights and sigmoid/exp outputs: unsigned Q1.15 (1.0 == 32768).
-GATE_FRAC = 15
-GATE_ONE = 1 << GATE_FRAC
-# routed_scaling_factor as an unsigned Q.12 integer.
-RSF_FRAC = 12
-# SwiGLU gate pre-activation: signed fixed point in units of 1/4096, saturated to int24.
-SILU_FRAC = 12
-SILU_BITS = 24
-
-# exp(-d) for d >= 0 in units 2^-LOGIT_FRAC: the argument is rounded to 2^-12
-# steps, then two tables, coarse (step 1/32) and fine (step 1/4096).
-EXP_ARG_SHIFT = LOGIT_FRAC - 12
-EXP_HI_SHIFT = 7                     # (d >> 4) >> 7 indexes the coarse table (1/32 steps)
-EXP_LO_SIZE = 1 << EXP_HI_SHIFT      # 128 entries, step 1/4096
-EXP_HI_SIZE = 512                    # covers d < 16.0
-EXP_D_MAX = (EXP_HI_SIZE << (EXP_HI_SHIFT + EXP_ARG_SHIFT)) - (1 << (EXP_ARG_SHIFT - 1))  # from here exp = 0
-
-# Sigmoid LUT for SiLU: step 1/64 over [-8, 8): 1024 entries, index = g >> 6.
-SIG_STEP_SHIFT = SILU_FRAC - 6
-SIG_SIZE = 1024
 
 
 def saturate(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -63,7 +38,7 @@ def requantize(acc: torch.Tensor, mult, shift, bits: int) -> torch.Tensor:
     return saturate(round_shift(acc * mult, shift), bits)
 
 
-def multiplier_shift(real: torch.Tensor | float, max_shift: int = 62) -> tuple[torch.Tensor, torch.Tensor]:
+def multiplier_shift(real: torch.Tensor | float, max_shift: int = SHIFT_MAX) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode positive reals m as (M, S) with M in [2^15, 2^16) and m ≈ M / 2^S.
 
     Reals too small for `max_shift` encode as M = 0 (the output is then 0); reals that
@@ -78,8 +53,8 @@ def multiplier_shift(real: torch.Tensor | float, max_shift: int = 62) -> tuple[t
     carry = mult >= (1 << MULT_BITS)
     mult = torch.where(carry, mult >> 1, mult)
     shift = torch.where(carry, shift - 1, shift)
-    if ((shift < 1) & (m > 0)).any():
-        bad = m[(shift < 1) & (m > 0)].max().item()
+    if ((shift < SHIFT_MIN) & (m > 0)).any():
+        bad = m[(shift < SHIFT_MIN) & (m > 0)].max().item()
         raise ValueError(f"requantisation multiplier {bad:g} is too large (needs a shift below 1)")
     tiny = (shift > max_shift) | (m == 0)
     mult = torch.where(tiny, 0, mult)
@@ -125,7 +100,7 @@ def exp_neg(d: torch.Tensor) -> torch.Tensor:
     >> 15; 0 when a >= 16.0.
     """
     a = round_shift(d.to(torch.int64), EXP_ARG_SHIFT) if EXP_ARG_SHIFT else d.to(torch.int64)
-    inside = a < (EXP_HI_SIZE << EXP_HI_SHIFT)
+    inside = a < EXP_A_LIMIT
     a = torch.where(inside, a, 0)
     hi = _EXP_HI[a >> EXP_HI_SHIFT]
     lo = _EXP_LO[a & (EXP_LO_SIZE - 1)]

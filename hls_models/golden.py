@@ -1,13 +1,13 @@
 """`QuantizedMoELayer`: the bit-exact golden model of the accelerator (docs/arithmetic.md in code).
 
-The RTL must reproduce `forward_int` bit for bit. All arithmetic is on int64 tensors;
-GEMMs run as float64 matmuls, which are exact because every product sum stays far
-below 2^53 (int8·int8·d_model, int8·int16·d_model).
+The RTL must reproduce `forward_int` bit for bit. All arithmetic is on int64 tensors; the
+experts are `ExpertBank`s, whose GEMMs (`int_gemm`) are exact. The layer sits on top of the
+quantiser (`quantize`), the weight image (`weight_image`) and the `transformers` import
+(`hf_import`): they produce its parts, it is built from them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,15 +15,16 @@ import torch
 from moeforge.config import AccelConfig
 from moeforge.errors import ShapeError
 
-from .fixed_point import GATE_ONE, SILU_BITS, fwht_blocks, quantize_symmetric, requantize, silu_fixed
+from moeforge.spec.arith import GATE_ONE, LOGIT_BITS, X_BITS, Y_BITS
+
+from .expert_bank import ExpertBank, int_gemm
+from .fixed_point import quantize_symmetric, requantize, sigmoid_exact
+from .hf_import import float_weights_from_hf
+from .quantize import quantize_layer
 from .routing import RouteResult, route_from_logits
+from .weight_image import read_layer, save_layer
 
-__all__ = ["QuantizedMoELayer", "ExpertBank", "LOGIT_BITS", "HIDDEN_BITS", "UP_BITS", "OUT_BITS"]
-
-LOGIT_BITS = 32   # router logits saturate to int32 (units 2^-16)
-UP_BITS = 16      # SwiGLU up projection / ReLU activation, int16 at a per-expert scale
-HIDDEN_BITS = 8   # the hidden activation entering the down projection (MAC array input)
-OUT_BITS = 16     # each expert's output, int16 at the layer-wide scale s_o
+__all__ = ["QuantizedMoELayer", "ExpertBank"]
 
 
 def _first_non_finite(x: torch.Tensor, bad: torch.Tensor) -> str:
@@ -39,65 +40,6 @@ def _first_non_finite(x: torch.Tensor, bad: torch.Tensor) -> str:
     return f"{where} is {value}: the device takes finite numbers"
 
 
-def _gemm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Exact integer x @ w.T through float64 (see module docstring)."""
-    return torch.matmul(x.to(torch.float64), w.to(torch.float64).T).to(torch.int64)
-
-
-@dataclass
-class ExpertBank:
-    """Integer weights and requantisation parameters of n experts (routed: E, shared: 1)."""
-
-    activation: str
-    rotation: int                     # Walsh-Hadamard block applied before h is quantised
-    w_up: torch.Tensor                # [n, F, D] int8 (ReLU: wi)
-    up_mult: torch.Tensor             # [n, F]  → int16 u (SwiGLU) or a (ReLU)
-    up_shift: torch.Tensor
-    hid_mult: torch.Tensor            # [n]     rotated SiLU(g)·u, or rotated ReLU(a) → int8 h
-    hid_shift: torch.Tensor
-    w_down: torch.Tensor              # [n, D, F] int8, rotated to match h
-    down_mult: torch.Tensor           # [n, D]  → int16 o at s_o
-    down_shift: torch.Tensor
-    w_gate: torch.Tensor | None = None     # [n, F, D] int8 (SwiGLU)
-    gate_mult: torch.Tensor | None = None  # [n, F]  → int24 g in units 2^-12
-    gate_shift: torch.Tensor | None = None
-
-    FIELDS = ("w_up", "up_mult", "up_shift", "hid_mult", "hid_shift", "w_down", "down_mult", "down_shift",
-              "w_gate", "gate_mult", "gate_shift")
-
-    @property
-    def n(self) -> int:
-        return self.w_up.shape[0]
-
-    def hidden(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """int8 hidden activation h [T, F] of expert e for int tokens x [T, D]."""
-        i64 = torch.int64
-        u = requantize(_gemm(x, self.w_up[e]), self.up_mult[e].to(i64), self.up_shift[e].to(i64), UP_BITS)
-        if self.activation == "relu":
-            p = u.clamp(min=0)
-        else:
-            g = requantize(_gemm(x, self.w_gate[e]), self.gate_mult[e].to(i64), self.gate_shift[e].to(i64),
-                           SILU_BITS)
-            p = silu_fixed(g) * u
-        p = fwht_blocks(p, self.rotation)
-        return requantize(p, int(self.hid_mult[e]), int(self.hid_shift[e]), HIDDEN_BITS)
-
-    def forward(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """int16 output o [T, D] of expert e (layer-wide scale s_o)."""
-        h = self.hidden(e, x)
-        i64 = torch.int64
-        return requantize(_gemm(h, self.w_down[e]), self.down_mult[e].to(i64), self.down_shift[e].to(i64), OUT_BITS)
-
-    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.{f}": getattr(self, f) for f in self.FIELDS if getattr(self, f) is not None}
-
-    @classmethod
-    def from_tensors(cls, activation: str, rotation: int, tensors: dict[str, torch.Tensor],
-                     prefix: str) -> "ExpertBank":
-        return cls(activation=activation, rotation=rotation,
-                   **{f: tensors.get(f"{prefix}.{f}") for f in cls.FIELDS})
-
-
 class QuantizedMoELayer:
     """One MoE layer in the device's integer arithmetic.
 
@@ -111,7 +53,7 @@ class QuantizedMoELayer:
                  x_scale: float, y_scale: float, o_scale: float):
         self.cfg = cfg
         self.router_weight = router_weight      # [R, D] int16: E experts (+ Qwen2 shared gate row)
-        self.router_mult = int(router_mult)     # acc → logit in units 2^-12
+        self.router_mult = int(router_mult)     # acc → logit in units 2^-16
         self.router_shift = int(router_shift)
         self.selection_bias = selection_bias    # [E] int32 Q1.15 or None
         self.experts = experts
@@ -125,13 +67,12 @@ class QuantizedMoELayer:
     # --- construction ---------------------------------------------------
     @classmethod
     def from_float(cls, weights, cfg: AccelConfig, *, calib: torch.Tensor) -> "QuantizedMoELayer":
-        from .quantize import quantize_layer
-        return quantize_layer(weights, cfg, calib)
+        """Quantise float weights (`FloatMoEWeights`) for `cfg`, calibrated on the tokens `calib`."""
+        return cls(cfg, **quantize_layer(weights, cfg, calib))
 
     @classmethod
     def from_hf(cls, block, cfg: AccelConfig, *, calib: torch.Tensor) -> "QuantizedMoELayer":
         """Import a `transformers` MoE block (fused or per-expert layout) and calibrate on `calib`."""
-        from .hf_import import float_weights_from_hf
         return cls.from_float(float_weights_from_hf(block, cfg), cfg, calib=calib)
 
     # --- integer path ---------------------------------------------------
@@ -146,7 +87,7 @@ class QuantizedMoELayer:
 
     def router_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every router row [T, R], int32 range, units 2^-16."""
-        acc = _gemm(x, self.router_weight)
+        acc = int_gemm(x, self.router_weight)
         return requantize(acc, self.router_mult, self.router_shift, LOGIT_BITS)
 
     def route_int(self, x_int8: torch.Tensor) -> RouteResult:
@@ -161,7 +102,6 @@ class QuantizedMoELayer:
         indices, gates = route_from_logits(routed, cfg, bias)
         T = x.shape[0]
         if cfg.shared_gate == "sigmoid":
-            from .fixed_point import sigmoid_exact
             shared_gate = sigmoid_exact(logits[:, cfg.n_experts])
         elif cfg.shared_d_ff:
             shared_gate = torch.full((T,), GATE_ONE, dtype=torch.int64)
@@ -214,7 +154,7 @@ class QuantizedMoELayer:
     def forward_int(self, x_int8: torch.Tensor) -> torch.Tensor:
         """int8 tokens [T, d_model] → int8 outputs [T, d_model], exactly as the device computes:
         ``rq_8(partial_int(x), M_y, S_y)``."""
-        return requantize(self.partial_int(x_int8), self.out_mult, self.out_shift, 8).to(torch.int8)
+        return requantize(self.partial_int(x_int8), self.out_mult, self.out_shift, Y_BITS).to(torch.int8)
 
     # --- float convenience ----------------------------------------------
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,7 +170,7 @@ class QuantizedMoELayer:
             bad = ~torch.isfinite(x)
             if bad.any():
                 raise ShapeError(_first_non_finite(x, bad))
-        return quantize_symmetric(x, self.x_scale).to(torch.int8)
+        return quantize_symmetric(x, self.x_scale, X_BITS).to(torch.int8)
 
     def dequantize_output(self, y: torch.Tensor) -> torch.Tensor:
         return y.to(torch.float32) * self.y_scale
@@ -261,10 +201,12 @@ class QuantizedMoELayer:
         return t
 
     def save(self, path: str | Path) -> None:
-        from .weight_image import save_layer
+        """Write the layer's weight image to `path` (`weight_image.save_layer`)."""
         save_layer(self, path)
 
     @classmethod
     def load(cls, path: str | Path, cfg: AccelConfig | None = None) -> "QuantizedMoELayer":
-        from .weight_image import load_layer
-        return load_layer(path, cfg)
+        """Load a weight image; with `cfg`, refuse one made for a different config
+        (`weight_image.read_layer`)."""
+        file_cfg, parts = read_layer(path, cfg)
+        return cls(file_cfg, **parts)

@@ -12,10 +12,13 @@ import torch.nn.functional as F
 
 from moeforge.config import AccelConfig
 from moeforge.errors import ShapeError
+from moeforge.spec.arith import (GATE_FRAC, HIDDEN_BITS, LOGIT_FRAC, OUT_BITS, SILU_FRAC, UP_BITS, WEIGHT_BITS,
+                                 X_BITS, Y_BITS)
 
 from .calibration import maxabs_scale, mse_scale, per_channel_weight_scale
-from .fixed_point import GATE_FRAC, LOGIT_FRAC, SILU_FRAC, fwht_blocks, multiplier_shift, quantize_symmetric
-from .golden import OUT_BITS, UP_BITS, ExpertBank, QuantizedMoELayer
+from .expert_bank import ExpertBank
+from .fixed_point import fwht_blocks, multiplier_shift, quantize_symmetric
+from .reference import FloatMoELayer
 from .weights import FloatMoEWeights
 
 __all__ = ["quantize_layer"]
@@ -24,10 +27,10 @@ __all__ = ["quantize_layer"]
 INT16_MARGIN = 2.0
 
 
-def _q_weight(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def _q_weight(w: torch.Tensor, bits: int = WEIGHT_BITS) -> tuple[torch.Tensor, torch.Tensor]:
     scale = per_channel_weight_scale(w, bits)
     q = quantize_symmetric(w, scale[..., None], bits)
-    return q.to(torch.int8 if bits == 8 else torch.int16), scale
+    return q.to(torch.int8 if bits == WEIGHT_BITS else torch.int16), scale
 
 
 def _encode(real: torch.Tensor | float, what: str):
@@ -67,10 +70,10 @@ def _bank(w_gate, w_up, w_down, activation: str, rotation: int, x_hat: torch.Ten
         else:
             p, unit = F.silu(x_hat @ w_gate[e].T) * u, 2.0 ** -SILU_FRAC * s_u
         h = _rotate(p, rotation)
-        s_h = mse_scale(h, 8)
+        s_h = mse_scale(h, HIDDEN_BITS)
         hid_enc.append(_encode(unit / (rotation ** 0.5 * s_h), f"expert {e} hidden"))
         hid_scales.append(s_h)
-        h_hat = torch.clamp(torch.round(h / s_h), -128, 127) * s_h
+        h_hat = torch.clamp(torch.round(h / s_h), -(1 << (HIDDEN_BITS - 1)), (1 << (HIDDEN_BITS - 1)) - 1) * s_h
         outs.append(h_hat @ w_down_rot[e].T)
     bank = dict(w_up=up_q, w_down=down_q, rotation=rotation)
     bank["up_mult"], bank["up_shift"] = _stack(up_enc)
@@ -87,9 +90,17 @@ def _finish_bank(bank: dict, hid_scales, down_s, o_scale: float, activation: str
     return ExpertBank(activation=activation, **bank)
 
 
-def quantize_layer(weights: FloatMoEWeights, cfg: AccelConfig, calib: torch.Tensor) -> QuantizedMoELayer:
-    from .reference import FloatMoELayer
+def quantize_layer(weights: FloatMoEWeights, cfg: AccelConfig, calib: torch.Tensor) -> dict:
+    """Quantise `weights` for `cfg`, calibrated on the float tokens `calib` [N, d_model].
 
+    Returns the layer's parts, `QuantizedMoELayer`'s keyword arguments after `cfg`
+    (``QuantizedMoELayer.from_float`` builds the layer from them).
+
+    Raises
+    ------
+    ShapeError
+        If `calib` is not a float tensor [N > 0, d_model], or a scale cannot be encoded.
+    """
     w = weights.float().check(cfg)
     if not isinstance(calib, torch.Tensor) or not torch.is_floating_point(calib):
         raise ShapeError("calib must be a float tensor of tokens [N, d_model]")
@@ -97,7 +108,7 @@ def quantize_layer(weights: FloatMoEWeights, cfg: AccelConfig, calib: torch.Tens
     if calib.shape[1] != cfg.d_model or calib.shape[0] == 0:
         raise ShapeError(f"calib shape {list(calib.shape)} is not [N > 0, d_model={cfg.d_model}]")
 
-    x_scale = mse_scale(calib, 8)
+    x_scale = mse_scale(calib, X_BITS)
     x_hat = (quantize_symmetric(calib, x_scale).to(torch.float64) * x_scale).to(torch.float32)
 
     # Router: one scale over every row, so logits of all experts share a fixed point.
@@ -123,10 +134,9 @@ def quantize_layer(weights: FloatMoEWeights, cfg: AccelConfig, calib: torch.Tens
     shared = _finish_bank(sh, sh_hid_s, sh_down_s, o_scale, cfg.activation) if sh is not None else None
 
     y_ref = FloatMoELayer(cfg, w).forward(x_hat)
-    y_scale = mse_scale(y_ref, 8)
+    y_scale = mse_scale(y_ref, Y_BITS)
     out_mult, out_shift = _encode(o_scale * 2.0 ** -GATE_FRAC / y_scale, "combiner output")
 
-    return QuantizedMoELayer(cfg, router_weight=router_weight, router_mult=router_mult, router_shift=router_shift,
-                             selection_bias=sel_bias, experts=experts, shared=shared,
-                             out_mult=out_mult, out_shift=out_shift,
-                             x_scale=x_scale, y_scale=y_scale, o_scale=o_scale)
+    return dict(router_weight=router_weight, router_mult=router_mult, router_shift=router_shift,
+                selection_bias=sel_bias, experts=experts, shared=shared, out_mult=out_mult, out_shift=out_shift,
+                x_scale=x_scale, y_scale=y_scale, o_scale=o_scale)

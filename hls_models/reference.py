@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from moeforge.config import AccelConfig
 from moeforge.errors import ShapeError
 
+from .hf_import import float_weights_from_hf
 from .weights import FloatMoEWeights
 
 __all__ = ["FloatMoELayer"]
@@ -28,7 +29,7 @@ class FloatMoELayer:
 
     @classmethod
     def from_hf(cls, block, cfg: AccelConfig) -> "FloatMoELayer":
-        from .hf_import import float_weights_from_hf
+        """The float reference of a `transformers` MoE block (fused or per-expert layout)."""
         return cls(cfg, float_weights_from_hf(block, cfg))
 
     # --- routing --------------------------------------------------------

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from moeforge.config import AccelConfig
+from moeforge.spec.arith import GATE_ONE, RSF_FRAC
 
-from .fixed_point import GATE_ONE, RSF_FRAC, exp_neg, round_shift, sigmoid_exact
+from .fixed_point import exp_neg, round_shift, sigmoid_exact
 
 __all__ = ["RouteResult", "route_from_logits", "topk_lowest_index", "rsf_fixed"]
 

@@ -19,7 +19,9 @@ from moeforge.config import AccelConfig
 from moeforge.errors import ConfigError, WeightsError
 from moeforge.outputs import temporary_beside
 
-__all__ = ["save_layer", "load_layer", "digest", "FORMAT", "DIGEST_KEY"]
+from .expert_bank import ExpertBank
+
+__all__ = ["save_layer", "read_layer", "digest", "FORMAT", "DIGEST_KEY"]
 
 FORMAT = "moeforge-layer/2"
 OLD_FORMATS = ("moeforge-layer/1",)
@@ -86,7 +88,6 @@ def _expect(tensors, name, shape, dtype, path):
 
 
 def _bank(tensors, prefix, n, F, D, activation, rotation, path):
-    from .golden import ExpertBank
     i8, i32 = torch.int8, torch.int32
     spec = {"w_up": ((n, F, D), i8), "up_mult": ((n, F), i32), "up_shift": ((n, F), i32),
             "hid_mult": ((n,), i32), "hid_shift": ((n,), i32),
@@ -97,12 +98,20 @@ def _bank(tensors, prefix, n, F, D, activation, rotation, path):
     return ExpertBank(activation=activation, rotation=rotation, **fields), {f"{prefix}.{f}" for f in spec}
 
 
-def load_layer(path: str | Path, cfg: AccelConfig | None = None):
-    """Load a weight image; with `cfg`, refuse an image made for a different config."""
+def read_layer(path: str | Path, cfg: AccelConfig | None = None) -> tuple[AccelConfig, dict]:
+    """Read a weight image: the config it was made for and the layer's parts
+    (`QuantizedMoELayer`'s keyword arguments after the config; ``QuantizedMoELayer.load``
+    builds the layer from them).
+
+    Raises
+    ------
+    WeightsError
+        If the file is missing, unreadable, damaged, of another format, or (with `cfg`) made
+        for a different config.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
-    from .golden import QuantizedMoELayer
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weight file")
@@ -151,7 +160,6 @@ def load_layer(path: str | Path, cfg: AccelConfig | None = None):
     extra = sorted(set(tensors) - used)
     if extra:
         raise WeightsError(f"{path}: unexpected tensor {extra[0]!r} for this config")
-    return QuantizedMoELayer(c, router_weight=router, router_mult=scalars["router.mult"],
-                             router_shift=scalars["router.shift"], selection_bias=bias,
-                             experts=experts, shared=shared, out_mult=scalars["combiner.mult"],
-                             out_shift=scalars["combiner.shift"], **scales)
+    return c, dict(router_weight=router, router_mult=scalars["router.mult"], router_shift=scalars["router.shift"],
+                   selection_bias=bias, experts=experts, shared=shared, out_mult=scalars["combiner.mult"],
+                   out_shift=scalars["combiner.shift"], **scales)

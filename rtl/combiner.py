@@ -117,17 +117,11 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from moeforge.config import AccelConfig
+from moeforge.spec.arith import GATE_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS, Y_BITS
 
 from .arith import round_shift, saturate
 
-__all__ = ["Combiner", "contrib_layout", "flush_layout", "y_layout", "accumulator_width",
-           "O_BITS", "GATE_BITS", "Y_BITS"]
-
-O_BITS = 16        # expert outputs: int16 at the layer-wide scale s_o (golden.OUT_BITS)
-GATE_BITS = 22     # unsigned gate weights: Q1.15 after routed scaling (factor <= 64)
-Y_BITS = 8         # the device's output
-MULT_BITS = 16     # M_y, unsigned, normalised to [2^15, 2^16)
-SHIFT_BITS = 6     # S_y in [1, 62]
+__all__ = ["Combiner", "contrib_layout", "flush_layout", "y_layout", "accumulator_width"]
 
 
 def _check_int(name: str, value, lo: int, hi: int) -> None:
@@ -143,7 +137,7 @@ def accumulator_width(max_terms: int) -> int:
     ``38 + ceil(log2 max_terms)``: one product needs 38 signed bits (see the module docstring).
     """
     _check_int("max_terms", max_terms, 1, 1024)
-    return O_BITS + GATE_BITS + (max_terms - 1).bit_length()
+    return OUT_BITS + GATE_BITS + (max_terms - 1).bit_length()
 
 
 def _index_bits(t_max: int) -> int:
@@ -156,7 +150,7 @@ def contrib_layout(*, t_max: int, lanes: int) -> data.StructLayout:
     return data.StructLayout({
         "token": unsigned(_index_bits(t_max)),
         "gate": unsigned(GATE_BITS),
-        "data": data.ArrayLayout(signed(O_BITS), lanes),
+        "data": data.ArrayLayout(signed(OUT_BITS), lanes),
         "last": unsigned(1),
     })
 
@@ -276,7 +270,7 @@ class Combiner(wiring.Component):
         addr_bits = max(1, (depth - 1).bit_length())
         beat_bits = max(1, (bpt - 1).bit_length())
         tok_bits = _index_bits(t_max)
-        prod_bits = O_BITS + GATE_BITS
+        prod_bits = OUT_BITS + GATE_BITS
 
         word = data.ArrayLayout(signed(aw), lanes)
         # Depth at least 2: a one-word memory would have a zero-width address.
@@ -307,7 +301,7 @@ class Combiner(wiring.Component):
         s1_token = Signal(tok_bits)
         s1_last = Signal()
         s1_gate = Signal(GATE_BITS)
-        s1_data = Signal(data.ArrayLayout(signed(O_BITS), lanes))
+        s1_data = Signal(data.ArrayLayout(signed(OUT_BITS), lanes))
         m.d.sync += s1_valid.eq(accept)
         with m.If(accept):
             m.d.sync += [

@@ -39,9 +39,9 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .combiner import GATE_BITS
+from moeforge.spec.arith import GATE_BITS, SHARED_GATE_BITS
+
 from .mac_array import check_int, index_shape
-from .router import SHARED_GATE_BITS
 
 __all__ = ["Dispatch", "pick"]
 

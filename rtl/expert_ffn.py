@@ -121,16 +121,14 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from moeforge.config import AccelConfig
-from moeforge.hls_models.fixed_point import MULT_BITS
-from moeforge.hls_models.golden import OUT_BITS
+from moeforge.spec.arith import ACC_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS, SHIFT_MAX, SHIFT_MIN
 
 from .arith import round_shift, saturate
 from .hidden import HiddenUnit, hidden_image
-from .mac_array import ACC_BITS, COUNTER_BITS, MACArray, check_int, index_shape, weight_word
+from .mac_array import COUNTER_BITS, MACArray, check_int, index_shape, weight_word
 
 __all__ = ["ExpertFFN", "ExpertImageLayout", "expert_image"]
 
-SHIFT_BITS = 6
 PARAM_BITS = MULT_BITS + SHIFT_BITS       # one (M, S) pair: 22 bits
 
 
@@ -218,7 +216,7 @@ def expert_image(bank, e: int, cfg: AccelConfig) -> list[int]:
     for n in range(D):
         m, s = int(bank.down_mult[e, n]), int(bank.down_shift[e, n])
         check_int(f"down multiplier {n}", m, 0, (1 << MULT_BITS) - 1)
-        check_int(f"down shift {n}", s, 1, 62)
+        check_int(f"down shift {n}", s, SHIFT_MIN, SHIFT_MAX)
         words += _pack_value(m | s << MULT_BITS, PARAM_BITS, lay.dpw, wb)
     mats = {"up": bank.w_up[e].tolist()}
     if lay.swiglu:

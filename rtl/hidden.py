@@ -93,22 +93,17 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from moeforge.config import AccelConfig
-from moeforge.hls_models.fixed_point import (GATE_FRAC, GATE_ONE, MULT_BITS, SIG_SIZE,
-                                             SIG_STEP_SHIFT, SILU_BITS, sigmoid_lut)
-from moeforge.hls_models.golden import HIDDEN_BITS, UP_BITS
+from moeforge.config import ACTIVATIONS, AccelConfig
+from moeforge.hls_models.fixed_point import sigmoid_lut
+from moeforge.spec.arith import (ACC_BITS, GATE_FRAC, GATE_ONE, HIDDEN_BITS, MULT_BITS, SHIFT_BITS, SHIFT_MAX,
+                                 SHIFT_MIN, SIG_LIMIT, SIG_SIZE, SIG_STEP_SHIFT, SILU_BITS, UP_BITS)
 
 from .arith import round_shift, saturate
 
 __all__ = ["HiddenUnit", "HiddenAddressMap", "hidden_image", "acc_layout", "h_layout",
-           "channel_layout", "hid_layout", "sigmoid_rom", "ACTIVATIONS", "ACC_BITS",
-           "SHIFT_BITS", "P_BITS"]
+           "channel_layout", "hid_layout", "sigmoid_rom", "P_BITS"]
 
-ACTIVATIONS = ("relu", "swiglu")
-ACC_BITS = 32                     # GEMM accumulators: int32
-SHIFT_BITS = 6                    # requantisation shifts: [1, 62]
 P_BITS = {"swiglu": SILU_BITS + UP_BITS, "relu": UP_BITS}   # p = t·u (int40), or max(0, u)
-SIG_LIMIT = (SIG_SIZE // 2) << SIG_STEP_SHIFT               # 8.0 in units 2^-12: 32768
 MAX_LANES = 1024
 MAX_ROTATION = 64
 
@@ -219,7 +214,7 @@ class HiddenAddressMap:
     def _mult_shift(what: str, mult, shift) -> tuple[int, int]:
         mult, shift = int(mult), int(shift)
         _check_int(f"{what} multiplier", mult, 0, (1 << MULT_BITS) - 1)
-        _check_int(f"{what} shift", shift, 1, 62)
+        _check_int(f"{what} shift", shift, SHIFT_MIN, SHIFT_MAX)
         return mult, shift
 
     def channel_word(self, *, up_mult, up_shift, gate_mult=None, gate_shift=None) -> int:

@@ -64,10 +64,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-__all__ = ["MACArray", "ACC_BITS", "COUNTER_BITS", "check_int", "index_shape", "weight_word"]
+from moeforge.spec.arith import ACC_BITS, PROD_BITS, WEIGHT_BITS
 
-ACC_BITS = 32        # int32 accumulators (docs/arithmetic.md §4)
-PROD_BITS = 16       # int8 · int8 fits signed 16 bits (-128·-128 = 16384)
+__all__ = ["MACArray", "COUNTER_BITS", "check_int", "index_shape", "weight_word"]
+
 COUNTER_BITS = 32
 
 
@@ -86,7 +86,7 @@ def index_shape(count: int) -> Shape:
 
 def weight_word(cols: int) -> data.ArrayLayout:
     """One weight (or activation) word: ``cols`` int8, element 0 in the low byte."""
-    return data.ArrayLayout(signed(8), cols)
+    return data.ArrayLayout(signed(WEIGHT_BITS), cols)
 
 
 class MACArray(wiring.Component):

@@ -33,6 +33,8 @@ from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from moeforge.spec.arith import ACC_BITS, MULT_BITS, SHIFT_BITS, Y_BITS
+
 from .arith import round_shift, saturate
 
 __all__ = ["Requantiser", "requantiser_input_layout", "requantiser_output_layout"]
@@ -45,8 +47,8 @@ def _check_int(name: str, value, lo: int, hi: int) -> None:
         raise ValueError(f"{name} must be in [{lo}, {hi}], not {value!r}")
 
 
-def requantiser_input_layout(*, in_width: int, lanes: int, mult_bits: int = 16,
-                             shift_bits: int = 6) -> data.StructLayout:
+def requantiser_input_layout(*, in_width: int, lanes: int, mult_bits: int = MULT_BITS,
+                             shift_bits: int = SHIFT_BITS) -> data.StructLayout:
     """Input payload: ``acc`` (lanes × signed in_width), ``mult`` (lanes × unsigned mult_bits),
     ``shift`` (unsigned shift_bits, one per beat). Fields are packed LSB first in that order."""
     return data.StructLayout({
@@ -73,9 +75,10 @@ class Requantiser(wiring.Component):
     lanes : int
         Values per beat, in [1, 1024].
     mult_bits : int
-        Multiplier width (unsigned); ``fixed_point.MULT_BITS`` (16) on the device.
+        Multiplier width (unsigned); ``spec.arith.MULT_BITS`` (16) on the device.
     shift_bits : int
-        Width of the per-beat shift field; 6 holds the device's ``S`` in [1, 62].
+        Width of the per-beat shift field; ``spec.arith.SHIFT_BITS`` (6) holds the device's ``S``
+        in [1, 62].
 
     Attributes
     ----------
@@ -94,8 +97,8 @@ class Requantiser(wiring.Component):
 
     latency = 3
 
-    def __init__(self, *, in_width: int = 32, out_bits: int = 8, lanes: int = 1,
-                 mult_bits: int = 16, shift_bits: int = 6):
+    def __init__(self, *, in_width: int = ACC_BITS, out_bits: int = Y_BITS, lanes: int = 1,
+                 mult_bits: int = MULT_BITS, shift_bits: int = SHIFT_BITS):
         _check_int("in_width", in_width, 2, 64)
         _check_int("out_bits", out_bits, 2, 64)
         _check_int("lanes", lanes, 1, 1024)

@@ -100,29 +100,19 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from moeforge.config import AccelConfig
+from moeforge.config import GROUP_SCORES, ROUTINGS, AccelConfig
+from moeforge.spec.arith import (BIAS_BITS, EXP_A_LIMIT, EXP_ARG_SHIFT, EXP_HI_SHIFT, EXP_HI_SIZE, EXP_LO_SIZE,
+                                 EXP_ROM_BITS, GATE_BITS, GATE_FRAC, GATE_ONE, LOGIT_BITS, MULT_BITS, QUO_BITS,
+                                 RSF_FRAC, RSF_MAX, SHARED_GATE_BITS, SHIFT_BITS, SHIFT_MAX, SHIFT_MIN, SIG_BITS,
+                                 X_BITS)
 
 from .arith import round_shift, saturate
 from .divider import divider_logic, divider_op_layout, divider_result_layout
-from .router_tables import (EXP_A_LIMIT, EXP_ARG_SHIFT, EXP_HI_SHIFT, EXP_HI_SIZE, EXP_LO_SIZE,
-                            EXP_ROM_BITS, GATE_FRAC, GATE_ONE, exp_hi_rom, exp_lo_rom)
+from .router_tables import exp_hi_rom, exp_lo_rom
 
-__all__ = ["Router", "RouterAddressMap", "router_image", "token_layout", "route_layout",
-           "LOGIT_BITS", "GATE_BITS", "SHARED_GATE_BITS", "RSF_FRAC", "DEFAULT_LANES"]
+__all__ = ["Router", "RouterAddressMap", "router_image", "token_layout", "route_layout", "DEFAULT_LANES"]
 
-LOGIT_BITS = 32          # router logits: int32, units 2^-16 (golden.LOGIT_BITS)
-GATE_BITS = 22           # routed gates after scaling: <= 2^15 · 64 = 2^21
-SHARED_GATE_BITS = 16    # Q1.15, <= 32768
-RSF_FRAC = 12            # routed scaling factor: Q.12
-RSF_MAX = 64 << RSF_FRAC
-MULT_BITS = 16
-SHIFT_BITS = 6
-BIAS_BITS = 32
-SIG_BITS = 16            # SIG values and EXP values: <= 32768
-QUO_BITS = 16            # div15 quotients are <= 2^15 (numerator <= denominator)
 DEFAULT_LANES = 8
-ROUTINGS = ("softmax_topk", "topk_softmax", "sigmoid_topk")
-GROUP_SCORES = ("max", "top2_sum")
 SHARED_GATES = ("none", "always", "sigmoid")
 
 
@@ -153,7 +143,7 @@ def _pick(values, index):
 
 def token_layout(*, lanes: int) -> data.StructLayout:
     """``i_tokens`` payload: ``data`` (lanes × signed 8, lane 0 in the low bits), ``last``."""
-    return data.StructLayout({"data": data.ArrayLayout(signed(8), lanes), "last": unsigned(1)})
+    return data.StructLayout({"data": data.ArrayLayout(signed(X_BITS), lanes), "last": unsigned(1)})
 
 
 def route_layout(*, n_experts: int, top_k: int) -> data.StructLayout:
@@ -268,7 +258,7 @@ def router_image(q, *, lanes: int = DEFAULT_LANES) -> list[tuple[int, int]]:
                            amap.weight_word(row[s * lanes:(s + 1) * lanes])))
     mult, shift = int(q.router_mult), int(q.router_shift)
     _check_int("router_mult", mult, 0, (1 << MULT_BITS) - 1)
-    _check_int("router_shift", shift, 1, 62)
+    _check_int("router_shift", shift, SHIFT_MIN, SHIFT_MAX)
     writes += [(amap.mult, mult), (amap.shift, shift)]
     if cfg.selection_bias:
         bias = [int(b) for b in q.selection_bias.tolist()]
@@ -486,7 +476,7 @@ class Router(wiring.Component):
             return state.eq(code[name])
 
         # ---------------------------------------------------------------- memories
-        m.submodules.x_mem = x_mem = Memory(shape=data.ArrayLayout(signed(8), lanes),
+        m.submodules.x_mem = x_mem = Memory(shape=data.ArrayLayout(signed(X_BITS), lanes),
                                             depth=max(2, S), init=[])
         m.submodules.w_mem = w_mem = Memory(shape=data.ArrayLayout(signed(rb), lanes),
                                             depth=max(2, R * S), init=[])

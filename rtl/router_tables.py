@@ -1,4 +1,5 @@
-"""ROM contents and constants of the router's EXP unit, from `hls_models.fixed_point` (one source).
+"""ROM contents and constants of the router's EXP unit: the tables of `hls_models.fixed_point`,
+the constants of `moeforge.spec.arith` (one source each).
 
 ``EXP(d)`` for ``d >= 0`` in units 2^-16 (docs/arithmetic.md §3.2)::
 
@@ -13,18 +14,9 @@ as plain lists of ints, unsigned 16 bits each (`EXP_ROM_BITS`).
 from __future__ import annotations
 
 from moeforge.hls_models import fixed_point as fp
+from moeforge.spec.arith import EXP_HI_SIZE, EXP_LO_SIZE, EXP_ROM_BITS
 
-__all__ = ["EXP_ARG_SHIFT", "EXP_HI_SHIFT", "EXP_HI_SIZE", "EXP_LO_SIZE", "EXP_A_LIMIT",
-           "EXP_ROM_BITS", "GATE_FRAC", "GATE_ONE", "exp_hi_rom", "exp_lo_rom"]
-
-EXP_ARG_SHIFT = fp.EXP_ARG_SHIFT            # 4: 2^-16 → 2^-12
-EXP_HI_SHIFT = fp.EXP_HI_SHIFT              # 7: a >> 7 indexes HI
-EXP_HI_SIZE = fp.EXP_HI_SIZE                # 512
-EXP_LO_SIZE = fp.EXP_LO_SIZE                # 128
-EXP_A_LIMIT = EXP_HI_SIZE << EXP_HI_SHIFT   # 65536: from here EXP = 0
-GATE_FRAC = fp.GATE_FRAC                    # 15
-GATE_ONE = fp.GATE_ONE                      # 32768
-EXP_ROM_BITS = 16                           # every entry is at most 32768
+__all__ = ["exp_hi_rom", "exp_lo_rom"]
 
 
 def exp_hi_rom() -> list[int]:

@@ -1,15 +1,18 @@
 """The integer primitives of docs/arithmetic.md: rounding, saturation, tables, multipliers."""
 
+import ast
 import math
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
 
 from moeforge.hls_models.fixed_point import (
-    EXP_D_MAX, GATE_ONE, LOGIT_FRAC, MULT_BITS, exp_neg, multiplier_shift, requantize,
-    round_shift, saturate, sigmoid_exact, silu_fixed,
+    exp_neg, multiplier_shift, requantize, round_shift, saturate, sigmoid_exact, silu_fixed,
 )
+from moeforge.spec import arith
+from moeforge.spec.arith import EXP_D_MAX, GATE_ONE, LOGIT_FRAC, MULT_BITS
 
 I64 = torch.int64
 
@@ -125,3 +128,35 @@ def test_silu_table_accuracy():
     ref = x * torch.sigmoid(x)
     # LUT step 1/64: |Δσ| ≤ 0.25/128, so |ΔSiLU| ≤ |x|/512 + rounding
     assert ((y - ref).abs() <= x.abs() / 512 + 2 / 4096 + x.abs() * math.exp(-8)).all()
+
+
+# --- one source for the arithmetic's numbers -------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_FOLDERS = ("moeforge", "hls_models", "rtl", "sim", "host_runtime", "fpga_boards")
+
+
+def test_spec_arith_is_plain_python():
+    """`moeforge.spec.arith` imports nothing (no torch, no Amaranth, nothing of the project)
+    and every name it exports is an int."""
+    tree = ast.parse((ROOT / "moeforge" / "spec" / "arith.py").read_text())
+    imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert [getattr(n, "module", None) for n in imports] == ["__future__"]
+    assert all(type(getattr(arith, name)) is int for name in arith.__all__)
+
+
+def test_no_arithmetic_number_declared_twice():
+    """No module of the package assigns a name of `moeforge.spec.arith` (``MULT_BITS = 16`` in
+    the RTL, say): the golden model and the RTL import the one definition."""
+    names = set(arith.__all__)
+    found = []
+    for folder in PACKAGE_FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path == ROOT / "moeforge" / "spec" / "arith.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                targets = node.targets if isinstance(node, ast.Assign) else \
+                    [node.target] if isinstance(node, ast.AnnAssign) else []
+                found += [f"{path.relative_to(ROOT)}:{node.lineno} {t.id}" for t in targets
+                          if isinstance(t, ast.Name) and t.id in names]
+    assert not found, "declared again: " + ", ".join(found)

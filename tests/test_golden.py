@@ -1,10 +1,14 @@
 """Golden-model invariants: dtypes, determinism, batch independence, saturation, ties, errors."""
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 
 from moeforge import ShapeError, WeightsError
 from moeforge.hls_models import QuantizedMoELayer, family_configs, make_hf_block, make_hf_input
+from moeforge.hls_models.expert_bank import int_gemm
 
 FAMILIES = family_configs()
 
@@ -190,3 +194,64 @@ def test_weight_image_refuses_other_config_and_damage(tmp_path):
     with pytest.raises(WeightsError, match="not a moeforge layer image"):
         QuantizedMoELayer.load(tmp_path / "other.safetensors")
     assert p.read_bytes() == good  # failed loads never touch the file
+
+
+# --- the package's structure ------------------------------------------------------------
+
+HLS = Path(__file__).resolve().parents[1] / "hls_models"
+
+
+def _project_imports(path: Path):
+    """(module, names, top_level) of every import of a moeforge module in one hls_models file."""
+    tree = ast.parse(path.read_text(), str(path))
+    top = set(map(id, tree.body))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1:
+                mod = "moeforge.hls_models" + (f".{node.module}" if node.module else "")
+            elif node.level == 0 and (node.module or "").startswith("moeforge"):
+                mod = node.module
+            else:
+                continue
+            yield mod, [a.name for a in node.names], id(node) in top
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("moeforge"):
+                    yield a.name, [], id(node) in top
+
+
+def test_hls_models_imports_point_one_way():
+    """No cycle among hls_models' modules, every project import at module level (none hidden in a
+    function to dodge a cycle), and no private name taken from another module."""
+    graph = {}
+    for path in sorted(HLS.glob("*.py")):
+        me = "moeforge.hls_models" + ("" if path.stem == "__init__" else f".{path.stem}")
+        deps = graph.setdefault(me, set())
+        for mod, names, top_level in _project_imports(path):
+            assert top_level, f"{path.name} imports {mod} inside a function"
+            private = [n for n in names if n.startswith("_")]
+            assert not private, f"{path.name} takes the private {private} from {mod}"
+            if mod.startswith("moeforge.hls_models.") and path.stem != "__init__":
+                deps.add(mod)
+    state = {}
+
+    def visit(m, trail):
+        if state.get(m) == "done":
+            return
+        assert state.get(m) != "open", f"import cycle: {' -> '.join(trail + [m])}"
+        state[m] = "open"
+        for d in sorted(graph.get(m, ())):
+            visit(d, trail + [m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        visit(m, [])
+
+
+def test_int_gemm_is_exact_integer_matmul():
+    """`int_gemm`, the public GEMM the unit checks share with the golden model, is x @ w.T exactly."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(-128, 128, (7, 300), generator=g)
+    w = torch.randint(-128, 128, (9, 300), generator=g)
+    assert torch.equal(int_gemm(x, w), x @ w.T)
+    assert int_gemm(x, w).dtype == torch.int64

@@ -30,10 +30,11 @@ import torch
 from moeforge.hls_models import QuantizedMoELayer
 from moeforge.hls_models.fixed_point import requantize
 from moeforge.hls_models.hf_random import family_configs, make_hf_block, make_hf_input
-from moeforge.rtl.combiner import GATE_BITS, Combiner, accumulator_width
+from moeforge.rtl.combiner import Combiner, accumulator_width
 from moeforge.rtl.export import to_verilog, verilog_ports
 from moeforge.sim.build import run_cocotb
 from moeforge.sim.toolchain import verilator_lint
+from moeforge.spec.arith import GATE_BITS
 
 COCOTB_MODULE = "moeforge.sim.benches.combiner"
 LANES = {"x8": 8, "x16": 16}

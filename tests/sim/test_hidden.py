@@ -41,8 +41,9 @@ import pytest
 import torch
 
 from moeforge.hls_models import QuantizedMoELayer
+from moeforge.hls_models.expert_bank import ExpertBank
+from moeforge.hls_models.expert_bank import int_gemm as _gemm
 from moeforge.hls_models.fixed_point import requantize
-from moeforge.hls_models.golden import ExpertBank, _gemm
 from moeforge.hls_models.hf_random import family_configs, make_hf_block, make_hf_input
 from moeforge.rtl.export import to_verilog, verilog_ports
 from moeforge.rtl.hidden import (HiddenAddressMap, HiddenUnit, channel_layout, hid_layout,

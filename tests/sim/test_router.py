@@ -36,11 +36,11 @@ from moeforge.hls_models import QuantizedMoELayer
 from moeforge.hls_models.hf_random import family_configs, make_hf_block, make_hf_input
 from moeforge.rtl.divider import Divider
 from moeforge.rtl.export import to_verilog, verilog_ports
-from moeforge.rtl.router import (GATE_BITS, Router, RouterAddressMap, route_layout, router_image,
-                                 token_layout)
+from moeforge.rtl.router import Router, RouterAddressMap, route_layout, router_image, token_layout
 from moeforge.sim.build import run_cocotb
 from moeforge.sim.stream import pack_layout, unpack_layout
 from moeforge.sim.toolchain import verilator_lint
+from moeforge.spec.arith import GATE_BITS
 
 COCOTB_MODULE = "moeforge.sim.benches.router"
 
