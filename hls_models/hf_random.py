@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -31,26 +32,47 @@ HF_BLOCKS = {
 SELECTION_BIAS_RANGE = 0.05  # DeepSeek-V3 e_score_correction_bias ~ U[-0.05, 0.05]
 
 
-def family_configs() -> dict[str, AccelConfig]:
-    """One small config (d_model=64) per family, shared by the reference and accuracy tests."""
-    base = dict(d_model=64, d_ff=64, n_experts=8)
-    return {
-        "switch": AccelConfig(name="switch-small", family="switch", **base, top_k=1, activation="relu"),
-        "mixtral": AccelConfig(name="mixtral-small", family="mixtral", **base, top_k=2,
-                               routing="topk_softmax", renormalize=True),
-        "qwen2_moe": AccelConfig(name="qwen2-moe-small", family="qwen2_moe", **base, top_k=2,
-                                 shared_d_ff=64, shared_gate="sigmoid"),
-        "qwen3_moe": AccelConfig(name="qwen3-moe-small", family="qwen3_moe", **base, top_k=2, renormalize=True),
-        "olmoe": AccelConfig(name="olmoe-small", family="olmoe", **base, top_k=2),
-        "deepseek_v2": AccelConfig(name="deepseek-v2-small", family="deepseek_v2", **base, top_k=2,
-                                   n_group=4, topk_group=2, group_score="max",
-                                   routed_scaling_factor=2.0, shared_d_ff=64),
-        # d_ff=32: DeepSeek's shared expert is n_shared_experts × moe_intermediate_size wide.
-        "deepseek_v3": AccelConfig(name="deepseek-v3-small", family="deepseek_v3", d_model=64, d_ff=32,
-                                   n_experts=16, top_k=4, routing="sigmoid_topk", renormalize=True,
-                                   n_group=4, topk_group=2, group_score="top2_sum", selection_bias=True,
-                                   routed_scaling_factor=2.5, shared_d_ff=32),
-    }
+# The example configs (one per family) that `family_configs` scales down.
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# The sizes of the small test layers; every other field of [model], [routing] and [precision]
+# is the family's example config's, and [hardware] is AccelConfig's default.
+SMALL_SIZES = {
+    "switch": dict(d_model=64, d_ff=64, n_experts=8, top_k=1),
+    "mixtral": dict(d_model=64, d_ff=64, n_experts=8, top_k=2),
+    "qwen2_moe": dict(d_model=64, d_ff=64, n_experts=8, top_k=2, shared_d_ff=64),
+    "qwen3_moe": dict(d_model=64, d_ff=64, n_experts=8, top_k=2),
+    "olmoe": dict(d_model=64, d_ff=64, n_experts=8, top_k=2),
+    "deepseek_v2": dict(d_model=64, d_ff=64, n_experts=8, top_k=2, shared_d_ff=64),
+    # d_ff=32: DeepSeek's shared expert is n_shared_experts × moe_intermediate_size wide.
+    "deepseek_v3": dict(d_model=64, d_ff=32, n_experts=16, top_k=4, shared_d_ff=32),
+}
+
+
+def family_configs(folder: str | Path = CONFIGS) -> dict[str, AccelConfig]:
+    """One small config (d_model=64) per family, shared by the reference and accuracy tests.
+
+    Each is ``configs/<family>.toml`` in `folder` at the sizes of `SMALL_SIZES`, so a family's
+    routing, activation and shared expert are written once, in its example config.
+
+    Raises
+    ------
+    ConfigError
+        If an example config is missing from `folder` or invalid, or is of another family.
+    """
+    out = {}
+    for family, sizes in SMALL_SIZES.items():
+        path = Path(folder) / f"{family}.toml"
+        if not path.is_file():
+            raise ConfigError("family", f"{path}: no example config for {family} (family_configs reads "
+                              f"the configs/ folder of a source checkout)")
+        full = AccelConfig.from_toml(path)
+        if full.family != family:
+            raise ConfigError("family", f"{path} is a {full.family} config, not {family}")
+        fields = {f: getattr(full, f) for section in ("model", "routing", "precision") for f in SECTIONS[section]}
+        fields.update(name=f"{family.replace('_', '-')}-small", **sizes)
+        out[family] = AccelConfig(**fields)
+    return out
 
 
 def _hf_module(family: str):

@@ -228,3 +228,29 @@ def test_hls_models_imports_without_transformers():
             "import moeforge.hls_models as h; h.FloatMoELayer; h.family_configs()")
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+
+
+def test_family_configs_are_the_example_configs_scaled_down(tmp_path):
+    """Each family's test layer is configs/<family>.toml at the small sizes: a routing fact
+    changed in the example config changes the test layer, and every field but the sizes (and
+    the name and hardware) is the example config's."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    sizes = {"name", "d_model", "d_ff", "n_experts", "top_k", "shared_d_ff"}
+    for family, cfg in FAMILIES.items():
+        full = AccelConfig.from_toml(root / f"{family}.toml")
+        for section in ("model", "routing", "precision"):
+            for f in set(SECTIONS[section]) - sizes:
+                assert getattr(cfg, f) == getattr(full, f), (family, f)
+    for f in root.glob("*.toml"):
+        (tmp_path / f.name).write_text(f.read_text())
+    v2 = tmp_path / "deepseek_v2.toml"
+    v2.write_text(v2.read_text().replace("routed_scaling_factor = 2.0", "routed_scaling_factor = 3.0"))
+    changed = family_configs(tmp_path)
+    assert changed["deepseek_v2"].routed_scaling_factor == 3.0
+    assert changed["deepseek_v2"].replace(routed_scaling_factor=2.0) == FAMILIES["deepseek_v2"]
+    (tmp_path / "olmoe.toml").unlink()
+    with pytest.raises(ConfigError, match="olmoe.toml: no example config"):
+        family_configs(tmp_path)
+    (tmp_path / "olmoe.toml").write_text((root / "mixtral.toml").read_text())
+    with pytest.raises(ConfigError, match="is a mixtral config, not olmoe"):
+        family_configs(tmp_path)
