@@ -20,12 +20,13 @@ import torch
 
 from moeforge.config import AccelConfig
 from moeforge.errors import ShapeError
-from moeforge.rtl.commands import (COUNTERS, PROTOCOL_VERSION, WRITE_HEADER_BYTES, CommandError,
-                                   CommandLayout, Op, check_response, encode, image_crc,
-                                   layer_writes)
+from moeforge.spec.protocol import (COUNTERS, HEADER_BYTES, IMAGE_CRC_FORMAT, LINK_VERSION,
+                                    OPCODE_BYTES, PROTOCOL_VERSION, RESPONSE_BYTES, STATUS_BYTES,
+                                    WRITE_HEADER_BYTES, CommandError, CommandLayout, Op,
+                                    check_response, config_hash, encode, image_crc, layer_writes,
+                                    parse_counters)
 
 from .errors import ConfigMismatch, DeviceCommandError, DeviceCrashed, DeviceError, NoSuchDevice
-from .framing import LINK_VERSION
 from .link import Link
 from .transports import FaultyTransport, SerialTransport, SocketTransport, Transport
 
@@ -33,6 +34,7 @@ __all__ = ["Device", "open_device", "estimate_cycles"]
 
 SIM_CYCLES_PER_SECOND = 100_000     # a floor for the simulated device's speed: run timeouts
 MIN_FRAME = 64                      # the smallest frame budget the host shrinks to under faults
+TOKENS_HEADER = OPCODE_BYTES + HEADER_BYTES[Op.WRITE_TOKENS]   # a WRITE_TOKENS packet's tokens after
 
 
 def estimate_cycles(cfg: AccelConfig, n_tokens: int, lay: CommandLayout | None = None) -> int:
@@ -65,10 +67,10 @@ class Device:
             raise DeviceCommandError(f"{transport.name}: the device's command set is version "
                                      f"{self.hello.accel_version}, this host speaks "
                                      f"{PROTOCOL_VERSION}: rebuild the device from this moeforge")
-        if cfg is not None and self.hello.config_hash != _hash(cfg):
+        if cfg is not None and self.hello.config_hash != config_hash(cfg):
             raise ConfigMismatch(f"{transport.name}: device built for config with hash "
                                  f"{self.hello.config_hash.hex()}, not {cfg.name} "
-                                 f"(hash {_hash(cfg).hex()})")
+                                 f"(hash {config_hash(cfg).hex()})")
         self._budget = self.hello.max_payload
         self._clean = 0
         self._q = None
@@ -115,7 +117,7 @@ class Device:
         `open_device_group`); the rest of the device is masked off.
 
         The device's image CRC is read before and after: it must have advanced by exactly the
-        CRC of the layer's words (``commands.image_crc``, computed from the layer, not from the
+        CRC of the layer's words (``protocol.image_crc``, computed from the layer, not from the
         packets sent), so a load corrupted anywhere between the layer and the device's
         memories is an error, not a device that runs with wrong weights.
 
@@ -126,11 +128,11 @@ class Device:
         DeviceError
             If the device's image CRC after the load is not the one of the layer sent.
         """
-        if _hash(q.cfg) != self.hello.config_hash:
+        if config_hash(q.cfg) != self.hello.config_hash:
             built = (f"config {self.cfg.name}" if self.cfg is not None
                      else f"a config with hash {self.hello.config_hash.hex()}")
             raise ConfigMismatch(f"device built for {built}, layer quantised for config "
-                                 f"{q.cfg.name} (hash {_hash(q.cfg).hex()})")
+                                 f"{q.cfg.name} (hash {config_hash(q.cfg).hex()})")
         self.cfg = self.cfg or q.cfg
         runs = layer_writes(q, self.cfg, experts=experts, shared=shared)
         total = sum(r.size for r in runs)
@@ -164,10 +166,11 @@ class Device:
         """The device's image CRC (``READ_IMAGE_CRC``): the CRC-32 of every weight byte it has
         taken since reset."""
         data = self._command(encode(Op.READ_IMAGE_CRC))
-        if len(data) != 4:
+        want = RESPONSE_BYTES[Op.READ_IMAGE_CRC]
+        if len(data) != want:
             raise DeviceCommandError(f"{self.transport.name}: image CRC answered with "
-                                     f"{len(data)} bytes, expected 4")
-        return struct.unpack("<I", data)[0]
+                                     f"{len(data)} bytes, expected {want}")
+        return struct.unpack(IMAGE_CRC_FORMAT, data)[0]
 
     def set_mask(self, experts=None, shared: bool = True) -> None:
         """Enable only ``experts`` (None: all) and the shared expert if ``shared``."""
@@ -217,7 +220,7 @@ class Device:
         start = time.perf_counter()
         t = 0
         while t < n:
-            k = min(n - t, max(1, (self._budget - 5) // d))
+            k = min(n - t, max(1, (self._budget - TOKENS_HEADER) // d))
             self._command(encode(Op.WRITE_TOKENS, t, rows[t:t + k].tolist()))
             t += k
         cps = self.transport.cycles_per_second or SIM_CYCLES_PER_SECOND
@@ -226,7 +229,7 @@ class Device:
         op = Op.READ_PARTIAL if partial else Op.READ_OUTPUT
         got, t = [], 0
         while t < n:
-            k = min(n - t, max(1, (self._budget - 1) // (d * width)))
+            k = min(n - t, max(1, (self._budget - STATUS_BYTES) // (d * width)))
             rsp = self._command(encode(op, t, k))
             if len(rsp) != k * d * width:
                 raise DeviceCommandError(f"{self.transport.name}: {k} tokens answered with "
@@ -239,7 +242,10 @@ class Device:
         else:
             y = torch.frombuffer(bytearray(raw), dtype=torch.int8).reshape(n, d).clone()
         counters = self._command(encode(Op.READ_COUNTERS))
-        self._last = dict(zip(COUNTERS, struct.unpack(f"<{len(COUNTERS)}I", counters)))
+        try:
+            self._last = parse_counters(counters)
+        except ValueError as e:
+            raise DeviceCommandError(f"{self.transport.name}: {e}") from None
         for key, v in self._last.items():
             self._totals[key] += v
         self._batches += 1
@@ -326,9 +332,6 @@ class Device:
     def __exit__(self, *exc):
         self.close()
 
-
-def _hash(cfg: AccelConfig) -> bytes:
-    return bytes.fromhex(cfg.content_hash()[:16])
 
 
 class _NoBar:

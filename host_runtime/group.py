@@ -14,6 +14,7 @@ import torch
 
 from moeforge.config import AccelConfig
 from moeforge.hls_models.fixed_point import requantize
+from moeforge.spec.arith import Y_BITS
 
 from .device import Device, open_device
 
@@ -55,7 +56,7 @@ class DeviceGroup:
             if mine.numel():
                 acc[mine] += dev._run_int8(rows[mine], partial=True)
                 self._sent[i] += mine.numel()
-        y = requantize(acc, q.out_mult, q.out_shift, 8).to(torch.int8)
+        y = requantize(acc, q.out_mult, q.out_shift, Y_BITS).to(torch.int8)
         if is_float:
             y = q.dequantize_output(y)
         return y.reshape(*lead, self.cfg.d_model)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
+from moeforge.spec.protocol import SEQ_MASK
+
 from .errors import DeviceError, DeviceNotAnswering
 from .framing import DEFAULT_MAX_PAYLOAD, FrameDecoder, FrameType, HelloReport, NackReason, encode_frame
 from .transports import Transport
@@ -83,7 +85,7 @@ class Link:
                               what=f"command 0x{packet[0]:02x}")
 
     def _exchange(self, ftype: int, payload: bytes, *, extra: float, what: str) -> bytes:
-        self._seq = (self._seq + 1) & 0xFF
+        self._seq = (self._seq + 1) & SEQ_MASK
         seq = self._seq
         frame = encode_frame(ftype, seq, payload)
         for attempt in range(self.attempts):

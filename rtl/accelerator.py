@@ -2,8 +2,8 @@
 
 It holds the `LayerCore` (token buffer, router, dispatch, expert-major scheduler, routed and
 shared expert engines, combiner, output buffer) and the `ExpertCache` between the routed engine
-and the backing memory, and decodes the commands of `moeforge.rtl.commands` (opcodes, packet
-formats and status codes are documented there). The host runtime's link delivers the command
+and the backing memory, and decodes the commands of `moeforge.spec.protocol` (opcodes, packet
+formats and status codes are specified there). The host runtime's link delivers the command
 packets and carries the responses back; in simulation a cocotb bench or the simulated device
 does.
 
@@ -20,7 +20,7 @@ batch runs.
 the backing memory's write port. Expert ``e``'s image is at word ``e · image_words``.
 
 ``error`` (out, 8 bits): the status of the last failed command since the last ``INFO`` (which
-reports and clears it); ``loaded`` (out, 4 bits): `commands.LOADED_FLAGS`; ``busy`` (out): the
+reports and clears it); ``loaded`` (out, 4 bits): `protocol.LOADED_FLAGS`; ``busy`` (out): the
 decoder is not waiting for an opcode (a command is arriving, running or answering).
 
 Command decoding
@@ -34,7 +34,7 @@ the output buffer word by word and sends its bytes; ``INFO``, ``RUN``'s cycles, 
 register as they arrive and become the mask (the core's ``expert_off``, inverted) only when the
 packet ends with them; ``READ_PARTIAL`` reads the combiner's accumulators through the core's
 ``acc_rd`` word by word and sends each value's `CommandLayout.partial_bytes` bytes, low first.
-The image CRC (`commands`, ``READ_IMAGE_CRC``) advances one byte a cycle as the bytes arrive:
+The image CRC (`protocol`, ``READ_IMAGE_CRC``) advances one byte a cycle as the bytes arrive:
 a working copy takes each data byte of a weight write (and ``SET_SCALE``'s header bytes), and
 becomes the CRC when its word is written (when ``SET_SCALE`` succeeds); a command that fails
 before that point leaves the CRC as it was, so the CRC covers exactly the words written.
@@ -52,25 +52,17 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from moeforge.config import AccelConfig
+from moeforge.spec.arith import MULT_BITS, SHIFT_BITS, SHIFT_MAX, SHIFT_MIN
+from moeforge.spec.protocol import (CACHE_COUNTERS, CORE_COUNTERS, COUNTER_BYTES, HEADER_BYTES,
+                                    LOADED_FLAGS, PROTOCOL_VERSION, RESPONSE_BYTES, CommandLayout,
+                                    Op, Status, config_hash, header_bytes)
 
-from .commands import COUNTERS, PROTOCOL_VERSION, CommandLayout, Op, Status
 from .crc32 import CRC_INIT, crc32_next
 from .expert_cache import ExpertCache
 from .layer_core import LayerCore
 from .mac_array import weight_word
 
-__all__ = ["MoEAccelerator", "byte_layout", "HEADER_BYTES", "header_bytes"]
-
-# Header bytes after the opcode; SET_EXPERT_MASK's depend on the config: see `header_bytes`.
-HEADER_BYTES = {Op.WRITE_ROUTER: 8, Op.WRITE_MEMORY: 8, Op.WRITE_SHARED: 8, Op.SET_SCALE: 3,
-                Op.WRITE_TOKENS: 4, Op.RUN: 2, Op.READ_OUTPUT: 4, Op.READ_PARTIAL: 4,
-                Op.INFO: 0, Op.READ_COUNTERS: 0, Op.INVALIDATE: 0, Op.READ_IMAGE_CRC: 0}
-
-
-def header_bytes(layout: CommandLayout) -> dict[int, int]:
-    """Every opcode's header bytes on a device of `layout`: `HEADER_BYTES`, and
-    ``SET_EXPERT_MASK``'s ``layout.mask_bytes``."""
-    return {**HEADER_BYTES, Op.SET_EXPERT_MASK: layout.mask_bytes}
+__all__ = ["MoEAccelerator", "byte_layout"]
 
 
 def byte_layout() -> data.StructLayout:
@@ -104,7 +96,7 @@ class MoEAccelerator(wiring.Component):
         self.core = LayerCore(cfg, src_loc_at=1 + src_loc_at)
         self.cache = ExpertCache.from_config(cfg, image_words=self.core.image_words,
                                              word_bits=8 * cfg.mac_cols, burst=burst)
-        self.config_hash = bytes.fromhex(cfg.content_hash()[:16])
+        self.config_hash = config_hash(cfg)
         self.mem_words = lay.memory_words
         super().__init__({
             "i_cmd": In(stream.Signature(byte_layout())),
@@ -114,7 +106,7 @@ class MoEAccelerator(wiring.Component):
             "mem_wr": Out(wiring.Signature({"addr": Out(_bits(self.mem_words)),
                                             "data": Out(8 * cfg.mac_cols), "en": Out(1)})),
             "error": Out(8),
-            "loaded": Out(4),
+            "loaded": Out(len(LOADED_FLAGS)),
             "busy": Out(1),
         }, src_loc_at=1 + src_loc_at)
 
@@ -145,7 +137,7 @@ class MoEAccelerator(wiring.Component):
 
         # -- decoder state ----------------------------------------------------------------------
         op = Signal(8)
-        hdr = Signal(64)
+        hdr = Signal(8 * max(HEADER_BYTES.values()))   # the longest fixed header
         hdr_len = Signal(8)
         idx = Signal(8)                 # header byte / word byte / payload byte index
         hdr_last = Signal()             # the header's final byte ended the packet
@@ -159,10 +151,10 @@ class MoEAccelerator(wiring.Component):
         end = Signal(33)                # addr + count of a write
         first = Signal(16)              # WRITE_TOKENS' / READ_OUTPUT's first token
         error = Signal(8)
-        ld_router, ld_scale, ld_experts, ld_shared = (Signal(name=f"loaded_{n}") for n in
-                                                      ("router", "scale", "experts", "shared"))
+        ld_router, ld_scale, ld_experts, ld_shared = (Signal(name=f"loaded_{n}")
+                                                      for n in LOADED_FLAGS)
         tokens_valid = Signal(range(T_max + 1))
-        y_mult, y_shift = Signal(16), Signal(6)
+        y_mult, y_shift = Signal(MULT_BITS), Signal(SHIFT_BITS)
         run_n = Signal(range(T_max + 1))
         m.d.comb += [self.error.eq(error), core.y_mult.eq(y_mult), core.y_shift.eq(y_shift),
                      self.loaded.eq(Cat(ld_router, ld_scale, ld_experts, ld_shared))]
@@ -219,19 +211,21 @@ class MoEAccelerator(wiring.Component):
         # response bytes
         rsp_valid, rsp_data, rsp_last = self.o_rsp.valid, self.o_rsp.payload.data, self.o_rsp.payload.last
         info_bytes = [Const(PROTOCOL_VERSION, 8), *[Const(b, 8) for b in self.config_hash],
-                      error, Cat(ld_router, ld_scale, ld_experts, ld_shared, Const(0, 4))]
-        counter_values = [getattr(core, n) for n in COUNTERS[:7]] + \
-                         [getattr(cache, n) for n in ("hits", "misses", "words_fetched",
-                                                      "prefetch_hits", "stall_cycles")]
-        assert len(counter_values) == len(COUNTERS)
+                      error, Cat(ld_router, ld_scale, ld_experts, ld_shared,
+                                 Const(0, 8 - len(LOADED_FLAGS)))]
+        assert len(info_bytes) == RESPONSE_BYTES[Op.INFO]
+        counter_values = [getattr(core, n) for n in CORE_COUNTERS] + \
+                         [getattr(cache, n) for n in CACHE_COUNTERS]
         counter_bytes = [v.as_unsigned()[8 * i:8 * i + 8] if len(v) > 8 * i else Const(0, 8)
-                         for v in counter_values for i in range(4)]
-        run_bytes = [core.cycles[8 * i:8 * i + 8] for i in range(4)]
+                         for v in counter_values for i in range(COUNTER_BYTES)]
+        assert len(counter_bytes) == RESPONSE_BYTES[Op.READ_COUNTERS]
+        run_bytes = [core.cycles[8 * i:8 * i + 8] for i in range(RESPONSE_BYTES[Op.RUN])]
         img_value = img_crc ^ CRC_INIT
-        crc_bytes = [img_value[8 * i:8 * i + 8] for i in range(4)]
+        crc_bytes = [img_value[8 * i:8 * i + 8] for i in range(RESPONSE_BYTES[Op.READ_IMAGE_CRC])]
         payload_len = Signal(8)
-        m.d.comb += payload_len.eq(Array([Const(0, 8), Const(len(info_bytes), 8), Const(4, 8),
-                                          Const(len(counter_bytes), 8), Const(4, 8)])[payload])
+        m.d.comb += payload_len.eq(Array([Const(0, 8), Const(len(info_bytes), 8),
+                                          Const(len(run_bytes), 8), Const(len(counter_bytes), 8),
+                                          Const(len(crc_bytes), 8)])[payload])
         payload_byte = Signal(8)
         with m.Switch(payload):
             with m.Case(P_INFO):
@@ -329,7 +323,7 @@ class MoEAccelerator(wiring.Component):
                     with m.Case(Op.SET_SCALE):
                         with m.If(drain):
                             fail(Status.BAD_LENGTH, drain=True)
-                        with m.Elif((hdr[16:24] < 1) | (hdr[16:24] > 62)):
+                        with m.Elif((hdr[16:24] < SHIFT_MIN) | (hdr[16:24] > SHIFT_MAX)):
                             respond(Status.OUT_OF_RANGE)
                         with m.Else():
                             m.d.sync += [y_mult.eq(h_lo16), y_shift.eq(hdr[16:22]), ld_scale.eq(1),

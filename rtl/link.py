@@ -29,9 +29,9 @@ One state machine, one frame at a time: hunt for ``0xA5``; take type, sequence, 
 an unknown type (NACK 4) or a length above ``max_payload`` (NACK 2) at once; take the payload
 into the receive buffer and the CRC, computing the CRC as the bytes arrive (`CRC32`); check
 it (NACK 1); then execute. An empty ``CMD`` is NACK 4 (after its CRC checked). A ``HELLO``
-forgets the last sequence number, writes the report's first 19 bytes (version, ``max_payload``,
-the link counters) into the response buffer, and injects the accelerator's ``INFO`` and
-``READ_COUNTERS`` commands, whose response packets follow in the buffer. A response longer
+forgets the last sequence number, writes the report's header (`HELLO_HEADER_BYTES`: version,
+``max_payload``, the link counters) into the response buffer, and injects the accelerator's
+``INFO`` and ``READ_COUNTERS`` commands, whose response packets follow in the buffer. A response longer
 than ``max_payload`` is taken to its end and answered NACK 5, and a duplicate of that command
 answers NACK 5 again. A byte missing for ``rx_timeout`` cycles mid-frame answers NACK 3 once
 the header is read and silently resumes hunting before. Frames go out with their CRC computed
@@ -50,18 +50,16 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from moeforge.host_runtime.framing import (CRC_BYTES, DEFAULT_MAX_PAYLOAD, LINK_VERSION, MAGIC,
-                                           FrameType, HelloReport, NackReason)
+from moeforge.spec.protocol import (COUNTER_BYTES, CRC_BYTES, DEFAULT_MAX_PAYLOAD, HELLO_BYTES,
+                                    HELLO_HEADER_BYTES, LINK_COUNTERS, LINK_VERSION, MAGIC,
+                                    MAX_LENGTH_FIELD, FrameType, NackReason, Op)
 
 from .accelerator import byte_layout
-from .commands import Op
 from .crc32 import CRC32
 
-__all__ = ["HostLink", "DEFAULT_RX_TIMEOUT", "HELLO_HEADER_BYTES"]
+__all__ = ["HostLink", "DEFAULT_RX_TIMEOUT"]
 
 DEFAULT_RX_TIMEOUT = 4096               # cycles without a byte mid-frame
-HELLO_HEADER_BYTES = 1 + 2 + 4 * 4      # version, max_payload, 4 link counters
-MAX_LENGTH_FIELD = 0xFFFF
 
 
 class HostLink(wiring.Component):
@@ -71,7 +69,8 @@ class HostLink(wiring.Component):
     ----------
     max_payload : int
         Longest payload received or sent, in bytes: the size of the receive buffer and of the
-        response buffer. At least the HELLO report (80 bytes), at most 65535 (the length field).
+        response buffer. At least the HELLO report (`HELLO_BYTES`, 80), at most 65535 (the
+        length field).
     rx_timeout : int
         Cycles without a byte after which a frame being received is abandoned, at least 1.
 
@@ -86,8 +85,8 @@ class HostLink(wiring.Component):
         for name, value in (("max_payload", max_payload), ("rx_timeout", rx_timeout)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an integer, not {value!r}")
-        if not HelloReport.SIZE <= max_payload <= MAX_LENGTH_FIELD:
-            raise ValueError(f"max_payload must be in [{HelloReport.SIZE}, {MAX_LENGTH_FIELD}] "
+        if not HELLO_BYTES <= max_payload <= MAX_LENGTH_FIELD:
+            raise ValueError(f"max_payload must be in [{HELLO_BYTES}, {MAX_LENGTH_FIELD}] "
                              f"(the HELLO report must fit, the length field is u16), "
                              f"not {max_payload!r}")
         if rx_timeout < 1:
@@ -142,11 +141,13 @@ class HostLink(wiring.Component):
         tx_len = Signal(16)
         m.d.comb += tx_len.eq(Mux(nack, 1, rsp_len))
 
-        frames, crc_errors, duplicates, rx_timeouts = (Signal(32, name=n) for n in (
+        frames, crc_errors, duplicates, rx_timeouts = (Signal(8 * COUNTER_BYTES, name=n) for n in (
             "frames_executed", "crc_errors", "duplicates", "rx_timeouts"))
+        link_counters = dict(zip(LINK_COUNTERS, (frames, crc_errors, duplicates, rx_timeouts),
+                                 strict=True))
+        # the HELLO report's header (HELLO_HEADER_FORMAT): version, max_payload, link counters
         report = [Const(LINK_VERSION, 8), Const(P & 0xFF, 8), Const(P >> 8, 8)] + [
-            c[8 * i:8 * i + 8] for c in (frames, crc_errors, duplicates, rx_timeouts)
-            for i in range(4)]
+            link_counters[n][8 * i:8 * i + 8] for n in LINK_COUNTERS for i in range(COUNTER_BYTES)]
         assert len(report) == HELLO_HEADER_BYTES
 
         m.d.comb += [rx_crc.data.eq(rx.payload), tx_crc.data.eq(tx.payload),
@@ -257,7 +258,7 @@ class HostLink(wiring.Component):
                     m.next = "EXEC"
 
             with m.State("HELLO_HEADER"):       # the report's first bytes, then INFO's packet
-                m.d.comb += [rsp_wr.en.eq(1), rsp_wr.data.eq(Array(report)[rcount[:5]])]
+                m.d.comb += [rsp_wr.en.eq(1), rsp_wr.data.eq(Array(report)[rcount[:ceil_log2(len(report))]])]
                 m.d.sync += rcount.eq(rcount + 1)
                 with m.If(rcount == HELLO_HEADER_BYTES - 1):
                     m.next = "EXEC"

@@ -117,7 +117,7 @@ def _hex(packet: bytes) -> str:
 def layer_program(cfg: AccelConfig, q, x: torch.Tensor):
     """``(steps, batches)`` for the bench: load the layer, then per batch write its tokens, run,
     read the outputs (expected: ``forward_int``), read the counters."""
-    from moeforge.rtl.commands import Op, encode, layer_commands
+    from moeforge.spec.protocol import Op, encode, layer_commands
     steps = [dict(name=f"load 0x{packet[0]:02x}", packet=_hex(packet), status=0,
                   max_cycles=40 * len(packet) + 2000) for packet in layer_commands(q, cfg)]
     batches = []
@@ -217,8 +217,8 @@ def run_layer(cfg: AccelConfig, *, tokens: int, seed: int, latency: int | None =
 def _layer_result(cfg, run, batches, sent: int, *, trace) -> dict:
     """The summary of a whole-layer run (the verdict, cycles, cache counters per batch);
     writes `trace`."""
-    from moeforge.rtl.commands import COUNTERS
     from moeforge.sim.scoreboard import verdict
+    from moeforge.spec.protocol import COUNTERS
     results, s = run.results, run.summary
     failure = "; ".join(f.message for f in results.failures)
     v = verdict(s, nonce=run.nonce, tokens=sent, elements=sent * cfg.d_model, sim_ok=results.ok,

@@ -80,3 +80,72 @@ def test_hello_report_parses_and_rejects_a_wrong_size():
     assert r.link_counters["crc_errors"] == 1 and r.counters["stall_cycles"] == 11
     with pytest.raises(ValueError, match="80"):
         HelloReport.parse(payload[:-1])
+
+
+def test_the_specified_layouts_are_the_documented_ones():
+    """The numbers of docs/protocol.md, as the one specification declares them."""
+    from moeforge.spec import protocol as p
+    assert (p.MAGIC, p.FRAME_HEADER_BYTES, p.CRC_BYTES, p.MAX_LENGTH_FIELD) == (0xA5, 5, 4, 65535)
+    assert (p.LINK_VERSION, p.DEFAULT_MAX_PAYLOAD, p.PROTOCOL_VERSION) == (1, 1024, 2)
+    assert (p.HELLO_HEADER_BYTES, p.HELLO_INFO_OFFSET, p.HELLO_COUNTERS_OFFSET, p.HELLO_BYTES) == \
+        (19, 19, 31, 80)
+    Op = p.Op
+    assert p.HEADER_BYTES == {Op.WRITE_ROUTER: 8, Op.WRITE_MEMORY: 8, Op.WRITE_SHARED: 8,
+                              Op.SET_SCALE: 3, Op.WRITE_TOKENS: 4, Op.RUN: 2, Op.READ_OUTPUT: 4,
+                              Op.READ_PARTIAL: 4, Op.INFO: 0, Op.READ_COUNTERS: 0,
+                              Op.INVALIDATE: 0, Op.READ_IMAGE_CRC: 0}
+    assert p.WRITE_HEADER_BYTES == 9
+    assert p.RESPONSE_BYTES == {Op.INFO: 11, Op.RUN: 4, Op.READ_COUNTERS: 48, Op.READ_IMAGE_CRC: 4}
+    assert p.encode(Op.WRITE_MEMORY, 0x01020304, [0xAABB, 0xCCDD], 2) == \
+        bytes([2, 4, 3, 2, 1, 2, 0, 0, 0, 0xBB, 0xAA, 0xDD, 0xCC])
+    assert p.encode(Op.SET_SCALE, 0x8001, 17) == bytes([4, 0x01, 0x80, 17])
+    assert p.encode(Op.READ_PARTIAL, 3, 258) == bytes([0x0B, 3, 0, 2, 1])
+    with pytest.raises(ValueError, match="48"):
+        p.parse_counters(bytes(47))
+
+
+class _FakeDevice(Transport):
+    """A device in Python for the tiny config: HELLO, and each command answered from `answers`
+    (opcode → response packet), enough for one batch."""
+
+    name = "fake"
+
+    def __init__(self, cfg, answers):
+        from moeforge.spec.protocol import config_hash
+        self.answers, self.dec, self.out = answers, FrameDecoder(), bytearray()
+        counters = bytes([0]) + bytes(48)
+        self.hello = (struct.pack("<BH4I", 1, 1024, 0, 0, 0, 0) + bytes([0, 2]) + config_hash(cfg)
+                      + bytes([0, 0b111]) + counters)
+
+    def write(self, data):
+        for f in self.dec.feed(data):
+            rsp = self.hello if f.type == FrameType.HELLO else self.answers[f.payload[0]]
+            self.out += encode_frame(FrameType.RSP, f.seq, rsp)
+
+    def read(self, timeout):
+        data, self.out = bytes(self.out), bytearray()
+        return data
+
+    def close(self):
+        pass
+
+
+def test_a_short_counters_answer_is_a_device_error_not_a_crash():
+    """READ_COUNTERS answered with one byte too few: the host says so in one line
+    (DeviceCommandError), instead of failing inside struct."""
+    import torch
+
+    from moeforge import AccelConfig
+    from moeforge.host_runtime import Device, DeviceCommandError
+    from moeforge.spec.protocol import Op
+    cfg = AccelConfig.from_toml("configs/tiny.toml")
+    n = 3
+    answers = {Op.WRITE_TOKENS: b"\x00", Op.RUN: b"\x00" + bytes(4),
+               Op.READ_OUTPUT: b"\x00" + bytes(n * cfg.d_model), Op.READ_COUNTERS: b"\x00" + bytes(47)}
+    dev = Device(_FakeDevice(cfg, answers), cfg)
+    with pytest.raises(DeviceCommandError, match=r"^fake: READ_COUNTERS data of 47 bytes, expected 48$"):
+        dev.run(torch.zeros(n, cfg.d_model, dtype=torch.int8))
+    answers[Op.READ_COUNTERS] = b"\x00" + struct.pack("<12I", *range(12))
+    assert torch.equal(dev.run(torch.zeros(n, cfg.d_model, dtype=torch.int8)),
+                       torch.zeros(n, cfg.d_model, dtype=torch.int8))
+    assert dev.stats()["last_batch"]["stall_cycles"] == 11

@@ -16,8 +16,8 @@ from amaranth.sim import Simulator
 
 from moeforge import AccelConfig
 from moeforge.rtl.accelerator import MoEAccelerator
-from moeforge.rtl.commands import (CommandLayout, Op, Status, WriteRun, encode, image_bytes,
-                                   image_crc)
+from moeforge.spec.protocol import (CommandLayout, Op, Status, WriteRun, encode, image_bytes,
+                                    image_crc)
 
 TINY = "configs/tiny.toml"
 

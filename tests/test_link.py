@@ -18,8 +18,8 @@ from amaranth.sim import Simulator
 
 from moeforge.host_runtime.framing import (FrameDecoder, FrameType, HelloReport, NackReason,
                                            encode_frame)
-from moeforge.rtl.commands import COUNTERS
 from moeforge.rtl.link import HostLink
+from moeforge.spec.protocol import COUNTERS
 
 CMD, HELLO, RSP, NACK = FrameType.CMD, FrameType.HELLO, FrameType.RSP, FrameType.NACK
 STUB_HASH = bytes(range(0xC0, 0xC8))
@@ -370,7 +370,7 @@ def test_soc_stream_phy_on_the_real_accelerator():
     """`MoESoC` (phy="stream", tiny config): HELLO carries the accelerator's INFO, a command
     runs once however often it is retransmitted, and the SoC goes idle after each frame."""
     from moeforge import AccelConfig
-    from moeforge.rtl.commands import Op, Status
+    from moeforge.spec.protocol import Op, Status
     from moeforge.rtl.soc import MoESoC
     cfg = AccelConfig.from_toml("configs/tiny.toml")
     soc = MoESoC(cfg, max_payload=128)

@@ -7,9 +7,9 @@ import pytest
 
 from moeforge import AccelConfig
 from moeforge.cli import main
-from moeforge.rtl.commands import (COUNTERS, LOADED_FLAGS, PROTOCOL_VERSION, CommandLayout, Op,
-                                   Status, encode, layer_commands)
 from moeforge.sim.layer_sim import layer_program, run_layer, run_steps
+from moeforge.spec.protocol import (COUNTERS, LOADED_FLAGS, PROTOCOL_VERSION, CommandLayout, Op,
+                                    Status, encode, layer_commands)
 
 pytestmark = pytest.mark.verilator
 TINY = "configs/tiny.toml"

@@ -15,8 +15,8 @@ import torch
 
 from moeforge import AccelConfig
 from moeforge.hls_models.fixed_point import requantize
-from moeforge.rtl.commands import COUNTERS, CommandLayout, Op, Status, encode
 from moeforge.sim.layer_sim import layer_program, run_steps
+from moeforge.spec.protocol import COUNTERS, CommandLayout, Op, Status, encode
 
 pytestmark = pytest.mark.verilator
 
@@ -36,7 +36,7 @@ def _y(acc, q):
 @pytest.mark.parametrize("path", CONFIGS)
 def test_expert_mask_partials_bit_exact(path, tmp_path):
     from moeforge.hls_models.hf_random import make_hf_input
-    from moeforge.rtl.accelerator_sim import AcceleratorWithMemory
+    from moeforge.sim.tops import AcceleratorWithMemory
     from moeforge.sim.unit_sim import random_layer
 
     cfg = AccelConfig.from_toml(path)

@@ -203,7 +203,7 @@ def test_every_example_config_bit_exact_with_and_without_faults(path):
 
 
 def _image_crc_of(q, cfg, before=0):
-    from moeforge.rtl.commands import image_crc, layer_writes
+    from moeforge.spec.protocol import image_crc, layer_writes
     return image_crc(layer_writes(q, cfg), (int(q.out_mult), int(q.out_shift)), before)
 
 
@@ -213,7 +213,7 @@ def test_a_load_corrupted_after_the_frame_crc_is_caught(tiny, monkeypatch):
     CRC read after the load says it is not the layer sent. The device stays usable: a clean
     load is accepted and runs bit-exact."""
     from moeforge.host_runtime import DeviceError
-    from moeforge.rtl.commands import WRITE_HEADER_BYTES, Op, WriteRun
+    from moeforge.spec.protocol import WRITE_HEADER_BYTES, Op, WriteRun
     cfg, q = tiny
     real = WriteRun.packet
     flipped = []

@@ -1,10 +1,15 @@
-"""The accelerator's command set: byte packets in, one response packet out per command.
+"""The device's protocol: the command set (byte packets in, one response packet out per
+command) and the host link's frames that carry them, HELLO report included.
 
+This is the one place these layouts are declared: the accelerator's command decoder and the
+link in `moeforge.rtl` build their state machines from it, the host runtime encodes and decodes
+with it. ``docs/protocol.md`` describes the link; the command set is the table below.
+
+Commands
+--------
 `MoEAccelerator` takes commands on its ``i_cmd`` byte stream, one command a packet (``last`` on
 its final byte), and answers each with exactly one packet on ``o_rsp``: a status byte, then the
-command's data. Integers are little-endian. This module is the host side of that contract:
-the opcodes, the encoders, the response decoders and the images a quantised layer becomes.
-The link of the host runtime carries these packets in its frames unchanged.
+command's data. Integers are little-endian (`HEADER_FORMATS` gives each header).
 
 ==========  =========================================  ============================================
 opcode      request (after the opcode byte)            response (after the status byte)
@@ -17,8 +22,8 @@ ROUTER``    words of `CommandLayout.router_bytes`
 MEMORY``    ``C`` bytes into the backing memory        ``e · image_words``)
 ``WRITE_    addr u32, count u32, ``count`` words of    —
 SHARED``    ``C`` bytes: the shared expert's image
-``SET_      ``M_y`` u16, ``S_y`` u8                    —
-SCALE``
+``SET_      ``M_y`` u16, ``S_y`` u8 (``S_y`` in           —
+SCALE``     ``arith.SHIFT_MIN .. SHIFT_MAX``)
 ``WRITE_    first token u16, count u16, ``count``      —
 TOKENS``    tokens of ``d_model`` int8
 ``RUN``     ``n_tokens`` u16                           cycles u32 (of the batch)
@@ -63,6 +68,13 @@ A command that fails does nothing and answers its error status alone: the device
 header (opcode, ranges, order) before it writes anything, and stays usable. A packet longer or
 shorter than its header says is `BAD_LENGTH`; the words of a write before the point where the
 packet ended early have been written.
+
+Frames and HELLO
+----------------
+A frame is ``MAGIC | type u8 | seq u8 | length u16 | payload | crc32 u32`` (`FRAME_HEADER_FORMAT`,
+`CRC_FORMAT`), the CRC over type, sequence, length and payload. The HELLO report is
+`HELLO_HEADER_FORMAT` (link version, ``max_payload``, `LINK_COUNTERS`) followed by the response
+packets of ``INFO`` and ``READ_COUNTERS``: `HELLO_BYTES` in all, parsed by `HelloReport`.
 """
 
 from __future__ import annotations
@@ -74,14 +86,31 @@ from dataclasses import dataclass
 
 from moeforge.config import AccelConfig
 
-__all__ = ["Op", "Status", "COUNTERS", "LOADED_FLAGS", "PROTOCOL_VERSION", "CommandLayout",
-           "CommandError", "encode", "check_response", "WriteRun", "layer_writes", "layer_commands",
-           "image_bytes", "image_crc"]
+from .image import ExpertImageLayout, RouterAddressMap, accumulator_width, expert_image, router_image
 
-PROTOCOL_VERSION = 2        # 2: READ_IMAGE_CRC
+__all__ = [
+    # commands
+    "PROTOCOL_VERSION", "Op", "Status", "CORE_COUNTERS", "CACHE_COUNTERS", "COUNTERS",
+    "COUNTER_FORMAT", "COUNTER_BYTES", "LOADED_FLAGS", "CONFIG_HASH_BYTES", "config_hash",
+    "HEADER_FORMATS", "HEADER_BYTES", "OPCODE_BYTES", "STATUS_BYTES", "WRITE_HEADER_BYTES",
+    "header_bytes", "INFO_FORMAT", "INFO_BYTES", "RUN_FORMAT", "IMAGE_CRC_FORMAT", "RESPONSE_BYTES",
+    "CommandLayout", "CommandError", "encode", "check_response", "parse_counters", "WriteRun",
+    "layer_writes", "layer_commands", "image_bytes", "image_crc",
+    # frames and HELLO
+    "MAGIC", "LINK_VERSION", "DEFAULT_MAX_PAYLOAD", "MAX_LENGTH_FIELD", "SEQ_MASK",
+    "FRAME_HEADER_FORMAT", "FRAME_HEADER_BYTES", "CRC_FORMAT", "CRC_BYTES", "FrameType",
+    "NackReason", "LINK_COUNTERS", "HELLO_HEADER_FORMAT", "HELLO_HEADER_BYTES", "HELLO_INFO_OFFSET",
+    "HELLO_COUNTERS_OFFSET", "HELLO_BYTES", "HelloReport",
+]
+
+# ------------------------------------------------------------------------------ commands
+
+PROTOCOL_VERSION = 2        # the command set's version (INFO); 2: READ_IMAGE_CRC
 
 
 class Op:
+    """Opcodes: the first byte of a command packet."""
+
     INFO = 0x00
     WRITE_ROUTER = 0x01
     WRITE_MEMORY = 0x02
@@ -96,8 +125,12 @@ class Op:
     READ_PARTIAL = 0x0B
     READ_IMAGE_CRC = 0x0C
 
+    WRITES = (WRITE_ROUTER, WRITE_MEMORY, WRITE_SHARED)     # the weight writes (image CRC)
+
 
 class Status:
+    """The first byte of a response packet."""
+
     OK = 0
     BAD_OPCODE = 1       # no such command
     BAD_LENGTH = 2       # the packet is shorter or longer than its header says
@@ -112,13 +145,49 @@ class Status:
              5: "run before the weights were loaded", 6: "run over tokens that were not written"}
 
 
-# READ_COUNTERS: the last batch's figures (cleared when a RUN starts), u32 each, in this order.
-COUNTERS = ("cycles", "router_cycles", "mac_busy", "mac_total", "shared_mac_busy", "experts_run",
-            "tokens_routed", "hits", "misses", "words_fetched", "prefetch_hits", "stall_cycles")
+# Each command's header after the opcode (struct formats, little-endian). SET_EXPERT_MASK's
+# header is its mask, whose length depends on the config: see `header_bytes`.
+HEADER_FORMATS = {
+    Op.INFO: "<", Op.READ_COUNTERS: "<", Op.INVALIDATE: "<", Op.READ_IMAGE_CRC: "<",
+    Op.WRITE_ROUTER: "<II", Op.WRITE_MEMORY: "<II", Op.WRITE_SHARED: "<II",     # addr, count
+    Op.SET_SCALE: "<HB",                                                        # M_y, S_y
+    Op.WRITE_TOKENS: "<HH", Op.READ_OUTPUT: "<HH", Op.READ_PARTIAL: "<HH",      # first, count
+    Op.RUN: "<H",                                                               # n_tokens
+}
+HEADER_BYTES = {op: struct.calcsize(fmt) for op, fmt in HEADER_FORMATS.items()}
+OPCODE_BYTES = 1            # a command packet's first byte, its opcode
+STATUS_BYTES = 1            # a response packet's first byte, its status
+WRITE_HEADER_BYTES = OPCODE_BYTES + HEADER_BYTES[Op.WRITE_MEMORY]   # a weight write's data after
+
+# READ_COUNTERS: the last batch's figures (cleared when a RUN starts), u32 each, in this order:
+# the layer core's, then the expert cache's.
+CORE_COUNTERS = ("cycles", "router_cycles", "mac_busy", "mac_total", "shared_mac_busy",
+                 "experts_run", "tokens_routed")
+CACHE_COUNTERS = ("hits", "misses", "words_fetched", "prefetch_hits", "stall_cycles")
+COUNTERS = CORE_COUNTERS + CACHE_COUNTERS
+COUNTER_FORMAT = f"<{len(COUNTERS)}I"
+COUNTER_BYTES = struct.calcsize("<I")       # bytes of one counter
 
 # INFO's flags byte: bit i set when part i is loaded (each set by a write that reaches the end of
 # its memory; RUN needs them all — `shared` only with shared experts).
 LOADED_FLAGS = ("router", "scale", "experts", "shared")
+
+CONFIG_HASH_BYTES = 8
+INFO_FORMAT = f"<B{CONFIG_HASH_BYTES}sBB"   # version, config hash, last error, loaded flags
+INFO_BYTES = struct.calcsize(INFO_FORMAT)
+RUN_FORMAT = "<I"                           # the batch's cycles
+IMAGE_CRC_FORMAT = "<I"
+
+# Data bytes of the fixed-size responses (after the status byte).
+RESPONSE_BYTES = {Op.INFO: INFO_BYTES, Op.RUN: struct.calcsize(RUN_FORMAT),
+                  Op.READ_COUNTERS: struct.calcsize(COUNTER_FORMAT),
+                  Op.READ_IMAGE_CRC: struct.calcsize(IMAGE_CRC_FORMAT)}
+
+
+def config_hash(cfg: AccelConfig) -> bytes:
+    """The config hash a device built for `cfg` reports in ``INFO``: the first
+    `CONFIG_HASH_BYTES` bytes of ``cfg.content_hash()``."""
+    return bytes.fromhex(cfg.content_hash()[:2 * CONFIG_HASH_BYTES])
 
 
 class CommandError(Exception):
@@ -131,7 +200,8 @@ class CommandError(Exception):
 
 @dataclass(frozen=True)
 class CommandLayout:
-    """The sizes a config's device uses on the command stream."""
+    """The sizes a config's device uses on the command stream (from the weight-image layout of
+    `moeforge.spec.image`)."""
 
     d_model: int
     cols: int               # bytes of a backing-memory / shared-image word
@@ -145,17 +215,18 @@ class CommandLayout:
 
     @classmethod
     def from_config(cls, cfg: AccelConfig) -> "CommandLayout":
-        from .combiner import accumulator_width
-        from .expert_ffn import ExpertImageLayout
-        from .router import RouterAddressMap
         amap = RouterAddressMap.from_config(cfg, lanes=cfg.mac_cols)
-        img = lambda f: ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model,  # noqa: E731
-                                          d_ff=f, rows=cfg.mac_rows, cols=cfg.mac_cols).words
+
+        def img(d_ff: int) -> int:
+            return ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model, d_ff=d_ff,
+                                     rows=cfg.mac_rows, cols=cfg.mac_cols).words
+
+        terms = cfg.top_k + (1 if cfg.shared_d_ff else 0)
         return cls(d_model=cfg.d_model, cols=cfg.mac_cols, router_bytes=-(-amap.data_bits // 8),
                    router_words=amap.words, image_words=img(cfg.d_ff),
                    shared_image_words=img(cfg.shared_d_ff) if cfg.shared_d_ff else 0,
                    n_experts=cfg.n_experts, t_max=cfg.token_buffer_depth,
-                   partial_bytes=-(-accumulator_width(cfg.top_k + (1 if cfg.shared_d_ff else 0)) // 8))
+                   partial_bytes=-(-accumulator_width(terms) // 8))
 
     @property
     def memory_words(self) -> int:
@@ -198,6 +269,12 @@ class CommandLayout:
         return [values[i:i + self.d_model] for i in range(0, len(values), self.d_model)]
 
 
+def header_bytes(layout: CommandLayout) -> dict[int, int]:
+    """Every opcode's header bytes on a device of `layout`: `HEADER_BYTES`, and
+    ``SET_EXPERT_MASK``'s ``layout.mask_bytes``."""
+    return {**HEADER_BYTES, Op.SET_EXPERT_MASK: layout.mask_bytes}
+
+
 def _words(words, nbytes: int) -> bytes:
     return b"".join(int(w).to_bytes(nbytes, "little") for w in words)
 
@@ -208,26 +285,26 @@ def encode(op: int, *args) -> bytes:
     (``READ_PARTIAL`` alike), ``encode(Op.SET_SCALE, mult, shift)``,
     ``encode(Op.SET_EXPERT_MASK, mask, nbytes)`` (`CommandLayout.expert_mask`, ``mask_bytes``),
     or a bare opcode."""
-    if op in (Op.WRITE_ROUTER, Op.WRITE_MEMORY, Op.WRITE_SHARED):
+    if op in Op.WRITES:
         addr, words, nbytes = args
-        return struct.pack("<BII", op, addr, len(words)) + _words(words, nbytes)
-    if op == Op.SET_SCALE:
-        return struct.pack("<BHB", op, *args)
+        return _packet(op, addr, len(words)) + _words(words, nbytes)
     if op == Op.WRITE_TOKENS:
         first, rows = args
         rows = [[int(v) for v in r] for r in rows]
-        return struct.pack("<BHH", op, first, len(rows)) + b"".join(
-            bytes(v & 0xFF for v in r) for r in rows)
-    if op == Op.RUN:
-        return struct.pack("<BH", op, *args)
-    if op in (Op.READ_OUTPUT, Op.READ_PARTIAL):
-        return struct.pack("<BHH", op, *args)
+        return _packet(op, first, len(rows)) + b"".join(bytes(v & 0xFF for v in r) for r in rows)
     if op == Op.SET_EXPERT_MASK:
         mask, nbytes = args
         return bytes([op]) + int(mask).to_bytes(nbytes, "little")
+    if op in HEADER_FORMATS and HEADER_BYTES[op]:
+        return _packet(op, *args)
     if args:
         raise ValueError(f"command 0x{op:02x} takes no arguments")
     return bytes([op])
+
+
+def _packet(op: int, *fields) -> bytes:
+    """The opcode and `op`'s header of `fields` (`HEADER_FORMATS`)."""
+    return bytes([op]) + struct.pack(HEADER_FORMATS[op], *fields)
 
 
 def check_response(op: int, packet: bytes) -> bytes:
@@ -236,10 +313,21 @@ def check_response(op: int, packet: bytes) -> bytes:
         raise CommandError(op, Status.BAD_LENGTH)
     if packet[0] != Status.OK:
         raise CommandError(op, packet[0])
-    return packet[1:]
+    return packet[STATUS_BYTES:]
 
 
-WRITE_HEADER_BYTES = 9      # opcode, addr u32, count u32
+def parse_counters(data: bytes) -> dict[str, int]:
+    """``READ_COUNTERS``'s response data → {counter name: value} (`COUNTERS`).
+
+    Raises
+    ------
+    ValueError
+        If `data` is not the size of the counters.
+    """
+    if len(data) != RESPONSE_BYTES[Op.READ_COUNTERS]:
+        raise ValueError(f"READ_COUNTERS data of {len(data)} bytes, expected "
+                         f"{RESPONSE_BYTES[Op.READ_COUNTERS]}")
+    return dict(zip(COUNTERS, struct.unpack(COUNTER_FORMAT, data)))
 
 
 @dataclass(frozen=True)
@@ -291,10 +379,11 @@ def _write_runs(op: int, writes, nbytes: int) -> list[WriteRun]:
 
 
 def layer_writes(q, cfg: AccelConfig, *, experts=None, shared: bool = True) -> list[WriteRun]:
-    """Router, expert images (only ``experts`` if given) and shared image of `q` for a device
-    built for `cfg`. A device given a subset still gets the last word of each memory written
-    (zero where it is not its own): the device counts a memory loaded once a write reaches
-    its end, and the experts it does not hold are masked off (``SET_EXPERT_MASK``), never read.
+    """Router, expert images (only ``experts`` if given) and shared image of `q` (a
+    `QuantizedMoELayer`) for a device built for `cfg`. A device given a subset still gets the
+    last word of each memory written (zero where it is not its own): the device counts a memory
+    loaded once a write reaches its end, and the experts it does not hold are masked off
+    (``SET_EXPERT_MASK``), never read.
 
     Raises
     ------
@@ -302,8 +391,6 @@ def layer_writes(q, cfg: AccelConfig, *, experts=None, shared: bool = True) -> l
         If the layer's tensors do not fit the config's memories, or the config has a shared
         expert and the layer none.
     """
-    from .expert_ffn import expert_image
-    from .router import router_image
     lay = CommandLayout.from_config(cfg)
     runs = _write_runs(Op.WRITE_ROUTER, router_image(q, lanes=cfg.mac_cols), lay.router_bytes)
     mem = {}
@@ -324,10 +411,10 @@ def image_bytes(packet: bytes) -> bytes:
     """The bytes of a command packet that a device which accepts it adds to its image CRC:
     a write's data (``WRITE_ROUTER``, ``WRITE_MEMORY``, ``WRITE_SHARED``), ``SET_SCALE``'s
     header; none of any other command."""
-    if packet and packet[0] in (Op.WRITE_ROUTER, Op.WRITE_MEMORY, Op.WRITE_SHARED):
+    if packet and packet[0] in Op.WRITES:
         return packet[WRITE_HEADER_BYTES:]
     if packet and packet[0] == Op.SET_SCALE:
-        return packet[1:]
+        return packet[OPCODE_BYTES:]
     return b""
 
 
@@ -364,3 +451,86 @@ def layer_commands(q, cfg: AccelConfig, *, chunk: int = 1024) -> list[bytes]:
                for p in run.packets(WRITE_HEADER_BYTES + chunk * run.nbytes)]
     packets.append(encode(Op.SET_SCALE, int(q.out_mult), int(q.out_shift)))
     return packets
+
+
+# ------------------------------------------------------------------------ frames and HELLO
+
+MAGIC = 0xA5                # a frame's first byte
+LINK_VERSION = 1            # the link protocol's version (HELLO)
+DEFAULT_MAX_PAYLOAD = 1024  # a device's longest payload unless built otherwise
+FRAME_HEADER_FORMAT = "<BBBH"   # magic, type, sequence number, payload length
+FRAME_HEADER_BYTES = struct.calcsize(FRAME_HEADER_FORMAT)
+MAX_LENGTH_FIELD = 0xFFFF     # the u16 length field's largest value: the longest payload
+SEQ_MASK = 0xFF             # sequence numbers are u8: they wrap at 256
+CRC_FORMAT = "<I"           # CRC-32 (zlib.crc32) of type, sequence, length and payload
+CRC_BYTES = struct.calcsize(CRC_FORMAT)
+
+
+class FrameType:
+    CMD = 0x01          # host → device: one command packet
+    HELLO = 0x02        # host → device: empty; answered with the HELLO report
+    RSP = 0x11          # device → host: the response packet (the acknowledgement)
+    NACK = 0x12         # device → host: one byte, a `NackReason`
+
+    KNOWN = (CMD, HELLO, RSP, NACK)
+
+
+class NackReason:
+    CRC = 1
+    TOO_LONG = 2
+    TIMEOUT = 3
+    BAD_FRAME = 4
+    RESPONSE_TOO_LONG = 5
+
+    NAMES = {1: "CRC mismatch", 2: "payload above the device's maximum",
+             3: "frame stopped arriving", 4: "unknown frame type or empty command",
+             5: "response longer than the device's maximum payload"}
+
+
+# The link's counters in the HELLO report (u32 each, wrapping), in this order.
+LINK_COUNTERS = ("frames", "crc_errors", "duplicates", "rx_timeouts")
+HELLO_HEADER_FORMAT = f"<BH{len(LINK_COUNTERS)}I"     # link version, max_payload, link counters
+HELLO_HEADER_BYTES = struct.calcsize(HELLO_HEADER_FORMAT)
+HELLO_INFO_OFFSET = HELLO_HEADER_BYTES                  # INFO's response packet (status first)
+HELLO_COUNTERS_OFFSET = HELLO_INFO_OFFSET + STATUS_BYTES + INFO_BYTES   # READ_COUNTERS' packet
+HELLO_BYTES = HELLO_COUNTERS_OFFSET + STATUS_BYTES + RESPONSE_BYTES[Op.READ_COUNTERS]
+
+
+@dataclass(frozen=True)
+class HelloReport:
+    """What the device says of itself at the start of a session (the HELLO report)."""
+
+    link_version: int
+    max_payload: int
+    link_counters: dict
+    accel_version: int
+    config_hash: bytes
+    last_error: int
+    loaded_flags: int
+    counters: dict
+
+    SIZE = HELLO_BYTES
+
+    @classmethod
+    def parse(cls, payload: bytes) -> "HelloReport":
+        """The report of a HELLO's ``RSP`` payload.
+
+        Raises
+        ------
+        ValueError
+            If the payload is not `HELLO_BYTES` long or an injected command did not answer OK.
+        """
+        if len(payload) != HELLO_BYTES:
+            raise ValueError(f"HELLO report of {len(payload)} bytes, expected {HELLO_BYTES}")
+        version, max_payload, *link = struct.unpack_from(HELLO_HEADER_FORMAT, payload, 0)
+        info = payload[HELLO_INFO_OFFSET:HELLO_COUNTERS_OFFSET]
+        if info[0] != Status.OK:
+            raise ValueError(f"HELLO report: INFO answered status {info[0]}")
+        ctr = payload[HELLO_COUNTERS_OFFSET:]
+        if ctr[0] != Status.OK:
+            raise ValueError(f"HELLO report: READ_COUNTERS answered status {ctr[0]}")
+        accel_version, chash, last_error, flags = struct.unpack(INFO_FORMAT, info[STATUS_BYTES:])
+        return cls(link_version=version, max_payload=max_payload,
+                   link_counters=dict(zip(LINK_COUNTERS, link)), accel_version=accel_version,
+                   config_hash=chash, last_error=last_error, loaded_flags=flags,
+                   counters=parse_counters(ctr[STATUS_BYTES:]))
