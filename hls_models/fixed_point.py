@@ -12,7 +12,8 @@ import math
 import torch
 
 from moeforge.spec.arith import (EXP_A_LIMIT, EXP_ARG_SHIFT, EXP_HI_SHIFT, EXP_HI_SIZE, EXP_LO_SIZE, GATE_FRAC,
-                                 GATE_ONE, MULT_BITS, SHIFT_MAX, SHIFT_MIN, SIG_SIZE, SIG_STEP_SHIFT, SILU_FRAC)
+                                 GATE_ONE, LOGIT_FRAC, MULT_BITS, SHIFT_MAX, SHIFT_MIN, SIG_SIZE, SIG_STEP_SHIFT,
+                                 SILU_FRAC, X_BITS)
 
 __all__ = [
     "saturate", "round_shift", "requantize", "multiplier_shift",
@@ -62,7 +63,7 @@ def multiplier_shift(real: torch.Tensor | float, max_shift: int = SHIFT_MAX) -> 
     return mult, shift
 
 
-def quantize_symmetric(x: torch.Tensor, scale, bits: int = 8) -> torch.Tensor:
+def quantize_symmetric(x: torch.Tensor, scale, bits: int = X_BITS) -> torch.Tensor:
     """round-half-even(x / scale), saturated: the host-side float to int conversion."""
     return saturate(torch.round(x.to(torch.float64) / torch.as_tensor(scale, dtype=torch.float64)),
                     bits).to(torch.int64)
@@ -72,14 +73,19 @@ def _table(values) -> torch.Tensor:
     return torch.tensor([int(round(v)) for v in values], dtype=torch.int64)
 
 
+# The exp tables' steps: LO steps by the rounded argument's unit (1/4096), HI by 2^EXP_HI_SHIFT of them (1/32).
+_EXP_LO_STEPS = 1 << (LOGIT_FRAC - EXP_ARG_SHIFT)
+_EXP_HI_STEPS = _EXP_LO_STEPS >> EXP_HI_SHIFT
+
+
 def exp_hi_table() -> torch.Tensor:
     """round(exp(-i/32) * 2^15) for i in [0, 512)."""
-    return _table(math.exp(-i / 32) * GATE_ONE for i in range(EXP_HI_SIZE))
+    return _table(math.exp(-i / _EXP_HI_STEPS) * GATE_ONE for i in range(EXP_HI_SIZE))
 
 
 def exp_lo_table() -> torch.Tensor:
     """round(exp(-j/4096) * 2^15) for j in [0, 128)."""
-    return _table(math.exp(-j / 4096) * GATE_ONE for j in range(EXP_LO_SIZE))
+    return _table(math.exp(-j / _EXP_LO_STEPS) * GATE_ONE for j in range(EXP_LO_SIZE))
 
 
 def sigmoid_lut() -> torch.Tensor:

@@ -116,7 +116,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from moeforge.config import AccelConfig
+from moeforge.config import MAX_DIM, AccelConfig
 from moeforge.spec.arith import GATE_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS, Y_BITS
 
 from .arith import round_shift, saturate
@@ -216,7 +216,7 @@ class Combiner(wiring.Component):
 
     def __init__(self, *, d_model: int, lanes: int, t_max: int, max_terms: int,
                  src_loc_at: int = 0):
-        _check_int("d_model", d_model, 1, 1 << 16)
+        _check_int("d_model", d_model, 1, MAX_DIM)
         _check_int("lanes", lanes, 1, d_model)
         if d_model % lanes:
             raise ValueError(f"lanes must divide d_model={d_model}, not {lanes!r}")

@@ -120,7 +120,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from moeforge.config import AccelConfig
+from moeforge.config import MAX_DIM, AccelConfig
 from moeforge.spec.arith import ACC_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS, SHIFT_MAX, SHIFT_MIN
 
 from .arith import round_shift, saturate
@@ -264,8 +264,8 @@ class ExpertFFN(wiring.Component):
             raise ValueError(f"activation must be swiglu or relu, not {activation!r}")
         check_int("rows", rows, 1, 64)
         check_int("cols", cols, 1, 64)
-        check_int("d_model", d_model, 1, 1 << 16)
-        check_int("d_ff", d_ff, 1, 1 << 16)
+        check_int("d_model", d_model, 1, MAX_DIM)
+        check_int("d_ff", d_ff, 1, MAX_DIM)
         check_int("t_max", t_max, 1, 4096)
         swiglu = activation == "swiglu"
         if swiglu and rows % 2:

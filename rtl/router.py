@@ -100,11 +100,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from moeforge.config import GROUP_SCORES, ROUTINGS, AccelConfig
+from moeforge.config import GROUP_SCORES, MAX_DIM, ROUTINGS, AccelConfig
 from moeforge.spec.arith import (BIAS_BITS, EXP_A_LIMIT, EXP_ARG_SHIFT, EXP_HI_SHIFT, EXP_HI_SIZE, EXP_LO_SIZE,
                                  EXP_ROM_BITS, GATE_BITS, GATE_FRAC, GATE_ONE, LOGIT_BITS, MULT_BITS, QUO_BITS,
-                                 RSF_FRAC, RSF_MAX, SHARED_GATE_BITS, SHIFT_BITS, SHIFT_MAX, SHIFT_MIN, SIG_BITS,
-                                 X_BITS)
+                                 ROUTER_BITS_MAX, ROUTER_BITS_MIN, RSF_FRAC, RSF_MAX, SHARED_GATE_BITS, SHIFT_BITS,
+                                 SHIFT_MAX, SHIFT_MIN, SIG_BITS, X_BITS)
 
 from .arith import round_shift, saturate
 from .divider import divider_logic, divider_op_layout, divider_result_layout
@@ -324,7 +324,7 @@ class Router(wiring.Component):
                  topk_group: int = 1, group_score: str = "max", selection_bias: bool = False,
                  rsf: int = 1 << RSF_FRAC, shared_gate: str = "none", router_bits: int = 16,
                  lanes: int = DEFAULT_LANES, src_loc_at: int = 0):
-        _check_int("d_model", d_model, 1, 1 << 16)
+        _check_int("d_model", d_model, 1, MAX_DIM)
         _check_int("n_experts", n_experts, 1, 1024)
         _check_int("top_k", top_k, 1, n_experts)
         _check_choice("routing", routing, ROUTINGS)
@@ -348,7 +348,7 @@ class Router(wiring.Component):
                              f"not {routing!r}")
         _check_int("rsf", rsf, 0, RSF_MAX)
         _check_choice("shared_gate", shared_gate, SHARED_GATES)
-        _check_int("router_bits", router_bits, 8, 16)
+        _check_int("router_bits", router_bits, ROUTER_BITS_MIN, ROUTER_BITS_MAX)
         _check_int("lanes", lanes, 1, d_model)
         if d_model % lanes:
             raise ValueError(f"lanes must divide d_model={d_model}, not {lanes!r}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 __all__ = [
     "X_BITS", "WEIGHT_BITS", "PROD_BITS", "ACC_BITS", "UP_BITS", "HIDDEN_BITS", "OUT_BITS", "Y_BITS",
     "MULT_BITS", "SHIFT_BITS", "SHIFT_MIN", "SHIFT_MAX",
-    "LOGIT_BITS", "LOGIT_FRAC", "GATE_FRAC", "GATE_ONE", "RSF_FRAC", "RSF_FACTOR_MAX", "RSF_MAX",
+    "ROUTER_BITS_MIN", "ROUTER_BITS_MAX", "LOGIT_BITS", "LOGIT_FRAC", "GATE_FRAC", "GATE_ONE", "RSF_FRAC", "RSF_FACTOR_MAX", "RSF_MAX",
     "GATE_BITS", "SHARED_GATE_BITS", "SIG_BITS", "QUO_BITS", "BIAS_BITS",
     "SILU_FRAC", "SILU_BITS",
     "EXP_ARG_SHIFT", "EXP_HI_SHIFT", "EXP_HI_SIZE", "EXP_LO_SIZE", "EXP_A_LIMIT", "EXP_D_MAX",
@@ -34,7 +34,9 @@ SHIFT_BITS = 6         # S as stored: 6 bits
 SHIFT_MIN = 1          # rshift needs s >= 1 ...
 SHIFT_MAX = 62         # ... and a multiplier that would need more encodes as M = 0
 
-# --- router (§3) -------------------------------------------------------------------------
+# --- router (§2, §3) ---------------------------------------------------------------------
+ROUTER_BITS_MIN = 8    # router weights: int8 ...
+ROUTER_BITS_MAX = 16   # ... to int16 (`router_bits`), one scale for the whole matrix
 LOGIT_BITS = 32        # logits L: int32 ...
 LOGIT_FRAC = 16        # ... in units 2^-16: near-ties finer than that are the only ones the
                        # integer router can order differently from the float one
