@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moeforge.config import AccelConfig
+from moeforge.config import ACTIVATIONS, AccelConfig
 
 from .arith import BIAS_BITS, GATE_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS, SHIFT_MAX, SHIFT_MIN
 
@@ -220,8 +220,9 @@ class HiddenAddressMap:
 
     def __post_init__(self):
         check_int("d_ff", self.d_ff, 1, 1 << 20)
-        if self.activation not in ("relu", "swiglu"):
-            raise ValueError(f"activation must be one of relu, swiglu, not {self.activation!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, "
+                             f"not {self.activation!r}")
 
     def channel(self, c: int) -> int:
         """Address of channel ``c``'s parameter word."""
