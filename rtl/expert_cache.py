@@ -95,7 +95,7 @@ from moeforge.hls_models.expert_cache import COUNT_BITS, check_policy
 
 from .mac_array import check_int, index_shape
 
-__all__ = ["ExpertCache", "COUNTER_BITS"]
+__all__ = ["ExpertCache", "COUNTER_BITS", "pick", "write_at"]
 
 COUNTER_BITS = 32
 COUNTERS = ("hits", "misses", "words_fetched", "prefetch_hits", "stall_cycles")
@@ -110,15 +110,18 @@ def _wrap_inc(value: Signal, modulo: int):
     return Mux(value == modulo - 1, 0, value + 1)
 
 
-def _pick(items: list, index):
-    """``items[index]`` as a chain of multiplexers (no Verilog case: every index is covered)."""
+def pick(items: list, index):
+    """``items[index]`` as a chain of multiplexers (no Verilog case: every index is covered).
+
+    Public for the other register files of small rings (the backing-memory model's request queue).
+    """
     out = items[0]
     for i in range(1, len(items)):
         out = Mux(index == i, items[i], out)
     return out
 
 
-def _write(m: Module, items: list, index, value) -> None:
+def write_at(m: Module, items: list, index, value) -> None:
     """``items[index] <= value`` (sync), one comparison per item."""
     for i, item in enumerate(items):
         with m.If(index == i):
@@ -299,15 +302,15 @@ class ExpertCache(wiring.Component):
             clr = Signal(range(max(2, E)))
 
         # ---------------------------------------------------------------- grant / release
-        g_hit = _pick(ent_h, gptr)
+        g_hit = pick(ent_h, gptr)
         g_valid = (n_ung != 0) & (g_hit | (done != 0))
         g_fire = g_valid & self.o_grant.ready
         m.d.comb += [self.o_grant.valid.eq(g_valid),
-                     self.o_grant.payload.expert.eq(_pick(ent_e, gptr)),
-                     self.o_grant.payload.slot.eq(_pick(ent_s, gptr)),
+                     self.o_grant.payload.expert.eq(pick(ent_e, gptr)),
+                     self.o_grant.payload.slot.eq(pick(ent_s, gptr)),
                      self.o_grant.payload.hit.eq(g_hit)]
         r_fire = self.release & ((n_held != 0) | g_fire)
-        rel_slot = _pick(ent_s, rptr)
+        rel_slot = pick(ent_s, rptr)
         with m.If(g_fire):
             m.d.sync += gptr.eq(_wrap_inc(gptr, Q))
         with m.If(r_fire):
@@ -363,7 +366,7 @@ class ExpertCache(wiring.Component):
                          deciding.eq(0), committing.eq(1)]
             if lfu:
                 m.d.sync += d_count.eq(Mux(c_rd.data == count_max, count_max, c_rd.data + 1))
-        m.d.comb += commit.eq(committing & (d_hit | (_pick(lock, d_slot) == 0)))
+        m.d.comb += commit.eq(committing & (d_hit | (pick(lock, d_slot) == 0)))
         with m.If(commit):
             m.d.sync += [committing.eq(0), idle.eq(1)]
 
@@ -373,12 +376,12 @@ class ExpertCache(wiring.Component):
 
         # commit: slot state, recency, lock, the outstanding ring and the fetch ring
         with m.If(commit):
-            _write(m, ent_e, tail, cur_e)
-            _write(m, ent_s, tail, d_slot)
-            _write(m, ent_h, tail, d_hit)
+            write_at(m, ent_e, tail, cur_e)
+            write_at(m, ent_s, tail, d_slot)
+            write_at(m, ent_h, tail, d_hit)
             m.d.sync += tail.eq(_wrap_inc(tail, Q))
-            older = ~_pick(filled, d_slot)                # an empty fill ages every filled slot
-            d_rank = _pick(rank, d_slot)
+            older = ~pick(filled, d_slot)                # an empty fill ages every filled slot
+            d_rank = pick(rank, d_slot)
             for s in range(S):
                 with m.If(d_slot == s):
                     m.d.sync += [rank[s].eq(0), filled[s].eq(1), tag[s].eq(cur_e)]
@@ -391,8 +394,8 @@ class ExpertCache(wiring.Component):
             if lfu:
                 m.d.comb += [c_wr.addr.eq(cur_e), c_wr.data.eq(d_count), c_wr.en.eq(1)]
         with m.If(commit_miss):
-            _write(m, fq_s, ftail, d_slot)
-            _write(m, fq_e, ftail, cur_e)
+            write_at(m, fq_s, ftail, d_slot)
+            write_at(m, fq_e, ftail, cur_e)
             m.d.sync += ftail.eq(_wrap_inc(ftail, Q))
         for s in range(S):
             inc = commit & (d_slot == s)
@@ -404,7 +407,7 @@ class ExpertCache(wiring.Component):
         remaining = W - iss_off
         last_burst = remaining <= self.burst
         m.d.comb += [self.mem_req.valid.eq(n_iss != 0),
-                     self.mem_req.payload.addr.eq(_pick(fq_e, fiss) * W + iss_off),
+                     self.mem_req.payload.addr.eq(pick(fq_e, fiss) * W + iss_off),
                      self.mem_req.payload.length.eq(Mux(last_burst, remaining, self.burst))]
         req_fire = self.mem_req.valid & self.mem_req.ready
         iss_done = req_fire & last_burst
@@ -419,7 +422,7 @@ class ExpertCache(wiring.Component):
         m.d.comb += self.mem_resp.ready.eq(1)
         w_fire = self.mem_resp.valid & (n_fq != 0)
         job_done = w_fire & (wr_off == W - 1)
-        m.d.comb += [st_wr.addr.eq(_pick(fq_s, fhead) * W + wr_off),
+        m.d.comb += [st_wr.addr.eq(pick(fq_s, fhead) * W + wr_off),
                      st_wr.data.eq(self.mem_resp.payload.data), st_wr.en.eq(w_fire)]
         with m.If(w_fire):
             with m.If(job_done):

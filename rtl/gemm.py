@@ -66,7 +66,7 @@ from amaranth.utils import ceil_log2
 
 from .mac_array import ACC_BITS, COUNTER_BITS, MACArray, check_int, index_shape, weight_word
 
-__all__ = ["GemmEngine", "WeightMemoryHarness", "gemm_image"]
+__all__ = ["GemmEngine", "gemm_image"]
 
 
 def gemm_image(w, cols: int) -> list[int]:
@@ -305,54 +305,4 @@ class GemmEngine(wiring.Component):
             m.d.sync += [s.eq(0) for s in (tokens_in, x_waddr, ld_word, ld_s, ld_r, ld_g, ld_blk,
                                            ld_gbase, retired, groups_loaded, c_s, c_g, c_t, c_blk,
                                            c_rbase, c_wbase, c_xbase, c_qbase, c_q)]
-        return m
-
-
-class WeightMemoryHarness(wiring.Component):
-    """An engine with its weight read port (``w_rd``) on a plain memory, for simulation.
-
-    Every member of the engine's signature except ``w_rd`` is forwarded unchanged; ``w_wr``
-    (``{addr, data, en}``, one word per cycle) fills the memory. The memory's read port has the
-    latency-1 behaviour the engine expects; later the expert cache takes its place.
-
-    Parameters
-    ----------
-    engine : wiring.Component
-        With a ``w_rd`` member (``addr``, ``en`` out; ``data`` in) and a ``word_layout``.
-    depth : int
-        Memory words, in [1, 2^24].
-    """
-
-    def __init__(self, engine, *, depth: int):
-        check_int("depth", depth, 1, 1 << 24)
-        if "w_rd" not in engine.signature.members:
-            raise TypeError(f"the engine has no w_rd port: {engine!r}")
-        self.engine = engine
-        self.depth = depth
-        self.word_layout = engine.word_layout
-        self._forward = {name: mem for name, mem in engine.signature.members.items() if name != "w_rd"}
-        super().__init__({
-            **self._forward,
-            "w_wr": In(wiring.Signature({"addr": Out(index_shape(depth)),
-                                         "data": Out(self.word_layout), "en": Out(1)})),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.engine = eng = self.engine
-        m.submodules.wmem = wmem = Memory(shape=self.word_layout, depth=self.depth, init=[])
-        wp, rp = wmem.write_port(), wmem.read_port()
-        m.d.comb += [wp.addr.eq(self.w_wr.addr), wp.data.eq(self.w_wr.data), wp.en.eq(self.w_wr.en),
-                     rp.addr.eq(eng.w_rd.addr), rp.en.eq(eng.w_rd.en), eng.w_rd.data.eq(rp.data)]
-        for name, member in self._forward.items():
-            outer, inner = getattr(self, name), getattr(eng, name)
-            if member.is_port:
-                if member.flow == Out:
-                    m.d.comb += outer.eq(inner)
-                else:
-                    m.d.comb += inner.eq(outer)
-            elif member.flow == In:
-                wiring.connect(m, wiring.flipped(outer), inner)
-            else:
-                wiring.connect(m, inner, wiring.flipped(outer))
         return m

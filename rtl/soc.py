@@ -1,19 +1,24 @@
-"""`MoESoC`: the device the host runtime talks to — host link, accelerator, backing memory.
+"""`MoESoC`: the top a board runs — host link, accelerator, and a memory port for the experts.
 
 One top level for both ends of the link's byte stream (``docs/protocol.md``): with
 ``phy="stream"`` the bytes are a stream with backpressure (the simulated device, where a C++
 harness feeds a TCP socket into it); with ``phy="uart"`` they are the pins of an 8N1 UART (a
-board). Everything behind the bytes is the same: `HostLink` → `MoEAccelerator` on a
-`BackingMemory` (an `AcceleratorWithMemory`).
+board). Everything behind the bytes is the same: `HostLink` → `MoEAccelerator`, whose expert
+store is outside the SoC, behind its memory port: a board plugs in its memory there, the
+simulated device the backing-memory model (`moeforge.sim.tops.SimulatedSoC`).
 
 Ports
 -----
 ``phy="stream"``: ``rx`` (in stream of bytes), ``tx`` (out stream of bytes), ``busy`` — in
 Verilog ``rx__valid``, ``rx__ready``, ``rx__payload[7:0]``, ``tx__valid``, ``tx__ready``,
-``tx__payload[7:0]``, ``busy``, plus ``clk`` and ``rst``. The simulated device's harness is
-written against exactly these.
+``tx__payload[7:0]``, ``busy``, plus ``clk`` and ``rst``.
 
 ``phy="uart"``: ``rx`` (in, the pin), ``tx`` (out, the pin, idles high), ``busy``.
+
+Both phys: the memory port, the accelerator's own (see `MoEAccelerator`): ``mem_req`` (out
+stream ``{addr, length}``: read ``length`` words from word ``addr``), ``mem_resp`` (in stream
+``{data}``: the words of the requests, in order), ``mem_wr`` (out ``{addr, data, en}``: the
+host's ``WRITE_MEMORY`` words, one a cycle).
 
 ``busy`` is high while the device has work of its own: the link mid-frame, executing or
 sending, the accelerator not idle, or (UART) a byte on the wire. When it is low and no byte
@@ -28,19 +33,21 @@ from amaranth.lib.wiring import In, Out
 
 from moeforge.config import AccelConfig
 
-from .accelerator_sim import DEFAULT_LATENCY, AcceleratorWithMemory
+from .accelerator import MoEAccelerator
 from .link import DEFAULT_RX_TIMEOUT, HostLink
 from .uart import UARTRx, UARTTx, uart_divisor
 
-__all__ = ["MoESoC", "PHYS", "DEFAULT_BAUD"]
+__all__ = ["MoESoC", "PHYS", "DEFAULT_BAUD", "MEMORY_PORT"]
 
 PHYS = ("stream", "uart")
+# The members of the memory port, named as on `MoEAccelerator`.
+MEMORY_PORT = ("mem_req", "mem_resp", "mem_wr")
 DEFAULT_BAUD = 3_000_000
 
 
 class MoESoC(wiring.Component):
-    """The host link in front of the accelerator and its backing memory (see the module
-    docstring).
+    """The host link in front of the accelerator, its expert store behind the memory port (see
+    the module docstring).
 
     Parameters
     ----------
@@ -52,9 +59,8 @@ class MoESoC(wiring.Component):
         The `HostLink`'s: longest frame payload in bytes, cycles without a byte before a frame
         is abandoned (default: 4096 cycles on the stream phy; 2 ms of the clock on a UART,
         since USB-serial adapters pause mid-frame for far longer than 4096 cycles).
-    latency, bytes_per_cycle, burst
-        The `BackingMemory`'s latency and bandwidth, the expert cache's longest burst: as for
-        `AcceleratorWithMemory`.
+    burst : int
+        Longest burst the expert cache requests on ``mem_req``, in words.
     clock_hz, baud : float
         UART only: the clock (default ``cfg.clock_mhz`` MHz) and the baud rate (default
         3 Mbaud); the bit time is ``round(clock_hz / baud)`` cycles.
@@ -67,8 +73,7 @@ class MoESoC(wiring.Component):
     """
 
     def __init__(self, cfg: AccelConfig, *, phy: str = "stream", max_payload: int = 1024,
-                 rx_timeout: int | None = None, latency: int = DEFAULT_LATENCY,
-                 bytes_per_cycle=None, burst: int = 16, clock_hz: float | None = None,
+                 rx_timeout: int | None = None, burst: int = 16, clock_hz: float | None = None,
                  baud: float | None = None, src_loc_at: int = 0):
         if not isinstance(cfg, AccelConfig):
             raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
@@ -83,8 +88,7 @@ class MoESoC(wiring.Component):
             rx_timeout = max(DEFAULT_RX_TIMEOUT, int(clock * 2e-3)) if phy == "uart" else DEFAULT_RX_TIMEOUT
         self.link = HostLink(max_payload=max_payload, rx_timeout=rx_timeout,
                              src_loc_at=1 + src_loc_at)
-        self.layer = AcceleratorWithMemory(cfg, latency=latency, bytes_per_cycle=bytes_per_cycle,
-                                           burst=burst, src_loc_at=1 + src_loc_at)
+        self.accel = MoEAccelerator(cfg, burst=burst, src_loc_at=1 + src_loc_at)
         if phy == "uart":
             self.clock_hz = cfg.clock_mhz * 1e6 if clock_hz is None else clock_hz
             self.baud = DEFAULT_BAUD if baud is None else baud
@@ -95,16 +99,21 @@ class MoESoC(wiring.Component):
         else:
             ports = {"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)),
                      "busy": Out(1)}
+        accel_ports = self.accel.signature.members
+        ports.update({name: accel_ports[name] for name in MEMORY_PORT})
         super().__init__(ports, src_loc_at=1 + src_loc_at)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.link = link = self.link
-        m.submodules.layer = layer = self.layer
-        wiring.connect(m, link.o_cmd, layer.i_cmd)
-        wiring.connect(m, layer.o_rsp, link.i_rsp)
+        m.submodules.accel = accel = self.accel
+        wiring.connect(m, link.o_cmd, accel.i_cmd)
+        wiring.connect(m, accel.o_rsp, link.i_rsp)
+        wiring.connect(m, accel.mem_req, wiring.flipped(self.mem_req))
+        wiring.connect(m, wiring.flipped(self.mem_resp), accel.mem_resp)
+        wiring.connect(m, accel.mem_wr, wiring.flipped(self.mem_wr))
 
-        busy = link.busy | layer.busy
+        busy = link.busy | accel.busy
         if self.phy == "uart":
             m.submodules.uart_rx = urx = self.uart_rx
             m.submodules.uart_tx = utx = self.uart_tx

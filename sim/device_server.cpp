@@ -1,7 +1,8 @@
-// The simulated device: a Verilated MoESoC (or any design with its ports) served over TCP.
+// The simulated device: a Verilated SimulatedSoC (MoESoC on the backing-memory model, or any
+// design with its ports) served over TCP.
 //
 // Built by moeforge.sim.sim_device (verilator --cc --exe --build --prefix Vtop ...). The top
-// module (the design in a wrapper registering rst) has the ports of MoESoC with phy="stream":
+// module (the design in a wrapper registering rst) has the ports of SimulatedSoC with phy="stream":
 //
 //   clk, rst                              the sync domain (synchronous reset)
 //   rx__valid, rx__ready, rx__payload[7:0]  bytes into the device (taken when valid & ready

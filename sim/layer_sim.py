@@ -61,23 +61,15 @@ def batch_bound(top, counts, misses: int, n_tokens: int) -> BatchBound:
                       combiner=n_tokens * (cfg.d_model // cfg.mac_rows) + core.combiner.flush_latency)
 
 
-def _silence_unused(top) -> None:
-    """Mark `top` and every elaboratable it holds as used: with the Verilog from the disk cache
-    the design is never elaborated, and Amaranth would warn about each unit when it is collected."""
-    from amaranth.hdl import Elaboratable
-    todo, seen = [top], set()
-    while todo:
-        obj = todo.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        obj._MustUse__silence = True
-        todo += [v for v in vars(obj).values() if isinstance(v, Elaboratable)]
+# The modules of `moeforge.sim` that describe hardware (the simulation models and the tops on
+# them); the rest of the package (benches, drivers, builds) does not change any Verilog.
+SIM_HARDWARE_MODULES = ("backing_memory.py", "tops.py", "weight_memory.py")
 
 
 def rtl_source_hash() -> str:
     """Hash of the Python sources the RTL is generated from (for the Verilog cache): every module
-    of the packages the RTL, its tables and the config come from, wherever they are installed."""
+    of the packages the RTL, its tables and the config come from, and the simulation models of
+    `SIM_HARDWARE_MODULES`, wherever they are installed."""
     import amaranth
 
     import moeforge
@@ -89,18 +81,30 @@ def rtl_source_hash() -> str:
         for p in sorted(folder.rglob("*.py")):
             h.update(str(p.relative_to(folder)).encode())
             h.update(p.read_bytes())
+    here = Path(__file__).resolve().parent
+    for name in SIM_HARDWARE_MODULES:
+        h.update(f"sim/{name}".encode())
+        h.update((here / name).read_bytes())
     h.update(amaranth.__version__.encode())
     return h.hexdigest()
 
 
 def layer_verilog(top, key: str) -> str:
-    """The Verilog of `top`, cached on disk under `key` + the RTL sources' hash (elaborating a
-    whole layer takes tens of seconds)."""
+    """The Verilog of `top`, cached on disk under `key` + the RTL sources' hash (converting a
+    whole layer to Verilog takes tens of seconds).
+
+    A cache hit still elaborates `top` (``Fragment.get``, well under a second even for the
+    largest example layers): that runs the checks inside its units' ``elaborate`` and marks
+    every unit as used, so Amaranth has no unused design to warn about when `top` is collected.
+    """
+    from amaranth.hdl import Fragment
+
     from moeforge.rtl.export import to_verilog
     from moeforge.sim.build import cache_root
     digest = hashlib.sha256(f"{key}|{rtl_source_hash()}".encode()).hexdigest()[:24]
     path = cache_root() / "verilog" / f"layer-{digest}.v"
     if path.exists():
+        Fragment.get(top, None)
         return path.read_text()
     text = to_verilog(top, "layer")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +168,7 @@ def run_layer(cfg: AccelConfig, *, tokens: int, seed: int, latency: int | None =
     """
     from moeforge.hls_models.expert_cache import ExpertCacheModel
     from moeforge.hls_models.hf_random import make_hf_input
-    from moeforge.rtl.accelerator_sim import DEFAULT_LATENCY, AcceleratorWithMemory
+    from moeforge.sim.tops import DEFAULT_LATENCY, AcceleratorWithMemory
     from moeforge.sim.unit_sim import check_run_options, random_layer, run_bench, run_folder
 
     check_run_options(tokens=tokens, seed=seed, stall=stall)
@@ -275,7 +279,6 @@ def _layer_build(top, steps, *, stall: float, waves: bool):
                  steps=steps, in_stall=stall, out_stall=stall, d_model=cfg.d_model)
     key = f"{cfg.content_hash()}|{top.memory.latency}|{top.memory.bytes_per_cycle}"
     verilog = layer_verilog(top, key)
-    _silence_unused(top)
     return build_cached(verilog, "layer", waves=waves), bench
 
 

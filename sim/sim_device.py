@@ -1,8 +1,9 @@
-"""The simulated device: a Verilated `MoESoC` behind a TCP socket, run as a child process.
+"""The simulated device: a Verilated `SimulatedSoC` behind a TCP socket, run as a child process.
 
 The host runtime talks to a board over a byte stream (``docs/protocol.md``); the simulated
 device offers the same bytes on a TCP socket. `build_sim_device` exports
-``MoESoC(cfg, phy="stream", ...)`` to Verilog and compiles it with ``sim/device_server.cpp``,
+``SimulatedSoC(cfg, phy="stream", ...)`` (`MoESoC` with the backing-memory model on its memory
+port, `moeforge.sim.tops`) to Verilog and compiles it with ``sim/device_server.cpp``,
 a C++ harness that clocks the design, feeds it the bytes received and sends back the bytes it
 emits, with no Python in the loop. `SimDeviceProcess` runs that executable as a child process;
 `serve_sim` runs it in the foreground (``moeforge serve-sim``).
@@ -83,7 +84,7 @@ BUILD_JOBS = 2
 BUSY_LINE = (b"moeforge device busy: another client is connected (the simulated device serves "
              b"one client at a time)\n")
 
-# Verilog port → (direction, width) of the device's top: MoESoC with phy="stream". The harness
+# Verilog port → (direction, width) of the device's top: SimulatedSoC with phy="stream". The harness
 # (device_server.cpp) drives exactly these, plus clk and rst.
 DEVICE_PORTS = {
     "rx__valid": ("input", 1), "rx__ready": ("output", 1), "rx__payload": ("input", 8),
@@ -118,7 +119,7 @@ def check_device_ports(component) -> None:
 
 def soc_verilog(cfg: AccelConfig, *, on_export: Callable[[], None] | None = None,
                 **soc_params) -> tuple[str, str]:
-    """``(verilog, top)`` of ``MoESoC(cfg, phy="stream", **soc_params)``.
+    """``(verilog, top)`` of ``SimulatedSoC(cfg, phy="stream", **soc_params)``.
 
     The text is cached on disk (``<cache>/verilog/soc-<digest>.v``) by the config's content,
     the parameters and the hash of the RTL's Python sources, as `layer_verilog` does: a hit
@@ -131,8 +132,8 @@ def soc_verilog(cfg: AccelConfig, *, on_export: Callable[[], None] | None = None
     if on_export is not None:
         on_export()
     from moeforge.rtl.export import to_verilog
-    from moeforge.rtl.soc import MoESoC
-    soc = MoESoC(cfg, phy="stream", **soc_params)
+    from .tops import SimulatedSoC
+    soc = SimulatedSoC(cfg, phy="stream", **soc_params)
     check_device_ports(soc)
     text = to_verilog(soc, SOC_TOP)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -279,7 +280,7 @@ def _build_into(path: Path, verilog: str, top: str, harness: str, timeout: float
 
 
 def build_sim_device(cfg: AccelConfig, *, quiet: bool = False, **soc_params) -> Path:
-    """The device server executable of ``MoESoC(cfg, phy="stream", **soc_params)``.
+    """The device server executable of ``SimulatedSoC(cfg, phy="stream", **soc_params)``.
 
     Exports the SoC (Verilog cached by config, parameters and RTL sources) and builds it with
     the harness (executable cached by content, see the module docstring). The first build of a
@@ -398,7 +399,8 @@ class SimDeviceProcess:
             Drop a client once the device has been idle, with nothing received from it, for
             this many seconds (the next client is then served); None (default) never does.
         **soc_params
-            `MoESoC` parameters besides ``cfg`` and ``phy``.
+            `SimulatedSoC` parameters besides ``cfg`` and ``phy`` (the backing memory's
+            ``latency`` and ``bytes_per_cycle``, and the `MoESoC` ones).
 
         Raises
         ------

@@ -112,11 +112,6 @@ def run_bench(handle, module: str, bench: dict, workdir: Path, *, seed: int,
     return BenchRun(results=results, summary=read_summary(summary_file), nonce=nonce, wall=wall)
 
 
-def _int_gemm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Exact integer ``x @ w.T`` (int64)."""
-    return x.to(torch.int64) @ w.to(torch.int64).T
-
-
 def random_layer(cfg: AccelConfig, seed: int):
     """A quantised random-weight layer for `cfg` (a transformers block of its family when it has one)."""
     from moeforge.hls_models import QuantizedMoELayer, make_hf_block, make_hf_input
@@ -135,12 +130,13 @@ def _stream_prefix(component, name: str) -> str:
 def _requantiser_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     """The down projection's requantisation of one expert: one beat per output channel and
     group of `lanes` tokens (a beat shares its channel's multiplier and shift)."""
+    from moeforge.hls_models.expert_bank import int_gemm
     from moeforge.hls_models.fixed_point import requantize
     from moeforge.hls_models.hf_random import make_hf_input
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed)).to(torch.int64)
     e = int(torch.randint(cfg.n_experts, (1,), generator=torch.Generator().manual_seed(seed)))
     bank = q.experts
-    acc = _int_gemm(bank.hidden(e, x), bank.w_down[e])            # [T, D] int32 range
+    acc = int_gemm(bank.hidden(e, x), bank.w_down[e])            # [T, D] int32 range
     lanes = dut.lanes
     pad = (-tokens) % lanes
     acc = torch.cat([acc, torch.zeros(pad, cfg.d_model, dtype=torch.int64)])
@@ -204,7 +200,7 @@ def _expert_ffn_harness(cfg):
     from amaranth.utils import ceil_log2
 
     from moeforge.rtl.expert_ffn import ExpertFFN, ExpertImageLayout
-    from moeforge.rtl.gemm import WeightMemoryHarness
+    from moeforge.sim.weight_memory import WeightMemoryHarness
     words = ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff,
                               rows=cfg.mac_rows, cols=cfg.mac_cols).words
     eng = ExpertFFN.from_config(cfg, w_addr_width=max(1, ceil_log2(cfg.n_experts * words)))
@@ -264,6 +260,7 @@ def _combiner_outputs(stim: dict) -> tuple[int, int]:
 def _hidden_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     """One expert's gate/up accumulators of random tokens (exact GEMMs), its requantiser state
     loaded through the write port; expected ``ExpertBank.hidden``."""
+    from moeforge.hls_models.expert_bank import int_gemm
     from moeforge.hls_models.hf_random import make_hf_input
     from moeforge.rtl.export import verilog_ports
     from moeforge.rtl.hidden import hidden_image
@@ -271,8 +268,8 @@ def _hidden_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed)).to(torch.int64)
     e = int(torch.randint(cfg.n_experts, (1,), generator=torch.Generator().manual_seed(seed)))
     bank = q.experts
-    acc_u = _int_gemm(x, bank.w_up[e])
-    acc_g = _int_gemm(x, bank.w_gate[e]) if dut.swiglu else None
+    acc_u = int_gemm(x, bank.w_up[e])
+    acc_g = int_gemm(x, bank.w_gate[e]) if dut.swiglu else None
     L, F = dut.lanes, acc_u.shape[1]
     beats = []
     for t in range(tokens):

@@ -24,7 +24,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from moeforge.rtl.backing_memory import BackingMemory
+from moeforge.sim.backing_memory import BackingMemory
 from moeforge.sim.stream import pack_layout, unpack_layout
 
 P = json.loads(open(os.environ["MOEFORGE_TEST_PARAMS"]).read()) \

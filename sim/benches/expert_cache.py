@@ -48,7 +48,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from moeforge.hls_models.expert_cache import ExpertCacheModel
-from moeforge.rtl.backing_memory import BackingMemory
+from moeforge.sim.backing_memory import BackingMemory
 from moeforge.rtl.expert_cache import COUNTERS, ExpertCache
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import pack_layout, unpack_layout

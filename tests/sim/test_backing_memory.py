@@ -17,7 +17,7 @@ from fractions import Fraction
 
 import pytest
 
-from moeforge.rtl.backing_memory import BackingMemory
+from moeforge.sim.backing_memory import BackingMemory
 from moeforge.rtl.export import to_verilog, verilog_ports
 from moeforge.sim.build import run_cocotb
 from moeforge.sim.toolchain import lint_problems

@@ -24,7 +24,7 @@ from fractions import Fraction
 import pytest
 
 from moeforge import AccelConfig
-from moeforge.rtl.backing_memory import BackingMemory
+from moeforge.sim.backing_memory import BackingMemory
 from moeforge.rtl.expert_cache import ExpertCache
 from moeforge.rtl.export import to_verilog, verilog_ports
 from moeforge.sim.benches.expert_cache import CacheSystem, make_stimulus

@@ -20,9 +20,10 @@ import pytest
 import torch
 
 from moeforge.rtl.export import to_verilog, verilog_ports
-from moeforge.rtl.gemm import GemmEngine, WeightMemoryHarness, gemm_image
+from moeforge.rtl.gemm import GemmEngine, gemm_image
 from moeforge.sim.build import run_cocotb
 from moeforge.sim.toolchain import lint_problems
+from moeforge.sim.weight_memory import WeightMemoryHarness
 
 pytestmark = pytest.mark.verilator
 

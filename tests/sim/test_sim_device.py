@@ -1,7 +1,8 @@
 """The simulated device: the C++ socket harness around a Verilated design, and its process.
 
 Most tests run a stand-in design with the SoC's ports (`CountingEcho`); one runs the real
-`MoESoC` of configs/tiny.toml and asks it HELLO.
+device of configs/tiny.toml (`SimulatedSoC`: `MoESoC` with the backing-memory model on its
+memory port) and asks it HELLO.
 """
 
 import os
@@ -400,6 +401,26 @@ def test_device_build_says_what_it_does_only_when_it_compiles(echo_exe, tmp_path
     assert re.fullmatch(r"\.\.\. built in \d+ s", lines[1]), lines[1]
     assert sim_device.build_sim_device(cfg) == exe
     assert capsys.readouterr() == ("", "")
+
+
+def test_simulated_soc_is_the_soc_on_the_memory_model():
+    """The device served is `MoESoC` with `BackingMemory` on its memory port: it has exactly
+    the harness's ports, which the SoC alone (whose memory port a board connects) does not."""
+    from amaranth.hdl import Fragment
+
+    from moeforge.config import AccelConfig
+    from moeforge.rtl.soc import MoESoC
+    from moeforge.sim.backing_memory import BackingMemory
+    from moeforge.sim.tops import SimulatedSoC
+    cfg = AccelConfig.from_toml(ROOT / "configs" / "tiny.toml")
+    device = SimulatedSoC(cfg, phy="stream", latency=5, bytes_per_cycle=2)
+    check_device_ports(device)
+    assert isinstance(device.soc, MoESoC) and isinstance(device.memory, BackingMemory)
+    assert (device.memory.latency, device.memory.bytes_per_cycle) == (5, 2)
+    assert device.memory.depth == device.soc.accel.mem_words
+    with pytest.raises(ValueError, match=r"extra \['mem_req__payload'"):
+        check_device_ports(device.soc)
+    Fragment.get(device, None)                  # elaborates, and marks every part used
 
 
 def test_build_failure_raises_with_log(tmp_path):

@@ -31,7 +31,8 @@ On an idle memory, word ``j`` of a request accepted in cycle ``c`` transfers (wi
 high) in cycle ``c + latency + ceil(j · word_bits · q / (8·p))``: `word_offsets`, `cycles`.
 
 The data path reads the memory asynchronously (the head word is ``mem[addr + offset]``),
-which suits a simulation model; it is not meant for synthesis into a board design.
+which suits a simulation model; it is not meant for synthesis into a board design (it lives in
+`moeforge.sim` for that reason: a board plugs real memory into the SoC's memory port).
 """
 
 from __future__ import annotations
@@ -40,14 +41,13 @@ from fractions import Fraction
 from numbers import Rational
 
 from amaranth.hdl import Module, Mux, Signal, unsigned
-
-from .expert_cache import _pick, _write
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .mac_array import check_int
+from moeforge.rtl.expert_cache import pick, write_at
+from moeforge.rtl.mac_array import check_int
 
 __all__ = ["BackingMemory"]
 
@@ -203,21 +203,21 @@ class BackingMemory(wiring.Component):
         accept = self.i_req.valid & self.i_req.ready
         m.d.comb += self.i_req.ready.eq(count != Q)
         with m.If(accept):
-            _write(m, e_addr, tail, self.i_req.payload.addr)
-            _write(m, e_len, tail, self.i_req.payload.length)
-            _write(m, e_wait, tail, L - 1)
+            write_at(m, e_addr, tail, self.i_req.payload.addr)
+            write_at(m, e_len, tail, self.i_req.payload.length)
+            write_at(m, e_wait, tail, L - 1)
             m.d.sync += tail.eq(wrap_inc(tail))
 
         # head request: offer words once its latency is over and credit allows
-        h_ready = (count != 0) & (_pick(e_wait, head) == 0)
-        h_len = _pick(e_len, head)
+        h_ready = (count != 0) & (pick(e_wait, head) == 0)
+        h_len = pick(e_len, head)
         if self.full_rate:
             credit_ok = 1
         else:
             credit = Signal(range(self.cost + self.gain), init=self.cost)
             credit_ok = credit >= self.cost
         word_pending = h_ready & (h_len != 0)
-        m.d.comb += [rp.addr.eq(_pick(e_addr, head) + offset),
+        m.d.comb += [rp.addr.eq(pick(e_addr, head) + offset),
                      self.o_resp.payload.data.eq(rp.data),
                      self.o_resp.valid.eq(word_pending & credit_ok)]
         fire = self.o_resp.valid & self.o_resp.ready
