@@ -53,7 +53,7 @@ def test_bad_commands_are_flagged_and_the_device_stays_usable(tmp_path):
     """Run before load, unknown opcode, short and long packets, writes beyond the memories
     (weights of another shape), a batch above the buffer, tokens never written: each answered
     with its status, nothing executed; then the same device runs a batch bit-exact."""
-    from moeforge.rtl.accelerator_sim import AcceleratorWithMemory
+    from moeforge.sim.tops import AcceleratorWithMemory
     from moeforge.sim.unit_sim import random_layer
     from moeforge.hls_models.hf_random import make_hf_input
 
@@ -180,7 +180,7 @@ SLOW_SEEDS = (1, 2, 3, 4, 5, 7, 8, 9)
 def test_random_configs_cover_what_the_array_allows():
     """The sweep's seeds draw both activations, SwiGLU with even rows only, ReLU with one row too,
     and each config is one the accelerator accepts."""
-    from moeforge.rtl.accelerator_sim import AcceleratorWithMemory
+    from moeforge.sim.tops import AcceleratorWithMemory
     cfgs = [_random_config(s) for s in (6, 14, *SLOW_SEEDS)]
     shapes = {(c.activation, c.mac_rows) for c in cfgs}
     assert ("relu", 1) in shapes and {a for a, _ in shapes} == {"relu", "swiglu"}, shapes

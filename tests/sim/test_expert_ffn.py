@@ -31,7 +31,7 @@ from moeforge.hls_models import QuantizedMoELayer
 from moeforge.hls_models.hf_random import family_configs, make_hf_block, make_hf_input
 from moeforge.rtl.export import to_verilog, verilog_ports
 from moeforge.rtl.expert_ffn import ExpertFFN, ExpertImageLayout, expert_image
-from moeforge.rtl.gemm import WeightMemoryHarness
+from moeforge.sim.weight_memory import WeightMemoryHarness
 from moeforge.rtl.hidden import hidden_image
 from moeforge.sim.build import run_cocotb
 from moeforge.sim.toolchain import lint_problems
