@@ -176,9 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-o", "--output", required=True, type=Path)
     q.set_defaults(func=cmd_quantize)
 
-    v = sub.add_parser("verilog", help="write the Verilog of one unit, or of every unit built so far")
+    from moeforge.rtl.units import UNITS          # names only: building a unit needs Amaranth
+    v = sub.add_parser("verilog", help="write the Verilog of one unit, or of every registered unit")
     v.add_argument("--config", required=True)
-    v.add_argument("--unit", help="unit name (default: all units)")
+    v.add_argument("--unit", choices=list(UNITS), metavar="NAME",
+                   help=f"unit name, one of: {', '.join(UNITS)} (default: all units)")
     v.add_argument("-o", "--output", type=Path, help="output file (default: stdout)")
     v.set_defaults(func=cmd_verilog)
 

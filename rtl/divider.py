@@ -35,14 +35,9 @@ from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .mac_array import check_int
+
 __all__ = ["Divider", "divider_logic", "divider_op_layout", "divider_result_layout"]
-
-
-def _check_int(name: str, value, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], not {value!r}")
 
 
 def divider_op_layout(*, num_bits: int, den_bits: int) -> data.StructLayout:
@@ -88,11 +83,11 @@ class Divider(wiring.Component):
 
     def __init__(self, *, num_bits: int, den_bits: int, quo_bits: int | None = None,
                  src_loc_at: int = 0):
-        _check_int("num_bits", num_bits, 1, 128)
-        _check_int("den_bits", den_bits, 1, 128)
+        check_int("num_bits", num_bits, 1, 128)
+        check_int("den_bits", den_bits, 1, 128)
         if quo_bits is None:
             quo_bits = num_bits
-        _check_int("quo_bits", quo_bits, 1, num_bits)
+        check_int("quo_bits", quo_bits, 1, num_bits)
         if num_bits - quo_bits > den_bits:
             raise ValueError(f"quo_bits must be at least num_bits - den_bits = "
                              f"{num_bits - den_bits}, not {quo_bits!r}")

@@ -159,10 +159,6 @@ class BuildHandle:
         return self.obj_dir / self.top
 
     @property
-    def verilog_path(self) -> Path:
-        return self.path / f"{self.top}.v"
-
-    @property
     def log_path(self) -> Path:
         return self.path / "build.log"
 

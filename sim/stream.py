@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import cocotb
@@ -34,7 +34,7 @@ from amaranth.lib import data
 __all__ = [
     "Beat", "StreamDriver", "StreamMonitor", "StreamSink", "bernoulli_pauses",
     "pack_signed", "unpack_signed", "pack_unsigned", "unpack_unsigned",
-    "pack_layout", "unpack_layout", "lanes_of",
+    "pack_layout", "unpack_layout",
 ]
 
 
@@ -382,8 +382,3 @@ class StreamSink(StreamMonitor):
     def stop(self) -> None:
         super().stop()
         self.ready.value = 0
-
-
-def lanes_of(beats: Sequence[Beat], width: int, n: int) -> list[list[int]]:
-    """Unpack each beat's payload into `n` signed `width`-bit lanes."""
-    return [unpack_signed(b.payload, width, n) for b in beats]
