@@ -118,26 +118,11 @@ from amaranth.lib.wiring import In, Out
 
 from moeforge.config import MAX_DIM, AccelConfig
 from moeforge.spec.arith import GATE_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS, Y_BITS
+from moeforge.spec.image import accumulator_width, check_int
 
 from .arith import round_shift, saturate
 
 __all__ = ["Combiner", "contrib_layout", "flush_layout", "y_layout", "accumulator_width"]
-
-
-def _check_int(name: str, value, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], not {value!r}")
-
-
-def accumulator_width(max_terms: int) -> int:
-    """Signed bits holding any sum of `max_terms` products ``gate · o`` exactly.
-
-    ``38 + ceil(log2 max_terms)``: one product needs 38 signed bits (see the module docstring).
-    """
-    _check_int("max_terms", max_terms, 1, 1024)
-    return OUT_BITS + GATE_BITS + (max_terms - 1).bit_length()
 
 
 def _index_bits(t_max: int) -> int:
@@ -216,12 +201,12 @@ class Combiner(wiring.Component):
 
     def __init__(self, *, d_model: int, lanes: int, t_max: int, max_terms: int,
                  src_loc_at: int = 0):
-        _check_int("d_model", d_model, 1, MAX_DIM)
-        _check_int("lanes", lanes, 1, d_model)
+        check_int("d_model", d_model, 1, MAX_DIM)
+        check_int("lanes", lanes, 1, d_model)
         if d_model % lanes:
             raise ValueError(f"lanes must divide d_model={d_model}, not {lanes!r}")
-        _check_int("t_max", t_max, 1, 4096)
-        _check_int("max_terms", max_terms, 1, 1024)
+        check_int("t_max", t_max, 1, 4096)
+        check_int("max_terms", max_terms, 1, 1024)
         self.d_model = d_model
         self.lanes = lanes
         self.t_max = t_max

@@ -121,115 +121,14 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from moeforge.config import MAX_DIM, AccelConfig
-from moeforge.spec.arith import ACC_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS, SHIFT_MAX, SHIFT_MIN
+from moeforge.spec.arith import ACC_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS
+from moeforge.spec.image import PARAM_BITS, ExpertImageLayout, check_int, expert_image
 
 from .arith import round_shift, saturate
-from .hidden import HiddenUnit, hidden_image
-from .mac_array import COUNTER_BITS, MACArray, check_int, index_shape, weight_word
+from .hidden import HiddenUnit
+from .mac_array import COUNTER_BITS, MACArray, index_shape, weight_word
 
 __all__ = ["ExpertFFN", "ExpertImageLayout", "expert_image"]
-
-PARAM_BITS = MULT_BITS + SHIFT_BITS       # one (M, S) pair: 22 bits
-
-
-class ExpertImageLayout:
-    """Sizes and offsets of one expert's weight image (see the module docstring).
-
-    Parameters
-    ----------
-    activation : str
-    d_model, d_ff, rows, cols : int
-    """
-
-    def __init__(self, *, activation: str, d_model: int, d_ff: int, rows: int, cols: int):
-        self.activation = activation
-        self.swiglu = activation == "swiglu"
-        self.d_model, self.d_ff, self.rows, self.cols = d_model, d_ff, rows, cols
-        word_bits = 8 * cols
-        self.hp_bits = 2 * PARAM_BITS if self.swiglu else PARAM_BITS   # HiddenAddressMap.data_bits
-        self.hpw = -(-self.hp_bits // word_bits)
-        self.dpw = -(-PARAM_BITS // word_bits)
-        self.s_d, self.s_f = d_model // cols, d_ff // cols
-        self.gu_rows = (2 if self.swiglu else 1) * d_ff
-        self.gu_groups = self.gu_rows // rows
-        self.d_groups = d_model // rows
-        self.hp_items, self.dp_items = d_ff + 1, d_model
-        self.hp_words = self.hp_items * self.hpw
-        self.dp_words = self.dp_items * self.dpw
-        self.gu_words = self.gu_rows * self.s_d
-        self.dw_words = d_model * self.s_f
-        self.hp_base = 0
-        self.dp_base = self.hp_words
-        self.gu_base = self.dp_base + self.dp_words
-        self.dw_base = self.gu_base + self.gu_words
-        self.words = self.dw_base + self.dw_words
-
-    def gu_row(self, j: int, r: int) -> tuple[str, int]:
-        """(``"gate"`` or ``"up"``, channel) of row ``r`` of GU group ``j``."""
-        if self.swiglu:
-            half = self.rows // 2
-            return ("gate", j * half + r) if r < half else ("up", j * half + r - half)
-        return "up", j * self.rows + r
-
-
-def _pack_value(value: int, bits: int, nwords: int, word_bits: int) -> list[int]:
-    value &= (1 << bits) - 1
-    mask = (1 << word_bits) - 1
-    return [(value >> (word_bits * i)) & mask for i in range(nwords)]
-
-
-def _row_words(row, cols: int) -> list[int]:
-    out = []
-    for s in range(0, len(row), cols):
-        word = 0
-        for c, v in enumerate(row[s:s + cols]):
-            word |= (int(v) & 0xFF) << (8 * c)
-        out.append(word)
-    return out
-
-
-def expert_image(bank, e: int, cfg: AccelConfig) -> list[int]:
-    """The weight-port words of expert `e` of an `ExpertBank` for `cfg`'s array (docstring table).
-
-    Raises
-    ------
-    ValueError
-        If the bank does not match `cfg` (activation, shapes), `e` is not one of its experts,
-        or a multiplier or shift is out of range.
-    """
-    if not isinstance(cfg, AccelConfig):
-        raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
-    check_int("expert", e, 0, bank.n - 1)
-    if bank.activation != cfg.activation:
-        raise ValueError(f"the bank's activation {bank.activation!r} is not the config's "
-                         f"{cfg.activation!r}")
-    F, D = int(bank.w_up.shape[1]), int(bank.w_up.shape[2])
-    if D != cfg.d_model:
-        raise ValueError(f"the bank's d_model {D} is not the config's {cfg.d_model}")
-    lay = ExpertImageLayout(activation=cfg.activation, d_model=D, d_ff=F,
-                            rows=cfg.mac_rows, cols=cfg.mac_cols)
-    wb = 8 * cfg.mac_cols
-    words = []
-    for addr, value in hidden_image(bank, e):
-        assert addr == len(words) // lay.hpw
-        words += _pack_value(value, lay.hp_bits, lay.hpw, wb)
-    for n in range(D):
-        m, s = int(bank.down_mult[e, n]), int(bank.down_shift[e, n])
-        check_int(f"down multiplier {n}", m, 0, (1 << MULT_BITS) - 1)
-        check_int(f"down shift {n}", s, SHIFT_MIN, SHIFT_MAX)
-        words += _pack_value(m | s << MULT_BITS, PARAM_BITS, lay.dpw, wb)
-    mats = {"up": bank.w_up[e].tolist()}
-    if lay.swiglu:
-        mats["gate"] = bank.w_gate[e].tolist()
-    for j in range(lay.gu_groups):
-        for r in range(lay.rows):
-            which, c = lay.gu_row(j, r)
-            words += _row_words(mats[which][c], lay.cols)
-    for row in bank.w_down[e].tolist():
-        words += _row_words(row, lay.cols)
-    assert len(words) == lay.words
-    return words
-
 
 class ExpertFFN(wiring.Component):
     """One expert's FFN over a batch of tokens; see the module docstring.

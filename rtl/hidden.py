@@ -86,8 +86,6 @@ written one lane at a time; one 1024 × 15-bit sigmoid ROM per lane.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -95,8 +93,9 @@ from amaranth.lib.wiring import In, Out
 
 from moeforge.config import ACTIVATIONS, AccelConfig
 from moeforge.hls_models.fixed_point import sigmoid_lut
-from moeforge.spec.arith import (ACC_BITS, GATE_FRAC, GATE_ONE, HIDDEN_BITS, MULT_BITS, SHIFT_BITS, SHIFT_MAX,
-                                 SHIFT_MIN, SIG_LIMIT, SIG_SIZE, SIG_STEP_SHIFT, SILU_BITS, UP_BITS)
+from moeforge.spec.arith import (ACC_BITS, GATE_FRAC, GATE_ONE, HIDDEN_BITS, MULT_BITS, SHIFT_BITS, SIG_LIMIT,
+                                 SIG_SIZE, SIG_STEP_SHIFT, SILU_BITS, UP_BITS)
+from moeforge.spec.image import HiddenAddressMap, check_int, hidden_image
 
 from .arith import round_shift, saturate
 
@@ -106,13 +105,6 @@ __all__ = ["HiddenUnit", "HiddenAddressMap", "hidden_image", "acc_layout", "h_la
 P_BITS = {"swiglu": SILU_BITS + UP_BITS, "relu": UP_BITS}   # p = t·u (int40), or max(0, u)
 MAX_LANES = 1024
 MAX_ROTATION = 64
-
-
-def _check_int(name: str, value, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], not {value!r}")
 
 
 def _check_activation(activation) -> None:
@@ -171,103 +163,6 @@ def sigmoid_rom() -> list[int]:
 
 # ------------------------------------------------------------------------------ address map
 
-@dataclass(frozen=True)
-class HiddenAddressMap:
-    """Addresses of the hidden unit's write port (see the module docstring).
-
-    Attributes
-    ----------
-    d_ff : int
-        Channels the unit holds parameters for.
-    activation : str
-        ``relu`` or ``swiglu`` (decides the channel word's fields).
-    """
-
-    d_ff: int
-    activation: str
-
-    HID = 0                          # M_h, S_h
-
-    def __post_init__(self):
-        _check_int("d_ff", self.d_ff, 1, 1 << 20)
-        _check_activation(self.activation)
-
-    def channel(self, c: int) -> int:
-        """Address of channel ``c``'s parameter word."""
-        _check_int("channel", c, 0, self.d_ff - 1)
-        return 1 + c
-
-    @property
-    def words(self) -> int:
-        """Addresses in use: ``1 + d_ff``."""
-        return 1 + self.d_ff
-
-    @property
-    def addr_bits(self) -> int:
-        return max(1, (self.words - 1).bit_length())
-
-    @property
-    def data_bits(self) -> int:
-        return channel_layout(self.activation).size
-
-    @staticmethod
-    def _mult_shift(what: str, mult, shift) -> tuple[int, int]:
-        mult, shift = int(mult), int(shift)
-        _check_int(f"{what} multiplier", mult, 0, (1 << MULT_BITS) - 1)
-        _check_int(f"{what} shift", shift, SHIFT_MIN, SHIFT_MAX)
-        return mult, shift
-
-    def channel_word(self, *, up_mult, up_shift, gate_mult=None, gate_shift=None) -> int:
-        """Pack one channel's parameters (range-checked); gate fields for SwiGLU only."""
-        up_mult, up_shift = self._mult_shift("up", up_mult, up_shift)
-        word = up_mult | up_shift << MULT_BITS
-        if self.activation == "swiglu":
-            if gate_mult is None or gate_shift is None:
-                raise ValueError("a SwiGLU channel word needs gate_mult and gate_shift")
-            gate_mult, gate_shift = self._mult_shift("gate", gate_mult, gate_shift)
-            word |= (gate_mult | gate_shift << MULT_BITS) << (MULT_BITS + SHIFT_BITS)
-        elif gate_mult is not None or gate_shift is not None:
-            raise ValueError("a ReLU channel word has no gate parameters")
-        return word
-
-    def hid_word(self, mult, shift) -> int:
-        """Pack the hidden requantiser's multiplier and shift (range-checked)."""
-        mult, shift = self._mult_shift("hidden", mult, shift)
-        return mult | shift << MULT_BITS
-
-
-def hidden_image(bank, e: int) -> list[tuple[int, int]]:
-    """The ``(addr, data)`` writes that load expert `e` of an `ExpertBank` into a hidden unit.
-
-    ``M_h``/``S_h`` first, then channels ``0 .. F-1`` (``F`` = the bank's ``d_ff``).
-
-    Raises
-    ------
-    ValueError
-        If `e` is not an expert of the bank, a multiplier does not fit 16 bits or a shift is
-        outside ``[1, 62]``, or the bank's tensors are inconsistent.
-    """
-    _check_int("expert", e, 0, bank.n - 1)
-    swiglu = bank.activation == "swiglu"
-    F = int(bank.up_mult.shape[1])
-    amap = HiddenAddressMap(d_ff=F, activation=bank.activation)
-    up_m, up_s = bank.up_mult[e].tolist(), bank.up_shift[e].tolist()
-    if swiglu:
-        if bank.gate_mult is None or bank.gate_shift is None:
-            raise ValueError("a SwiGLU bank needs gate_mult and gate_shift")
-        gate_m, gate_s = bank.gate_mult[e].tolist(), bank.gate_shift[e].tolist()
-    else:
-        gate_m = gate_s = [None] * F
-    if not len(up_s) == len(gate_m) == len(gate_s) == F:
-        raise ValueError(f"expert {e}: per-channel parameters must have {F} values")
-    writes = [(amap.HID, amap.hid_word(bank.hid_mult[e], bank.hid_shift[e]))]
-    for c in range(F):
-        writes.append((amap.channel(c), amap.channel_word(up_mult=up_m[c], up_shift=up_s[c],
-                                                          gate_mult=gate_m[c],
-                                                          gate_shift=gate_s[c])))
-    return writes
-
-
 # -------------------------------------------------------------------------------- the unit
 
 def _fwht(values: list) -> list:
@@ -320,9 +215,9 @@ class HiddenUnit(wiring.Component):
     def __init__(self, *, activation: str, d_ff: int, lanes: int, rotation: int,
                  src_loc_at: int = 0):
         _check_activation(activation)
-        _check_int("lanes", lanes, 1, MAX_LANES)
-        _check_int("d_ff", d_ff, 1, 1 << 20)
-        _check_int("rotation", rotation, 1, MAX_ROTATION)
+        check_int("lanes", lanes, 1, MAX_LANES)
+        check_int("d_ff", d_ff, 1, 1 << 20)
+        check_int("rotation", rotation, 1, MAX_ROTATION)
         if not _is_pow2(rotation):
             raise ValueError(f"rotation must be a power of two in [1, {MAX_ROTATION}], "
                              f"not {rotation!r}")

@@ -65,18 +65,11 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from moeforge.spec.arith import ACC_BITS, PROD_BITS, WEIGHT_BITS
+from moeforge.spec.image import check_int
 
 __all__ = ["MACArray", "COUNTER_BITS", "check_int", "index_shape", "weight_word"]
 
 COUNTER_BITS = 32
-
-
-def check_int(name: str, value, lo: int, hi: int) -> None:
-    """Raise TypeError/ValueError (naming `name` and the value) unless lo <= value <= hi."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], not {value!r}")
 
 
 def index_shape(count: int) -> Shape:

@@ -34,17 +34,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from moeforge.spec.arith import ACC_BITS, MULT_BITS, SHIFT_BITS, Y_BITS
+from moeforge.spec.image import check_int
 
 from .arith import round_shift, saturate
 
 __all__ = ["Requantiser", "requantiser_input_layout", "requantiser_output_layout"]
-
-
-def _check_int(name: str, value, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], not {value!r}")
 
 
 def requantiser_input_layout(*, in_width: int, lanes: int, mult_bits: int = MULT_BITS,
@@ -99,11 +93,11 @@ class Requantiser(wiring.Component):
 
     def __init__(self, *, in_width: int = ACC_BITS, out_bits: int = Y_BITS, lanes: int = 1,
                  mult_bits: int = MULT_BITS, shift_bits: int = SHIFT_BITS):
-        _check_int("in_width", in_width, 2, 64)
-        _check_int("out_bits", out_bits, 2, 64)
-        _check_int("lanes", lanes, 1, 1024)
-        _check_int("mult_bits", mult_bits, 1, 32)
-        _check_int("shift_bits", shift_bits, 1, 8)
+        check_int("in_width", in_width, 2, 64)
+        check_int("out_bits", out_bits, 2, 64)
+        check_int("lanes", lanes, 1, 1024)
+        check_int("mult_bits", mult_bits, 1, 32)
+        check_int("shift_bits", shift_bits, 1, 8)
         self.in_width = in_width
         self.out_bits = out_bits
         self.lanes = lanes

@@ -93,8 +93,6 @@ The memories: token buffer (``S × lanes·8`` bits), router weights (``R·S × l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -104,7 +102,9 @@ from moeforge.config import GROUP_SCORES, MAX_DIM, ROUTINGS, AccelConfig
 from moeforge.spec.arith import (BIAS_BITS, EXP_A_LIMIT, EXP_ARG_SHIFT, EXP_HI_SHIFT, EXP_HI_SIZE, EXP_LO_SIZE,
                                  EXP_ROM_BITS, GATE_BITS, GATE_FRAC, GATE_ONE, LOGIT_BITS, MULT_BITS, QUO_BITS,
                                  ROUTER_BITS_MAX, ROUTER_BITS_MIN, RSF_FRAC, RSF_MAX, SHARED_GATE_BITS, SHIFT_BITS,
-                                 SHIFT_MAX, SHIFT_MIN, SIG_BITS, X_BITS)
+                                 SIG_BITS, X_BITS)
+
+from moeforge.spec.image import RouterAddressMap, check_int, router_image
 
 from .arith import round_shift, saturate
 from .divider import divider_logic, divider_op_layout, divider_result_layout
@@ -114,13 +114,6 @@ __all__ = ["Router", "RouterAddressMap", "router_image", "token_layout", "route_
 
 DEFAULT_LANES = 8
 SHARED_GATES = ("none", "always", "sigmoid")
-
-
-def _check_int(name: str, value, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], not {value!r}")
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -154,120 +147,6 @@ def route_layout(*, n_experts: int, top_k: int) -> data.StructLayout:
         "gates": data.ArrayLayout(unsigned(GATE_BITS), top_k),
         "shared_gate": unsigned(SHARED_GATE_BITS),
     })
-
-
-@dataclass(frozen=True)
-class RouterAddressMap:
-    """Addresses of the router's write port (see the module docstring).
-
-    Attributes
-    ----------
-    rows, slices, lanes, router_bits, n_bias :
-        ``R``, ``S = d_model / lanes``, lanes per word, weight bits, bias words (``E`` or 0).
-    """
-
-    rows: int
-    slices: int
-    lanes: int
-    router_bits: int
-    n_bias: int
-
-    @property
-    def weight_words(self) -> int:
-        return self.rows * self.slices
-
-    @property
-    def mult(self) -> int:
-        return self.weight_words
-
-    @property
-    def shift(self) -> int:
-        return self.weight_words + 1
-
-    @property
-    def bias(self) -> int:
-        return self.weight_words + 2
-
-    @property
-    def words(self) -> int:
-        """Addresses in use: ``R·S + 2 (+ E)``."""
-        return self.bias + self.n_bias
-
-    @property
-    def addr_bits(self) -> int:
-        return _bits(self.words)
-
-    @property
-    def data_bits(self) -> int:
-        return max(self.lanes * self.router_bits, BIAS_BITS if self.n_bias else MULT_BITS)
-
-    @classmethod
-    def from_config(cls, cfg: AccelConfig, *, lanes: int = DEFAULT_LANES) -> "RouterAddressMap":
-        """The map of ``Router.from_config(cfg, lanes=lanes)``.
-
-        Raises
-        ------
-        ValueError
-            If `lanes` does not divide ``cfg.d_model``.
-        """
-        _check_int("lanes", lanes, 1, cfg.d_model)
-        if cfg.d_model % lanes:
-            raise ValueError(f"lanes must divide d_model={cfg.d_model}, not {lanes!r}")
-        return cls(rows=cfg.router_rows, slices=cfg.d_model // lanes, lanes=lanes,
-                   router_bits=cfg.router_bits, n_bias=cfg.n_experts if cfg.selection_bias else 0)
-
-    def weight_addr(self, row: int, slice_: int) -> int:
-        return row * self.slices + slice_
-
-    def weight_word(self, values) -> int:
-        """Pack ``lanes`` signed weights into one word (lane 0 in the low bits), range-checked."""
-        values = [int(v) for v in values]
-        if len(values) != self.lanes:
-            raise ValueError(f"a weight word holds {self.lanes} values, not {len(values)}")
-        rb = self.router_bits
-        word = 0
-        for i, v in enumerate(values):
-            if not -(1 << (rb - 1)) <= v < (1 << (rb - 1)):
-                raise ValueError(f"router weight {v} does not fit in {rb} signed bits")
-            word |= (v & ((1 << rb) - 1)) << (i * rb)
-        return word
-
-
-def router_image(q, *, lanes: int = DEFAULT_LANES) -> list[tuple[int, int]]:
-    """The ``(addr, data)`` writes that load a `QuantizedMoELayer`'s router into the device.
-
-    Weights row by row (each row ``d_model / lanes`` words), then ``M_r``, ``S_r`` and, with
-    ``selection_bias``, the ``E`` biases as 32-bit two's complement words.
-
-    Raises
-    ------
-    ValueError
-        If `lanes` does not divide ``d_model``, the weights do not fit ``router_bits``, or the
-        layer's tensors do not have the config's shapes.
-    """
-    cfg = q.cfg
-    amap = RouterAddressMap.from_config(cfg, lanes=lanes)
-    w = q.router_weight.to("cpu").tolist()
-    if len(w) != cfg.router_rows or any(len(row) != cfg.d_model for row in w):
-        raise ValueError(f"router weights must be [{cfg.router_rows}, {cfg.d_model}], "
-                         f"not [{len(w)}, {len(w[0]) if w else 0}]")
-    writes = []
-    for r, row in enumerate(w):
-        for s in range(amap.slices):
-            writes.append((amap.weight_addr(r, s),
-                           amap.weight_word(row[s * lanes:(s + 1) * lanes])))
-    mult, shift = int(q.router_mult), int(q.router_shift)
-    _check_int("router_mult", mult, 0, (1 << MULT_BITS) - 1)
-    _check_int("router_shift", shift, SHIFT_MIN, SHIFT_MAX)
-    writes += [(amap.mult, mult), (amap.shift, shift)]
-    if cfg.selection_bias:
-        bias = [int(b) for b in q.selection_bias.tolist()]
-        if len(bias) != cfg.n_experts:
-            raise ValueError(f"selection bias must have {cfg.n_experts} values, not {len(bias)}")
-        for e, b in enumerate(bias):
-            _check_int("selection bias", b, -(1 << 31), (1 << 31) - 1)
-            writes.append((amap.bias + e, b & 0xFFFF_FFFF))
-    return writes
 
 
 class Router(wiring.Component):
@@ -324,17 +203,17 @@ class Router(wiring.Component):
                  topk_group: int = 1, group_score: str = "max", selection_bias: bool = False,
                  rsf: int = 1 << RSF_FRAC, shared_gate: str = "none", router_bits: int = 16,
                  lanes: int = DEFAULT_LANES, src_loc_at: int = 0):
-        _check_int("d_model", d_model, 1, MAX_DIM)
-        _check_int("n_experts", n_experts, 1, 1024)
-        _check_int("top_k", top_k, 1, n_experts)
+        check_int("d_model", d_model, 1, MAX_DIM)
+        check_int("n_experts", n_experts, 1, 1024)
+        check_int("top_k", top_k, 1, n_experts)
         _check_choice("routing", routing, ROUTINGS)
         for name, flag in (("renormalize", renormalize), ("selection_bias", selection_bias)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, not {flag!r}")
-        _check_int("n_group", n_group, 1, n_experts)
+        check_int("n_group", n_group, 1, n_experts)
         if n_experts % n_group:
             raise ValueError(f"n_group must divide n_experts={n_experts}, not {n_group!r}")
-        _check_int("topk_group", topk_group, 1, n_group)
+        check_int("topk_group", topk_group, 1, n_group)
         per_group = n_experts // n_group
         if top_k > topk_group * per_group:
             raise ValueError(f"top_k must be at most topk_group × experts per group = "
@@ -346,10 +225,10 @@ class Router(wiring.Component):
         if selection_bias and routing != "sigmoid_topk":
             raise ValueError(f"selection_bias is only defined for routing 'sigmoid_topk', "
                              f"not {routing!r}")
-        _check_int("rsf", rsf, 0, RSF_MAX)
+        check_int("rsf", rsf, 0, RSF_MAX)
         _check_choice("shared_gate", shared_gate, SHARED_GATES)
-        _check_int("router_bits", router_bits, ROUTER_BITS_MIN, ROUTER_BITS_MAX)
-        _check_int("lanes", lanes, 1, d_model)
+        check_int("router_bits", router_bits, ROUTER_BITS_MIN, ROUTER_BITS_MAX)
+        check_int("lanes", lanes, 1, d_model)
         if d_model % lanes:
             raise ValueError(f"lanes must divide d_model={d_model}, not {lanes!r}")
 
