@@ -25,13 +25,15 @@ class Unit:
 
     ``build(cfg)`` returns a new `wiring.Component`; ``top`` marks the large tops (the
     whole layer or more), whose Verilog takes tens of seconds to write and lint at the larger
-    example configs.
+    example configs; ``per_config`` is False for a unit that is the same for every config
+    (checking it at one config checks it at all).
     """
 
     name: str
     build: Callable[[AccelConfig], object]   # cfg → wiring.Component
     summary: str
     top: bool = False
+    per_config: bool = True
 
 
 def _requantiser(cfg: AccelConfig):
@@ -169,8 +171,9 @@ _TABLE = [
     Unit("layer_core", _layer_core, "token buffer, router, scheduler, engines, combiner", top=True),
     Unit("accelerator", _accelerator, "the layer core and expert cache behind the command set",
          top=True),
-    Unit("crc32", _crc32, "CRC-32 of a byte stream, one byte a cycle"),
-    Unit("host_link", _host_link, "framing, CRC, retransmission and HELLO of the host link"),
+    Unit("crc32", _crc32, "CRC-32 of a byte stream, one byte a cycle", per_config=False),
+    Unit("host_link", _host_link, "framing, CRC, retransmission and HELLO of the host link",
+         per_config=False),
     Unit("uart_rx", _uart_rx, "8N1 receiver at 3 Mbaud of the config's clock"),
     Unit("uart_tx", _uart_tx, "8N1 transmitter at 3 Mbaud of the config's clock"),
     Unit("soc", _soc("stream"), "the device: host link and accelerator, bytes as streams, "

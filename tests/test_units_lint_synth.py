@@ -3,7 +3,8 @@ component of `moeforge.rtl`.
 
 The units run at every example config, except the tops (``Unit.top``: the layer core, the
 accelerator, the SoC on either phy), whose Verilog alone takes tens of seconds at the larger
-configs: they run at tiny here and at every other config under ``slow``.
+configs: they run at tiny here and at every other config under ``slow``; a unit the same for
+every config (``Unit.per_config`` false: the CRC, the host link) runs at tiny only.
 
 Lint waivers: `moeforge.sim.toolchain.AMARANTH_LINT_WAIVERS` and `HIERARCHY_WAIVERS`, each
 justified there; `lint_problems` excuses only unused combinational alias wires, never state.
@@ -43,6 +44,8 @@ def _cases():
     for config in CONFIGS:
         cfg = AccelConfig.from_toml(config)
         for name, unit in sorted(UNITS.items()):
+            if not unit.per_config and config != TINY:
+                continue
             marks = [pytest.mark.slow] if unit.top and config != TINY else []
             defect = _DEFECTS.get(name, lambda cfg: None)(cfg)
             if defect:
