@@ -106,8 +106,9 @@ def _token_reader(cfg: AccelConfig):
 
 
 def _expert_cache(cfg: AccelConfig):
+    from moeforge.spec.image import ExpertImageLayout
+
     from .expert_cache import ExpertCache
-    from .expert_ffn import ExpertImageLayout
     words = ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff,
                               rows=cfg.mac_rows, cols=cfg.mac_cols).words
     return ExpertCache.from_config(cfg, image_words=words, word_bits=8 * cfg.mac_cols)
