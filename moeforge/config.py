@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import ConfigError
+from .spec.arith import RSF_FACTOR_MAX, ROUTER_BITS_MAX, ROUTER_BITS_MIN, WEIGHT_BITS, X_BITS
 
 __all__ = ["AccelConfig", "SECTIONS"]
 
@@ -201,14 +202,14 @@ class AccelConfig:
             raise ConfigError("selection_bias", f"is only defined for routing='sigmoid_topk', "
                               f"not {self.routing!r}")
         rsf = self.routed_scaling_factor
-        if isinstance(rsf, bool) or not isinstance(rsf, (int, float)) or not (0 < rsf <= 64) \
+        if isinstance(rsf, bool) or not isinstance(rsf, (int, float)) or not (0 < rsf <= RSF_FACTOR_MAX) \
                 or not math.isfinite(rsf):
-            raise ConfigError("routed_scaling_factor", f"must be a number in (0, 64], not {rsf!r}")
+            raise ConfigError("routed_scaling_factor", f"must be a number in (0, {RSF_FACTOR_MAX}], not {rsf!r}")
         object.__setattr__(self, "routed_scaling_factor", float(rsf))
 
-        _check_int("weight_bits", self.weight_bits, 8, 8)
-        _check_int("act_bits", self.act_bits, 8, 8)
-        _check_int("router_bits", self.router_bits, 8, 16)
+        _check_int("weight_bits", self.weight_bits, WEIGHT_BITS, WEIGHT_BITS)   # what the device does
+        _check_int("act_bits", self.act_bits, X_BITS, X_BITS)
+        _check_int("router_bits", self.router_bits, ROUTER_BITS_MIN, ROUTER_BITS_MAX)
         _check_int("hidden_rotation", self.hidden_rotation, 0, 64)
         r = self.hidden_rotation
         if r & (r - 1):

@@ -5,7 +5,7 @@
 
 Golden side: quantised layers of `transformers` blocks with random weights (`family_configs`);
 for tokens ``x`` the accumulators are the exact GEMMs ``x · W_gate[e]^T`` and ``x · W_up[e]^T``
-(golden.py's ``_gemm``) and the expected ``h`` is ``bank.hidden(e, x)``. Accumulators that no
+(``expert_bank.int_gemm``) and the expected ``h`` is ``bank.hidden(e, x)``. Accumulators that no
 token produces (random over the whole int32 range: ``g`` and ``u`` saturate) are checked against
 the same ``ExpertBank.hidden``, run on a one-expert bank whose "weights" are the accumulators
 and whose "tokens" are the identity (`golden_from_acc`, itself checked against the real tokens).
@@ -42,7 +42,7 @@ import torch
 
 from moeforge.hls_models import QuantizedMoELayer
 from moeforge.hls_models.expert_bank import ExpertBank
-from moeforge.hls_models.expert_bank import int_gemm as _gemm
+from moeforge.hls_models.expert_bank import int_gemm
 from moeforge.hls_models.fixed_point import requantize
 from moeforge.hls_models.hf_random import family_configs, make_hf_block, make_hf_input
 from moeforge.rtl.export import to_verilog, verilog_ports
@@ -87,8 +87,8 @@ def hf_layer(cfg):
 def accumulators(bank, e, x):
     """The exact int32 GEMM accumulators (acc_g or None, acc_u) of expert e for tokens x."""
     x = x.to(torch.int64)
-    acc_u = _gemm(x, bank.w_up[e])
-    acc_g = _gemm(x, bank.w_gate[e]) if bank.activation == "swiglu" else None
+    acc_u = int_gemm(x, bank.w_up[e])
+    acc_g = int_gemm(x, bank.w_gate[e]) if bank.activation == "swiglu" else None
     return acc_g, acc_u
 
 
