@@ -2,10 +2,10 @@
 `Device` API and expert parallelism over several devices (see ``docs/protocol.md``)."""
 
 from .device import Device, open_device
-from .errors import (ConfigMismatch, DeviceCommandError, DeviceCrashed, DeviceError,
+from .errors import (ConfigMismatch, DeviceBusy, DeviceCommandError, DeviceCrashed, DeviceError,
                      DeviceNotAnswering, NoSuchDevice)
 from .group import DeviceGroup, open_device_group
 
 __all__ = ["open_device", "open_device_group", "Device", "DeviceGroup", "DeviceError",
-           "NoSuchDevice", "DeviceNotAnswering", "DeviceCrashed", "ConfigMismatch",
+           "NoSuchDevice", "DeviceNotAnswering", "DeviceCrashed", "DeviceBusy", "ConfigMismatch",
            "DeviceCommandError"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from moeforge.errors import MoeforgeError
 
-__all__ = ["DeviceError", "NoSuchDevice", "DeviceNotAnswering", "DeviceCrashed",
+__all__ = ["DeviceError", "NoSuchDevice", "DeviceNotAnswering", "DeviceCrashed", "DeviceBusy",
            "ConfigMismatch", "DeviceCommandError"]
 
 
@@ -31,6 +31,10 @@ class DeviceNotAnswering(DeviceError):
 
 class DeviceCrashed(DeviceError):
     """The simulated device's process died, or the connection closed under us."""
+
+
+class DeviceBusy(DeviceCrashed):
+    """A served simulated device that is serving another client said so and closed."""
 
 
 class ConfigMismatch(MoeforgeError, ValueError):

@@ -9,7 +9,9 @@ import random
 import socket
 from urllib.parse import parse_qs, urlsplit
 
-from .errors import DeviceCrashed, NoSuchDevice
+from moeforge.spec.protocol import BUSY_LINE
+
+from .errors import DeviceBusy, DeviceCrashed, NoSuchDevice
 
 __all__ = ["Transport", "SocketTransport", "SerialTransport", "FaultyTransport", "socket_address"]
 
@@ -66,10 +68,22 @@ def socket_address(url: str) -> tuple[str, int]:
 
 class Transport:
     """A byte stream to one device. ``read`` returns what has arrived within ``timeout``
-    seconds (``b""`` if nothing); a stream that has ended raises `DeviceCrashed`."""
+    seconds (``b""`` if nothing); a stream that has ended raises `DeviceCrashed`, or
+    `DeviceBusy` when the last thing the device said was that it serves another client."""
 
     name = "device"
     cycles_per_second: float | None = None   # the device's clock, for the link's timeouts
+    _tail = b""                              # the last bytes read, to explain a closed stream
+
+    def _seen(self, data: bytes) -> bytes:
+        self._tail = (self._tail + data)[-len(BUSY_LINE):]
+        return data
+
+    def _ended(self, how: str) -> DeviceCrashed:
+        """The error for a stream that ended: busy if the device said so just before."""
+        if self._tail.endswith(BUSY_LINE):
+            return DeviceBusy(f"{self.name}: {BUSY_LINE.decode().strip()}")
+        return DeviceCrashed(f"{self.name}: {how}")
 
     def write(self, data: bytes) -> None:
         raise NotImplementedError
@@ -104,10 +118,10 @@ class SocketTransport(Transport):
         except (socket.timeout, TimeoutError, BlockingIOError):
             return b""
         except OSError as e:
-            raise DeviceCrashed(f"{self.name}: connection lost ({e.strerror or e})") from None
+            raise self._ended(f"connection lost ({e.strerror or e})") from None
         if not data:
-            raise DeviceCrashed(f"{self.name}: the device closed the connection")
-        return data
+            raise self._ended("the device closed the connection")
+        return self._seen(data)
 
     def close(self) -> None:
         try:
@@ -141,13 +155,21 @@ class SerialTransport(Transport):
     def read(self, timeout: float) -> bytes:
         try:
             self._port.timeout = max(timeout, 1e-4)
-            first = self._port.read(1)
-            if not first:
+            data = bytearray(self._seen(self._port.read(1)))
+            if not data:
                 return b""
+            # Then what is waiting, in the pieces the port says it holds: pyserial's socket://
+            # drops what a read had gathered when the peer closes, and a device's last words
+            # before closing (`BUSY_LINE`) must reach `_seen`.
             self._port.timeout = 0
-            return first + self._port.read(65536)
+            while len(data) < 65536 and (n := self._port.in_waiting):
+                piece = self._port.read(min(n, 65536 - len(data)))
+                if not piece:
+                    break
+                data += self._seen(piece)
+            return bytes(data)
         except (self._serial.SerialException, OSError) as e:
-            raise DeviceCrashed(f"{self.name}: read failed ({e})") from None
+            raise self._ended(f"read failed ({e})") from None
 
     def close(self) -> None:
         try:

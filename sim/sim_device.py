@@ -9,7 +9,7 @@ emits, with no Python in the loop. `SimDeviceProcess` runs that executable as a 
 `serve_sim` runs it in the foreground (``moeforge serve-sim``).
 
 The server serves one client at a time; a client that connects while another is served is
-told so at once (one line, `BUSY_LINE`, then the connection closes) instead of waiting in the
+told so at once (one line, `moeforge.spec.protocol.BUSY_LINE`, then the connection closes) instead of waiting in the
 listen queue. ``idle_timeout`` drops a served client that stays idle too long (off by default:
 a host may pause between batches without losing its device).
 
@@ -64,7 +64,7 @@ from .build import SimBuildError, build_once, cache_root, log_tail, tool_version
 from .toolchain import ToolchainError, check_build_tools, verilator_bin, verilator_env
 
 __all__ = [
-    "BUSY_LINE", "DEVICE_PORTS", "SimDeviceError", "SimDeviceProcess", "build_device_executable",
+    "DEVICE_PORTS", "SimDeviceError", "SimDeviceProcess", "build_device_executable",
     "build_sim_device", "check_device_ports", "device_wrapper", "is_loopback", "serve_sim",
     "soc_verilog",
 ]
@@ -80,9 +80,6 @@ _MANIFEST = "manifest.json"
 VERILATOR_FLAGS = ("--cc", "--exe", "--build", "-O3", "--x-assign", "fast", "--x-initial", "fast",
                    "-Wno-fatal", "--prefix", "Vtop")
 BUILD_JOBS = 2
-# What the server sends a client that connects while another is served (device_server.cpp).
-BUSY_LINE = (b"moeforge device busy: another client is connected (the simulated device serves "
-             b"one client at a time)\n")
 
 # Verilog port → (direction, width) of the device's top: SimulatedSoC with phy="stream". The harness
 # (device_server.cpp) drives exactly these, plus clk and rst.
@@ -578,7 +575,7 @@ def serve_sim(cfg: AccelConfig, *, host: str = "127.0.0.1", port: int = 0,
 
     Connections are served one at a time, the device keeping its state between them. A client
     that connects while another is served is told at once that the device is busy (one line,
-    `BUSY_LINE`, then the connection closes). ``idle_timeout`` (seconds) drops a served client
+    `moeforge.spec.protocol.BUSY_LINE`, then the connection closes). ``idle_timeout`` (seconds) drops a served client
     once the device has been idle with nothing received from it that long; by default no
     client is dropped. A `host` that is not a loopback address gets a warning on stderr: the
     device is then reachable from the network, with no authentication.

@@ -100,7 +100,7 @@ __all__ = [
     "MAGIC", "LINK_VERSION", "DEFAULT_MAX_PAYLOAD", "MAX_LENGTH_FIELD", "SEQ_MASK",
     "FRAME_HEADER_FORMAT", "FRAME_HEADER_BYTES", "CRC_FORMAT", "CRC_BYTES", "FrameType",
     "NackReason", "LINK_COUNTERS", "HELLO_HEADER_FORMAT", "HELLO_HEADER_BYTES", "HELLO_INFO_OFFSET",
-    "HELLO_COUNTERS_OFFSET", "HELLO_BYTES", "HelloReport",
+    "HELLO_COUNTERS_OFFSET", "HELLO_BYTES", "HelloReport", "BUSY_LINE",
 ]
 
 # ------------------------------------------------------------------------------ commands
@@ -458,6 +458,10 @@ def layer_commands(q, cfg: AccelConfig, *, chunk: int = 1024) -> list[bytes]:
 MAGIC = 0xA5                # a frame's first byte
 LINK_VERSION = 1            # the link protocol's version (HELLO)
 DEFAULT_MAX_PAYLOAD = 1024  # a device's longest payload unless built otherwise
+# What a served simulated device (`moeforge serve-sim`) sends a client that connects while another
+# is served, before it closes that connection; sim/device_server.cpp sends the same bytes (tested).
+BUSY_LINE = (b"moeforge device busy: another client is connected (the simulated device serves "
+             b"one client at a time)\n")
 FRAME_HEADER_FORMAT = "<BBBH"   # magic, type, sequence number, payload length
 FRAME_HEADER_BYTES = struct.calcsize(FRAME_HEADER_FORMAT)
 MAX_LENGTH_FIELD = 0xFFFF     # the u16 length field's largest value: the longest payload

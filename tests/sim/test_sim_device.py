@@ -23,8 +23,9 @@ from amaranth.lib.wiring import In, Out
 
 from moeforge.rtl.export import to_verilog
 from moeforge.sim.build import SimBuildError
-from moeforge.sim.sim_device import (BUSY_LINE, DEVICE_PORTS, SimDeviceError, SimDeviceProcess,
+from moeforge.sim.sim_device import (DEVICE_PORTS, SimDeviceError, SimDeviceProcess,
                                      build_device_executable, check_device_ports)
+from moeforge.spec.protocol import BUSY_LINE
 
 pytestmark = pytest.mark.verilator
 
@@ -333,13 +334,13 @@ def test_second_client_is_told_at_once_that_the_device_is_busy(echo_exe):
 
 
 def test_second_open_device_fails_at_once(echo_exe):
-    """The host of a second client gets an error in seconds, not 'not answering HELLO' after
-    its whole retry budget."""
-    from moeforge.host_runtime import DeviceError, open_device
+    """The host of a second client gets, in seconds, the device's own reason, not 'not answering
+    HELLO' after its whole retry budget."""
+    from moeforge.host_runtime import DeviceBusy, open_device
 
     with SimDeviceProcess.from_executable(echo_exe, once=False) as dev, dev.connect():
         t0 = time.monotonic()
-        with pytest.raises(DeviceError):
+        with pytest.raises(DeviceBusy, match="device busy: another client is connected"):
             open_device(f"socket://127.0.0.1:{dev.port}")
         assert time.monotonic() - t0 < 10
 
