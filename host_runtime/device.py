@@ -189,14 +189,14 @@ class Device:
         if x.dim() == 0 or x.shape[-1] != cfg.d_model:
             raise ShapeError(f"input shape {list(x.shape)} does not end in d_model={cfg.d_model}")
         lead = tuple(x.shape[:-1])
-        flat = x.reshape(-1, cfg.d_model)
-        if torch.is_floating_point(flat):
+        if torch.is_floating_point(x):
             if self._q is None:
                 raise ValueError("float input needs the layer's scales: load(q) first, or pass int8 tokens")
-            return self._q.quantize_input(flat.float()), True, lead
-        if flat.dtype != torch.int8:
+            # quantised before flattening: a NaN or Inf is named by the caller's own index
+            return self._q.quantize_input(x.float()).reshape(-1, cfg.d_model), True, lead
+        if x.dtype != torch.int8:
             raise ShapeError(f"input dtype {x.dtype}: the device takes float or int8 tokens")
-        return flat, False, lead
+        return x.reshape(-1, cfg.d_model), False, lead
 
     def run(self, x):
         """Tokens ``[..., d_model]`` (float: quantised with the layer's input scale; int8: as they

@@ -26,5 +26,7 @@ def test_device_refuses_non_finite_tokens_and_keeps_working():
                 dev.run(bad)
             with pytest.raises(ShapeError, match=rf"^token 25, element 7 is {value}"):
                 list(dev.stream([bad[:8], bad[8:]]))      # token 25 of the second piece
+            with pytest.raises(ShapeError, match=rf"^token \[4, 1\], element 7 is {value}"):
+                dev.run(bad.reshape(5, 8, cfg.d_model))   # named in the caller's shape
         assert dev.stats()["tokens"] == before            # nothing was sent: 8 tokens wait for a batch
         assert torch.equal(dev.run(x), q(x))
