@@ -5,23 +5,13 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-from amaranth.hdl import Module
-from amaranth.lib import wiring
-from amaranth.lib.wiring import Out
+
+from counter_design import Counter
 
 from moeforge.rtl.export import to_verilog
 from moeforge.sim.build import SimBuildError, SimFailure, build_cached, run_cocotb
 
 pytestmark = pytest.mark.verilator
-
-
-class Counter(wiring.Component):
-    count: Out(8)
-
-    def elaborate(self, platform):
-        m = Module()
-        m.d.sync += self.count.eq(self.count + 1)
-        return m
 
 
 def counter_verilog():

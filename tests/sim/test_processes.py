@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from amaranth.hdl import Module
-from amaranth.lib import wiring
-from amaranth.lib.wiring import Out
+
+from counter_design import Counter
 
 from moeforge.rtl.export import to_verilog
 from moeforge.sim import child_process
@@ -28,15 +27,6 @@ pytestmark = pytest.mark.verilator
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-
-
-class Counter(wiring.Component):
-    count: Out(8)
-
-    def elaborate(self, platform):
-        m = Module()
-        m.d.sync += self.count.eq(self.count + 1)
-        return m
 
 
 def gone(pid: int) -> bool:
