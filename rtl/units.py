@@ -23,16 +23,16 @@ __all__ = ["Unit", "UNITS", "elaborate", "unit_verilog", "all_verilog"]
 class Unit:
     """One registered component.
 
-    ``build(cfg)`` returns a new `wiring.Component`; ``top`` marks the large tops (the
-    whole layer or more), whose Verilog takes tens of seconds to write and lint at the larger
-    example configs; ``per_config`` is False for a unit that is the same for every config
+    ``build(cfg)`` returns a new `wiring.Component`; ``heavy`` marks the units whose Verilog,
+    lint or synthesis take minutes at the larger example configs (the tops, the expert cache's
+    slot logic in Yosys); ``per_config`` is False for a unit that is the same for every config
     (checking it at one config checks it at all).
     """
 
     name: str
     build: Callable[[AccelConfig], object]   # cfg → wiring.Component
     summary: str
-    top: bool = False
+    heavy: bool = False
     per_config: bool = True
 
 
@@ -168,18 +168,19 @@ _TABLE = [
     Unit("divider", _divider, "sequential restoring divider (the router's gate division)"),
     Unit("dispatch", _dispatch, "expert → tokens table of a batch, in expert-major order"),
     Unit("token_reader", _token_reader, "token buffer reads feeding an engine, slice by slice"),
-    Unit("expert_cache", _expert_cache, "S on-chip expert slots, burst fetch, prefetch, counters"),
-    Unit("layer_core", _layer_core, "token buffer, router, scheduler, engines, combiner", top=True),
+    Unit("expert_cache", _expert_cache, "S on-chip expert slots, burst fetch, prefetch, counters",
+         heavy=True),
+    Unit("layer_core", _layer_core, "token buffer, router, scheduler, engines, combiner", heavy=True),
     Unit("accelerator", _accelerator, "the layer core and expert cache behind the command set",
-         top=True),
+         heavy=True),
     Unit("crc32", _crc32, "CRC-32 of a byte stream, one byte a cycle", per_config=False),
     Unit("host_link", _host_link, "framing, CRC, retransmission and HELLO of the host link",
          per_config=False),
     Unit("uart_rx", _uart_rx, "8N1 receiver at 3 Mbaud of the config's clock"),
     Unit("uart_tx", _uart_tx, "8N1 transmitter at 3 Mbaud of the config's clock"),
     Unit("soc", _soc("stream"), "the device: host link and accelerator, bytes as streams, "
-         "a memory port", top=True),
-    Unit("soc_uart", _soc("uart"), "the device on a board's UART pins, a memory port", top=True),
+         "a memory port", heavy=True),
+    Unit("soc_uart", _soc("uart"), "the device on a board's UART pins, a memory port", heavy=True),
 ]
 UNITS: dict[str, Unit] = {unit.name: unit for unit in _TABLE}
 

@@ -1,9 +1,10 @@
 """Every registered unit: Verilator -Wall lint and Yosys generic synth; the registry lists every
 component of `moeforge.rtl`.
 
-The units run at every example config, except the tops (``Unit.top``: the layer core, the
-accelerator, the SoC on either phy), whose Verilog alone takes tens of seconds at the larger
-configs: they run at tiny here and at every other config under ``slow``; a unit the same for
+The units run at every example config, except the heavy ones (``Unit.heavy``: the layer core,
+the accelerator, the SoC on either phy, whose Verilog alone takes tens of seconds at the larger
+configs, and the expert cache, whose Yosys synthesis at mixtral takes over ten minutes): they
+run at tiny here and at every other config under ``slow``; a unit the same for
 every config (``Unit.per_config`` false: the CRC, the host link) runs at tiny only.
 
 Lint waivers: `moeforge.sim.toolchain.AMARANTH_LINT_WAIVERS` and `HIERARCHY_WAIVERS`, each
@@ -46,7 +47,7 @@ def _cases():
         for name, unit in sorted(UNITS.items()):
             if not unit.per_config and config != TINY:
                 continue
-            marks = [pytest.mark.slow] if unit.top and config != TINY else []
+            marks = [pytest.mark.slow] if unit.heavy and config != TINY else []
             defect = _DEFECTS.get(name, lambda cfg: None)(cfg)
             if defect:
                 marks.append(pytest.mark.xfail(strict=True, reason=defect))
