@@ -22,11 +22,13 @@ def _elaborate_all(cfg: AccelConfig, *, full: bool) -> None:
     """Build every unit of `cfg`; with `full` also run Amaranth's elaboration of each (the
     checks inside `elaborate` methods, e.g. the MAC array's buffer depth), short of Verilog.
     Any exception fails the test."""
-    units = [elaborate(cfg, name) for name in UNITS]
+    units = []
+    for name in UNITS:          # kept as they are built: a later unit's error leaves none unmarked
+        units.append(elaborate(cfg, name))
+        _BUILT.append(units[-1])
     if full:
         for unit in units:
             Fragment.get(unit, None)
-    _BUILT.extend(units)
     # and the whole device (layer core, expert cache, backing memory, host link): constructed,
     # which runs every parameter check of its parts
     _BUILT.append(MoESoC(cfg))

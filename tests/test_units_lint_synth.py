@@ -41,13 +41,19 @@ _DEFECTS = {"accelerator": lambda cfg: _DECODER_ROM, "soc": lambda cfg: _DECODER
             "layer_core": lambda cfg: None if cfg.shared_d_ff else _SHARED_WR}
 
 
+# Checked at every example config in `make test`; every other unit at tiny there and at the
+# other configs under `slow` (the suite's 25-minute budget on two cores).
+EVERY_CONFIG = {"requantiser", "combiner", "router", "hidden", "expert_ffn"}
+
+
 def _cases():
     for config in CONFIGS:
         cfg = AccelConfig.from_toml(config)
         for name, unit in sorted(UNITS.items()):
             if not unit.per_config and config != TINY:
                 continue
-            marks = [pytest.mark.slow] if unit.heavy and config != TINY else []
+            wide = unit.heavy or name not in EVERY_CONFIG
+            marks = [pytest.mark.slow] if wide and config != TINY else []
             defect = _DEFECTS.get(name, lambda cfg: None)(cfg)
             if defect:
                 marks.append(pytest.mark.xfail(strict=True, reason=defect))

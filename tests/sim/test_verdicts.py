@@ -86,8 +86,11 @@ def test_counting_scoreboard_fails_on_unexpected_tokens():
     assert (sb.compared, sb.unexpected, sb.mismatches) == (1, 1, 0)
 
 
-def test_every_registered_unit_has_a_bench():
-    assert sorted(unit_sim.BENCHES) == sorted(UNITS)
+def test_every_datapath_unit_has_a_bench():
+    """`moeforge sim --unit` runs each unit the README lists as verified against the golden model
+    (the tops run under `moeforge sim` without --unit, the link in its own tests)."""
+    assert {"requantiser", "combiner", "router", "hidden", "expert_ffn"} <= set(unit_sim.BENCHES)
+    assert set(unit_sim.BENCHES) <= set(UNITS)
     for name, bench in unit_sim.BENCHES.items():
         assert bench.unit == name
 
