@@ -92,13 +92,13 @@ from amaranth.utils import ceil_log2
 
 from moeforge.config import AccelConfig
 from moeforge.hls_models.expert_cache import COUNT_BITS, check_policy
+from moeforge.spec.protocol import CACHE_COUNTERS
 
 from .mac_array import check_int, index_shape
 
 __all__ = ["ExpertCache", "COUNTER_BITS", "pick", "write_at"]
 
 COUNTER_BITS = 32
-COUNTERS = ("hits", "misses", "words_fetched", "prefetch_hits", "stall_cycles")
 
 
 def _bits(count: int) -> int:
@@ -226,7 +226,7 @@ class ExpertCache(wiring.Component):
             "clear_counters": In(1),
             "busy": Out(1),
         }
-        members.update({name: Out(COUNTER_BITS) for name in COUNTERS})
+        members.update({name: Out(COUNTER_BITS) for name in CACHE_COUNTERS})
         super().__init__(members, src_loc_at=1 + src_loc_at)
 
     @classmethod

@@ -95,6 +95,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from moeforge.config import AccelConfig
+from moeforge.spec.protocol import CORE_COUNTERS
 
 from .combiner import Combiner
 from .dispatch import Dispatch, pick
@@ -106,8 +107,6 @@ from .token_reader import TokenReader
 __all__ = ["LayerCore", "request_layout", "grant_layout"]
 
 JOB_QUEUE = 4        # jobs granted whose outputs are not all mapped yet (the engine holds 2)
-COUNTERS = ("cycles", "router_cycles", "mac_busy", "mac_total", "shared_mac_busy",
-            "experts_run", "tokens_routed")
 
 
 def request_layout(cfg: AccelConfig) -> data.StructLayout:
@@ -198,7 +197,7 @@ class LayerCore(wiring.Component):
             "w_rd": Out(wiring.Signature({"addr": Out(self.w_addr_width), "en": Out(1),
                                           "data": In(word_c)})),
         }
-        members.update({name: Out(COUNTER_BITS) for name in COUNTERS})
+        members.update({name: Out(COUNTER_BITS) for name in CORE_COUNTERS})
         super().__init__(members, src_loc_at=loc)
 
     @classmethod

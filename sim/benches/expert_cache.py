@@ -48,10 +48,11 @@ from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from moeforge.hls_models.expert_cache import ExpertCacheModel
+from moeforge.rtl.expert_cache import ExpertCache
 from moeforge.sim.backing_memory import BackingMemory
-from moeforge.rtl.expert_cache import COUNTERS, ExpertCache
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import pack_layout, unpack_layout
+from moeforge.spec.protocol import CACHE_COUNTERS
 
 __all__ = ["CacheSystem", "make_stimulus", "FORWARDED"]
 
@@ -60,7 +61,7 @@ P = json.loads(open(os.environ["MOEFORGE_TEST_PARAMS"]).read()) \
 
 # the cache's members the top exposes as they are
 FORWARDED = ("i_req", "o_grant", "release", "rd", "invalidate", "clear_counters", "busy",
-             *COUNTERS)
+             *CACHE_COUNTERS)
 
 
 class CacheSystem(wiring.Component):
@@ -323,7 +324,7 @@ async def cache_trace(dut):
     bench.grants.finish()
     bench.reads.finish()
     assert bench.busy_seen and not bench.port("busy").value, "busy is not high then low"
-    got = {name: int(bench.port(name).value) for name in COUNTERS}
+    got = {name: int(bench.port(name).value) for name in CACHE_COUNTERS}
     want = dict(P["counts"], prefetch_hits=bench.prefetch, stall_cycles=bench.stalls)
     assert got == want, f"counters {got} != expected {want}"
     cocotb.log.info("%d requests in %d cycles: %s", len(P["expected"]), cycle, got)
@@ -331,7 +332,7 @@ async def cache_trace(dut):
     await RisingEdge(dut.clk)
     bench.port("clear_counters").value = 0
     await ReadOnly()
-    assert all(int(bench.port(name).value) == 0 for name in COUNTERS), "clear_counters"
+    assert all(int(bench.port(name).value) == 0 for name in CACHE_COUNTERS), "clear_counters"
     summary = P.get("summary")
     if summary:
         with open(summary, "w") as f:

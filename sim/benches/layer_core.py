@@ -38,11 +38,10 @@ from cocotb.triggers import (ClockCycles, ReadOnly, RisingEdge, SimTimeoutError,
 
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import pack_signed, unpack_signed
+from moeforge.spec.protocol import CORE_COUNTERS
 
 P = json.loads(Path(os.environ["MOEFORGE_TEST_PARAMS"]).read_text()) \
     if "MOEFORGE_TEST_PARAMS" in os.environ else {}
-COUNTERS = ("cycles", "router_cycles", "mac_busy", "mac_total", "shared_mac_busy",
-            "experts_run", "tokens_routed")
 
 
 def sig(dut, path):
@@ -130,7 +129,7 @@ async def request_stalls(dut, rng, burst):
 
 
 def counters(dut):
-    return {c: int(sig(dut, c).value) for c in COUNTERS}
+    return {c: int(sig(dut, c).value) for c in CORE_COUNTERS}
 
 
 async def run_batch(dut, batch, rng):
