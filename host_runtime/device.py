@@ -28,7 +28,7 @@ from moeforge.spec.protocol import (COUNTERS, HEADER_BYTES, IMAGE_CRC_FORMAT, LI
 
 from .errors import ConfigMismatch, DeviceCommandError, DeviceCrashed, DeviceError, NoSuchDevice
 from .link import Link
-from .transports import FaultyTransport, SerialTransport, SocketTransport, Transport
+from .transports import FaultyTransport, SerialTransport, SocketTransport, Transport, socket_address
 
 __all__ = ["Device", "open_device", "estimate_cycles"]
 
@@ -414,7 +414,9 @@ def open_device(spec: str, cfg: AccelConfig | None = None, *, faults: dict | Non
         transport = SerialTransport(path, baud=baud, name=spec)
         transport.cycles_per_second = (cfg.clock_mhz * 1e6) if cfg else 25e6
     elif spec.startswith("socket://"):
-        transport = SerialTransport(spec, name=spec)
+        # our own socket, not pyserial's socket://: its open() discards what the device has
+        # already said (a served device's busy notice arrives at once)
+        transport = SocketTransport(*socket_address(spec), name=spec)
         transport.cycles_per_second = SIM_CYCLES_PER_SECOND
     else:
         raise NoSuchDevice(f"no such device {spec!r}: use 'sim', 'serial:///dev/ttyUSB1?baud=3000000' "

@@ -1,13 +1,13 @@
-"""Byte pipes to a device: a TCP socket (the simulated device), a pyserial port (a board, or
-pyserial's ``socket://`` to a simulated device served elsewhere), and a fault injector around
-either. The link (`host_runtime.link`) sees only `Transport`: ``write(bytes)``, ``read(timeout)``.
+"""Byte pipes to a device: a TCP socket (the simulated device, here or served elsewhere at
+``socket://host:port``), a pyserial port (a board), and a fault injector around either. The
+link (`host_runtime.link`) sees only `Transport`: ``write(bytes)``, ``read(timeout)``.
 """
 
 from __future__ import annotations
 
 import random
 import socket
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from moeforge.spec.protocol import BUSY_LINE
 
@@ -15,20 +15,14 @@ from .errors import DeviceBusy, DeviceCrashed, NoSuchDevice
 
 __all__ = ["Transport", "SocketTransport", "SerialTransport", "FaultyTransport", "socket_address"]
 
-_LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
 def socket_address(url: str) -> tuple[str, int]:
-    """``(host, port)`` of a ``socket://host:port`` URL, checked before pyserial sees it.
-
-    pyserial's own messages for a bad URL name its logging option, not the part that is
-    wrong; this names the part. The only option kept is pyserial's ``?logging=LEVEL``.
+    """``(host, port)`` of a ``socket://host:port`` URL, each part checked and named when wrong.
 
     Raises
     ------
     NoSuchDevice
         The URL has no host, no port, a port that is not an integer in [1, 65535], or
-        anything beyond ``host:port`` and ``?logging=LEVEL``.
+        anything beyond ``host:port``.
     """
     form = "socket://host:port"
     try:
@@ -57,12 +51,8 @@ def socket_address(url: str) -> tuple[str, int]:
         raise NoSuchDevice(f"{url}: port {port!r} is not a port number ({form})")
     if not 1 <= int(port) <= 65535:
         raise NoSuchDevice(f"{url}: port {int(port)} is not in [1, 65535]")
-    for option, values in parse_qs(parts.query, keep_blank_values=True).items():
-        if option != "logging" or len(values) != 1 or values[0] not in _LOG_LEVELS:
-            raise NoSuchDevice(f"{url}: bad option {parts.query!r} (the only one is "
-                               f"logging={'|'.join(_LOG_LEVELS)})")
-    if parts.query.strip("&") and not parse_qs(parts.query, keep_blank_values=True):
-        raise NoSuchDevice(f"{url}: bad option {parts.query!r}")
+    if parts.query:
+        raise NoSuchDevice(f"{url}: bad option {parts.query!r} ({form} takes none)")
     return host, int(port)
 
 
@@ -131,7 +121,8 @@ class SocketTransport(Transport):
 
 
 class SerialTransport(Transport):
-    """A pyserial URL: ``/dev/ttyUSB1`` (with ``baud``) or ``socket://host:port`` (checked by
+    """A pyserial port: ``/dev/ttyUSB1`` with ``baud`` (``open_device`` reaches
+    ``socket://host:port`` through `SocketTransport`; a socket URL given here is checked by
     `socket_address` first)."""
 
     def __init__(self, url: str, *, baud: int = 3_000_000, name: str | None = None):

@@ -316,13 +316,13 @@ def test_run_exits_2_on_a_bad_socket_url(url, expect, files, tmp_path, capsys):
 
 
 def test_a_good_socket_url_reaches_the_connection():
-    """The check passes a well-formed URL on to pyserial: nothing listens on the port."""
+    """The check passes a well-formed URL on to the connection: nothing listens on the port."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]          # free now, and nothing listening
-    with pytest.raises(NoSuchDevice, match="cannot open"):
-        open_device(f"socket://127.0.0.1:{port}?logging=error")
+    with pytest.raises(NoSuchDevice, match="cannot connect"):
+        open_device(f"socket://127.0.0.1:{port}")
 
 
 # --- NaN / Inf tokens --------------------------------------------------------------------

@@ -159,7 +159,7 @@ def test_run_command_line(tiny, tmp_path, capsys):
     assert "dtype int32" in capsys.readouterr().err
 
 
-def test_serve_sim_reached_through_pyserial_socket_url(tiny):
+def test_serve_sim_reached_through_a_socket_url(tiny):
     """``moeforge serve-sim`` in another process, the host through ``socket://host:port``."""
     import re
     import subprocess
