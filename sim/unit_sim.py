@@ -28,7 +28,7 @@ import torch
 from moeforge.config import AccelConfig
 from moeforge.errors import ConfigError
 
-__all__ = ["BENCHES", "UnitBench", "BenchRun", "run_unit", "run_bench", "run_folder",
+__all__ = ["BENCHES", "UnitBench", "BenchRun", "run_unit", "run_bench", "run_folder", "hidden_beats",
            "random_layer", "bench_outputs", "check_run_options", "BENCH_VARIABLES"]
 
 # The environment variables the bench modules read their stimulus file from.
@@ -257,6 +257,22 @@ def _combiner_outputs(stim: dict) -> tuple[int, int]:
     return beats, beats * (stim["lanes"] + 2)
 
 
+def hidden_beats(dut, acc_g, acc_u) -> list[int]:
+    """The hidden unit's ``i_acc`` payloads for gate/up accumulators ``[T, F']`` (any multiple of
+    its lanes; `acc_g` None for ReLU), ``last`` on each token's final beat."""
+    from moeforge.sim.stream import pack_layout
+    L = dut.lanes
+    T, F = acc_u.shape
+    beats = []
+    for t in range(T):
+        for b in range(F // L):
+            value = {"up": acc_u[t, b * L:(b + 1) * L].tolist(), "last": int(b == F // L - 1)}
+            if dut.swiglu:
+                value["gate"] = acc_g[t, b * L:(b + 1) * L].tolist()
+            beats.append(pack_layout(dut.acc_layout, value))
+    return beats
+
+
 def _hidden_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     """One expert's gate/up accumulators of random tokens (exact GEMMs), its requantiser state
     loaded through the write port; expected ``ExpertBank.hidden``."""
@@ -264,24 +280,15 @@ def _hidden_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     from moeforge.hls_models.hf_random import make_hf_input
     from moeforge.rtl.export import verilog_ports
     from moeforge.rtl.hidden import hidden_image
-    from moeforge.sim.stream import pack_layout
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed)).to(torch.int64)
     e = int(torch.randint(cfg.n_experts, (1,), generator=torch.Generator().manual_seed(seed)))
     bank = q.experts
     acc_u = int_gemm(x, bank.w_up[e])
     acc_g = int_gemm(x, bank.w_gate[e]) if dut.swiglu else None
-    L, F = dut.lanes, acc_u.shape[1]
-    beats = []
-    for t in range(tokens):
-        for b in range(F // L):
-            value = {"up": acc_u[t, b * L:(b + 1) * L].tolist(), "last": int(b == F // L - 1)}
-            if dut.swiglu:
-                value["gate"] = acc_g[t, b * L:(b + 1) * L].tolist()
-            beats.append(pack_layout(dut.acc_layout, value))
     ports = verilog_ports(dut)
-    batch = dict(name="cli", image=hidden_image(bank, e), beats=beats,
+    batch = dict(name="cli", image=hidden_image(bank, e), beats=hidden_beats(dut, acc_g, acc_u),
                  expected=bank.hidden(e, x).tolist())
-    return {"lanes": L, "latency": dut.latency, "i_acc": _stream_prefix(dut, "i_acc"),
+    return {"lanes": dut.lanes, "latency": dut.latency, "i_acc": _stream_prefix(dut, "i_acc"),
             "o_h": _stream_prefix(dut, "o_h"),
             "wr": {k: ports[f"wr.{k}"].name for k in ("addr", "data", "en")},
             "h_data_offset": dut.h_layout["data"].offset, "h_last_offset": dut.h_layout["last"].offset,

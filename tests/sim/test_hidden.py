@@ -41,16 +41,16 @@ import pytest
 import torch
 
 from moeforge.hls_models import QuantizedMoELayer
-from moeforge.hls_models.expert_bank import ExpertBank
-from moeforge.hls_models.expert_bank import int_gemm
+from moeforge.hls_models.expert_bank import ExpertBank, int_gemm
 from moeforge.hls_models.fixed_point import requantize
 from moeforge.hls_models.hf_random import family_configs, make_hf_block, make_hf_input
 from moeforge.rtl.export import to_verilog, verilog_ports
 from moeforge.rtl.hidden import (HiddenAddressMap, HiddenUnit, channel_layout, hid_layout,
                                  hidden_image, sigmoid_rom)
 from moeforge.sim.build import run_cocotb
-from moeforge.sim.stream import pack_layout, unpack_layout
+from moeforge.sim.stream import unpack_layout
 from moeforge.sim.toolchain import verilator_lint
+from moeforge.sim.unit_sim import hidden_beats
 
 pytestmark = pytest.mark.verilator
 
@@ -243,22 +243,8 @@ def tune_hid_shift(bank, acc_g, acc_u):
     return h
 
 
-def pack_beats(dut, acc_g, acc_u):
-    """The i_acc payloads of tokens [T, F'] (any multiple of lanes), last on each token's end."""
-    L = dut.lanes
-    T, F = acc_u.shape
-    beats = []
-    for t in range(T):
-        for b in range(F // L):
-            value = {"up": acc_u[t, b * L:(b + 1) * L].tolist(), "last": int(b == F // L - 1)}
-            if dut.swiglu:
-                value["gate"] = acc_g[t, b * L:(b + 1) * L].tolist()
-            beats.append(pack_layout(dut.acc_layout, value))
-    return beats
-
-
 def batch(dut, name, bank, e, acc_g, acc_u, expected):
-    return dict(name=name, image=hidden_image(bank, e), beats=pack_beats(dut, acc_g, acc_u),
+    return dict(name=name, image=hidden_image(bank, e), beats=hidden_beats(dut, acc_g, acc_u),
                 expected=expected.tolist())
 
 
