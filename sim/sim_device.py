@@ -592,10 +592,10 @@ def serve_sim(cfg: AccelConfig, *, host: str = "127.0.0.1", port: int = 0,
         when_busy = ("a second client is told the device is busy"
                      + (f"; an idle client is dropped after {idle_timeout:g} s"
                         if idle_timeout else ""))
-        print(f"simulated device for {cfg.name} (config hash {cfg.content_hash()[:16]}) "
-              f"listening on {dev.host}:{dev.port}; one client at a time ({when_busy}); "
-              "Ctrl-C to stop", flush=True)
-        try:
+        try:        # Ctrl-C may come as soon as the line is out, while print still returns
+            print(f"simulated device for {cfg.name} (config hash {cfg.content_hash()[:16]}) "
+                  f"listening on {dev.host}:{dev.port}; one client at a time ({when_busy}); "
+                  "Ctrl-C to stop", flush=True)
             rc = dev.wait()
         except KeyboardInterrupt:
             rc = 0
