@@ -20,7 +20,7 @@ def amaranth_router_run(cfg, q, tokens, seed):
     """Route `tokens` in Amaranth's simulator; returns (routes, cycles, wall seconds)."""
     from amaranth.sim import Simulator
 
-    from moeforge.rtl.router import Router, router_image
+    from moeforge.rtl.routing.router import Router, router_image
     from moeforge.sim.stream import pack_layout, unpack_layout
     dut = Router.from_config(cfg, lanes=cfg.mac_rows)
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed)).tolist()

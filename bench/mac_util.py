@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 from moeforge import AccelConfig
 from moeforge.hls_models.hf_random import make_hf_input
 from moeforge.rtl.export import to_verilog, verilog_ports
-from moeforge.rtl.expert_ffn import ExpertFFN, ExpertImageLayout, expert_image
-from moeforge.rtl.gemm import GemmEngine, gemm_image
+from moeforge.rtl.expert.expert_ffn import ExpertFFN, ExpertImageLayout, expert_image
+from moeforge.rtl.datapath.gemm import GemmEngine, gemm_image
 from moeforge.sim.weight_memory import WeightMemoryHarness
 from moeforge.sim.build import build_cached, run_cocotb
 from moeforge.sim.unit_sim import random_layer

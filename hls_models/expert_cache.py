@@ -1,4 +1,4 @@
-"""Reference model of the expert cache's replacement policy (`moeforge.rtl.expert_cache`).
+"""Reference model of the expert cache's replacement policy (`moeforge.rtl.memory.expert_cache`).
 
 The cache holds ``slots`` experts' weight images. Requests are processed strictly in order, one at
 a time; "time" is a request's index since construction or the last `invalidate`. Both this model

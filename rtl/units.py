@@ -37,37 +37,37 @@ class Unit:
 
 
 def _requantiser(cfg: AccelConfig):
-    from .requantiser import Requantiser
+    from .datapath.requantiser import Requantiser
     # The down projection's requantiser: int32 accumulators → int16 expert outputs, one lane per MAC row.
     return Requantiser(in_width=32, out_bits=16, lanes=cfg.mac_rows)
 
 
 def _combiner(cfg: AccelConfig):
-    from .combiner import Combiner
+    from .layer.combiner import Combiner
     return Combiner.from_config(cfg, lanes=cfg.mac_rows)
 
 
 def _router(cfg: AccelConfig):
-    from .router import Router
+    from .routing.router import Router
     return Router.from_config(cfg, lanes=cfg.mac_rows)
 
 
 def _hidden(cfg: AccelConfig):
-    from .hidden import HiddenUnit
+    from .expert.hidden import HiddenUnit
     # as the expert engine instantiates it: one lane per gate/up row pair (SwiGLU) or per row (ReLU)
     lanes = cfg.mac_rows // 2 if cfg.activation == "swiglu" else cfg.mac_rows
     return HiddenUnit.from_config(cfg, lanes=lanes)
 
 
 def _expert_ffn(cfg: AccelConfig):
-    from .expert_ffn import ExpertFFN
+    from .expert.expert_ffn import ExpertFFN
     return ExpertFFN.from_config(cfg)
 
 
 def _mac_array(cfg: AccelConfig):
     from amaranth.utils import ceil_log2
 
-    from .mac_array import MACArray
+    from .datapath.mac_array import MACArray
     # as the GEMM engine of the down projection (`_gemm`) instantiates it: two regions of
     # d_ff / mac_cols words a row, a token buffer of token_buffer_depth tokens
     slices = cfg.d_ff // cfg.mac_cols
@@ -76,7 +76,7 @@ def _mac_array(cfg: AccelConfig):
 
 
 def _gemm(cfg: AccelConfig):
-    from .gemm import GemmEngine
+    from .datapath.gemm import GemmEngine
     # the down projection's shape: d_model outputs of d_ff inputs
     return GemmEngine(rows=cfg.mac_rows, cols=cfg.mac_cols, n=cfg.d_model, k=cfg.d_ff,
                       t_max=cfg.token_buffer_depth)
@@ -85,7 +85,7 @@ def _gemm(cfg: AccelConfig):
 def _divider(cfg: AccelConfig):
     from moeforge.spec.arith import GATE_ONE, QUO_BITS
 
-    from .divider import Divider
+    from .datapath.divider import Divider
     # the router's gate divider: the sum of n_experts gates (or 2^15 + e) as the denominator
     zmax = max(cfg.n_experts * GATE_ONE, 2 * GATE_ONE)
     return Divider(num_bits=(GATE_ONE * GATE_ONE + (zmax >> 1)).bit_length(),
@@ -93,14 +93,14 @@ def _divider(cfg: AccelConfig):
 
 
 def _dispatch(cfg: AccelConfig):
-    from .dispatch import Dispatch
+    from .routing.dispatch import Dispatch
     return Dispatch(n_experts=cfg.n_experts, top_k=cfg.top_k, t_max=cfg.token_buffer_depth,
                     shared=bool(cfg.shared_d_ff))
 
 
 def _token_reader(cfg: AccelConfig):
-    from .mac_array import weight_word
-    from .token_reader import TokenReader
+    from .datapath.mac_array import weight_word
+    from .layer.token_reader import TokenReader
     return TokenReader(slices=cfg.d_model // cfg.mac_cols, t_max=cfg.token_buffer_depth,
                        word=weight_word(cfg.mac_cols))
 
@@ -108,51 +108,51 @@ def _token_reader(cfg: AccelConfig):
 def _expert_cache(cfg: AccelConfig):
     from moeforge.spec.image import ExpertImageLayout
 
-    from .expert_cache import ExpertCache
+    from .memory.expert_cache import ExpertCache
     words = ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff,
                               rows=cfg.mac_rows, cols=cfg.mac_cols).words
     return ExpertCache.from_config(cfg, image_words=words, word_bits=8 * cfg.mac_cols)
 
 
 def _layer_core(cfg: AccelConfig):
-    from .layer_core import LayerCore
+    from .layer.layer_core import LayerCore
     return LayerCore.from_config(cfg)
 
 
 def _accelerator(cfg: AccelConfig):
-    from .accelerator import MoEAccelerator
+    from .top.accelerator import MoEAccelerator
     return MoEAccelerator(cfg)
 
 
 def _crc32(cfg: AccelConfig):
-    from .crc32 import CRC32
+    from .link.crc32 import CRC32
     return CRC32()
 
 
 def _host_link(cfg: AccelConfig):
-    from .link import HostLink
+    from .link.link import HostLink
     return HostLink()
 
 
 def _uart_divisor(cfg: AccelConfig) -> int:
-    from .soc import DEFAULT_BAUD
-    from .uart import uart_divisor
+    from .top.soc import DEFAULT_BAUD
+    from .link.uart import uart_divisor
     return uart_divisor(cfg.clock_mhz * 1e6, DEFAULT_BAUD)
 
 
 def _uart_rx(cfg: AccelConfig):
-    from .uart import UARTRx
+    from .link.uart import UARTRx
     return UARTRx(divisor=_uart_divisor(cfg))
 
 
 def _uart_tx(cfg: AccelConfig):
-    from .uart import UARTTx
+    from .link.uart import UARTTx
     return UARTTx(divisor=_uart_divisor(cfg))
 
 
 def _soc(phy: str):
     def build(cfg: AccelConfig):
-        from .soc import MoESoC
+        from .top.soc import MoESoC
         return MoESoC(cfg, phy=phy)
     return build
 

@@ -46,8 +46,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from moeforge.rtl.expert_cache import pick, write_at
-from moeforge.rtl.mac_array import check_int
+from moeforge.rtl.memory.expert_cache import pick, write_at
+from moeforge.rtl.datapath.mac_array import check_int
 
 __all__ = ["BackingMemory"]
 

@@ -23,8 +23,8 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from moeforge.config import AccelConfig
-from moeforge.rtl.accelerator import MoEAccelerator, byte_layout
-from moeforge.rtl.soc import MoESoC
+from moeforge.rtl.top.accelerator import MoEAccelerator, byte_layout
+from moeforge.rtl.top.soc import MoESoC
 
 from .backing_memory import BackingMemory
 

@@ -182,7 +182,7 @@ def _router_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     """Load the layer's router through the write port, route random tokens; expected route_int."""
     from moeforge.hls_models.hf_random import make_hf_input
     from moeforge.rtl.export import verilog_ports
-    from moeforge.rtl.router import router_image
+    from moeforge.rtl.routing.router import router_image
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed))
     r = q.route_int(x)
     expected = [r.indices[t].tolist() + r.gates[t].tolist() + [int(r.shared_gate[t])] for t in range(tokens)]
@@ -199,7 +199,7 @@ def _expert_ffn_harness(cfg):
     """The routed experts' engine on a weight memory holding every expert's image."""
     from amaranth.utils import ceil_log2
 
-    from moeforge.rtl.expert_ffn import ExpertFFN, ExpertImageLayout
+    from moeforge.rtl.expert.expert_ffn import ExpertFFN, ExpertImageLayout
     from moeforge.sim.weight_memory import WeightMemoryHarness
     words = ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff,
                               rows=cfg.mac_rows, cols=cfg.mac_cols).words
@@ -211,7 +211,7 @@ def _expert_ffn_stimulus(cfg, eng, q, tokens: int, seed: int, harness=None) -> d
     """One batch as the scheduler runs it: the golden router's experts in ascending order, each
     a job over the tokens that chose it, back to back; expected ``ExpertBank.forward``."""
     from moeforge.hls_models.hf_random import make_hf_input
-    from moeforge.rtl.expert_ffn import expert_image
+    from moeforge.rtl.expert.expert_ffn import expert_image
     from moeforge.rtl.export import verilog_ports
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed))
     route = q.route_int(x)
@@ -279,7 +279,7 @@ def _hidden_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     from moeforge.hls_models.expert_bank import int_gemm
     from moeforge.hls_models.hf_random import make_hf_input
     from moeforge.rtl.export import verilog_ports
-    from moeforge.rtl.hidden import hidden_image
+    from moeforge.rtl.expert.hidden import hidden_image
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed)).to(torch.int64)
     e = int(torch.randint(cfg.n_experts, (1,), generator=torch.Generator().manual_seed(seed)))
     bank = q.experts

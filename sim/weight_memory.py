@@ -12,7 +12,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from moeforge.rtl.mac_array import check_int, index_shape
+from moeforge.rtl.datapath.mac_array import check_int, index_shape
 
 __all__ = ["WeightMemoryHarness"]
 

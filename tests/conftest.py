@@ -28,3 +28,26 @@ def unprivileged():
             pytest.skip("running as root without setpriv: every file is writable to root")
         return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
     return wrap
+
+
+@pytest.fixture(scope="session")
+def sim_build():
+    """``sim_build(component, name, *, waves=False) -> BuildHandle``.
+
+    Exports `component` to Verilog and builds it through the on-disk cache
+    (``$MOEFORGE_CACHE/sim`` or ``~/.cache/moeforge/sim``), so each design compiles once
+    across runs and pytest-xdist workers; within a session the handle is memoised too.
+    """
+    from moeforge.rtl.export import to_verilog
+    from moeforge.sim.build import build_cached
+
+    handles = {}
+
+    def build(component, name, *, waves=False, flags=()):
+        verilog = to_verilog(component, name)
+        key = (verilog, name, waves, tuple(flags))
+        if key not in handles:
+            handles[key] = build_cached(verilog, name, waves=waves, flags=flags)
+        return handles[key]
+
+    return build

@@ -14,7 +14,7 @@ from moeforge import AccelConfig, ConfigError, MoeforgeError
 from moeforge.cli import main
 from moeforge.config import (BUFFER_ELEMENTS_MAX, DISPATCH_ENTRIES_MAX, EXPERT_BYTES_MAX,
                              LAYER_BYTES_MAX, ROUTER_WEIGHTS_MAX, TOP_K_MAX)
-from moeforge.rtl.soc import MoESoC
+from moeforge.rtl.top.soc import MoESoC
 from moeforge.rtl.units import UNITS, elaborate
 
 

@@ -53,10 +53,10 @@ def test_no_test_skips_on_a_declared_dependency():
 
 
 def test_reference_tests_fail_without_transformers():
-    """With `transformers` hidden, tests/test_reference.py errors (naming it) instead of skipping."""
+    """With `transformers` hidden, tests/hls_models/test_reference.py errors (naming it) instead of skipping."""
     code = ("import sys; sys.modules['transformers'] = None; import pytest; "
             "sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', '-p', 'no:xdist', "
-            "'tests/test_reference.py']))")
+            "'tests/hls_models/test_reference.py']))")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode not in (0, 5), out[-2000:]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = "tests/test_fixed_point.py::test_round_shift_is_round_half_up"
+SMALL = "tests/hls_models/test_fixed_point.py::test_round_shift_is_round_half_up"
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 

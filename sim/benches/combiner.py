@@ -1,4 +1,4 @@
-"""cocotb bench of the Combiner, run by tests/sim/test_combiner.py and `moeforge sim --unit combiner`.
+"""cocotb bench of the Combiner, run by tests/rtl/layer/test_combiner.py and `moeforge sim --unit combiner`.
 
 ``MOEFORGE_TEST_PARAMS`` names a JSON file written by the pytest side from the same `Combiner`
 it exported:
@@ -29,7 +29,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 from cocotb.utils import get_sim_time
 
-from moeforge.rtl.combiner import contrib_layout, flush_layout, y_layout
+from moeforge.rtl.layer.combiner import contrib_layout, flush_layout, y_layout
 from moeforge.sim.benches.common import write_summary
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout

@@ -1,4 +1,4 @@
-"""cocotb bench of the ExpertCache on a BackingMemory, run by tests/sim/test_expert_cache.py.
+"""cocotb bench of the ExpertCache on a BackingMemory, run by tests/rtl/memory/test_expert_cache.py.
 
 `CacheSystem` is the simulated top: the cache, the memory model behind it, and a gate on the
 memory's responses (``resp_stall`` hides ``o_resp`` from the cache for a cycle, i.e. stalls the
@@ -48,7 +48,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from moeforge.hls_models.expert_cache import ExpertCacheModel
-from moeforge.rtl.expert_cache import ExpertCache
+from moeforge.rtl.memory.expert_cache import ExpertCache
 from moeforge.sim.backing_memory import BackingMemory
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import pack_layout, unpack_layout

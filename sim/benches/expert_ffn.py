@@ -1,7 +1,7 @@
 # amaranth: UnusedElaboratable=no
 # (the engine is built only for its layouts)
 
-"""cocotb tests of the ExpertFFN (on a weight memory), run by tests/sim/test_expert_ffn.py,
+"""cocotb tests of the ExpertFFN (on a weight memory), run by tests/rtl/expert/test_expert_ffn.py,
 bench/mac_util.py and `moeforge sim --unit expert_ffn`.
 
 ``MOEFORGE_TEST_PARAMS`` names a JSON file written by the pytest side:
@@ -41,7 +41,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import Event, ReadOnly, RisingEdge
 from cocotb.utils import get_sim_time
 
-from moeforge.rtl.expert_ffn import ExpertFFN
+from moeforge.rtl.expert.expert_ffn import ExpertFFN
 from moeforge.sim.benches.common import write_summary
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout

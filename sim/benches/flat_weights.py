@@ -34,8 +34,8 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from moeforge.rtl.layer_core import LayerCore
-from moeforge.rtl.mac_array import check_int, index_shape
+from moeforge.rtl.layer.layer_core import LayerCore
+from moeforge.rtl.datapath.mac_array import check_int, index_shape
 
 __all__ = ["FlatWeights", "LayerCoreHarness", "CACHE_SIDE"]
 

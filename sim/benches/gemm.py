@@ -1,7 +1,7 @@
 # amaranth: UnusedElaboratable=no
 # (the engine is built only for its layouts)
 
-"""cocotb tests of the GemmEngine (on a weight memory), run by tests/sim/test_gemm.py.
+"""cocotb tests of the GemmEngine (on a weight memory), run by tests/rtl/datapath/test_gemm.py.
 
 ``MOEFORGE_TEST_PARAMS`` names a JSON file written by the pytest side:
 
@@ -32,7 +32,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from moeforge.rtl.gemm import GemmEngine
+from moeforge.rtl.datapath.gemm import GemmEngine
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout
 

@@ -1,4 +1,4 @@
-"""cocotb tests of the HiddenUnit, run by tests/sim/test_hidden.py (not by pytest itself).
+"""cocotb tests of the HiddenUnit, run by tests/rtl/expert/test_hidden.py (not by pytest itself).
 
 The pytest side writes everything into a JSON file named by the environment variable
 ``MOEFORGE_HIDDEN_BENCH``; this module only drives ports and compares integers:

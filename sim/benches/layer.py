@@ -1,5 +1,5 @@
 """cocotb bench of the whole layer (`AcceleratorWithMemory`), run by `moeforge sim` (no --unit)
-and tests/sim/test_accelerator.py.
+and tests/rtl/top/test_accelerator.py.
 
 It speaks the accelerator's command protocol (`moeforge.rtl.commands`) on ``i_cmd``/``o_rsp``,
 byte by byte, with random stalls on both streams. ``MOEFORGE_BENCH`` names a JSON file:

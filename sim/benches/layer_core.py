@@ -1,4 +1,4 @@
-"""cocotb bench of the LayerCore on its flat-weights fixture, run by tests/sim/test_layer_core.py.
+"""cocotb bench of the LayerCore on its flat-weights fixture, run by tests/rtl/layer/test_layer_core.py.
 
 ``MOEFORGE_TEST_PARAMS`` names a JSON file written by the pytest side from the same
 `LayerCoreHarness` it exported:

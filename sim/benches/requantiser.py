@@ -19,7 +19,7 @@ from moeforge.sim.stream import StreamDriver, StreamSink, pack_layout, unpack_si
 
 async def run(dut, b: dict) -> None:
     """Stream `b`'s beats through the requantiser, compare every output, write the summary."""
-    from moeforge.rtl.requantiser import requantiser_input_layout
+    from moeforge.rtl.datapath.requantiser import requantiser_input_layout
     layout = requantiser_input_layout(in_width=b["in_width"], lanes=b["lanes"])
     start_clock(dut)
     await reset(dut)

@@ -1,4 +1,4 @@
-"""cocotb bench of the Router, run by tests/sim/test_router.py and `moeforge sim --unit router`.
+"""cocotb bench of the Router, run by tests/rtl/routing/test_router.py and `moeforge sim --unit router`.
 
 ``MOEFORGE_TEST_PARAMS`` names a JSON file written by the pytest side from the same `Router` it
 exported:
@@ -29,7 +29,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 from cocotb.utils import get_sim_time
 
-from moeforge.rtl.router import route_layout, token_layout
+from moeforge.rtl.routing.router import route_layout, token_layout
 from moeforge.sim.benches.common import write_summary
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout

@@ -410,7 +410,7 @@ def test_simulated_soc_is_the_soc_on_the_memory_model():
     from amaranth.hdl import Fragment
 
     from moeforge.config import AccelConfig
-    from moeforge.rtl.soc import MoESoC
+    from moeforge.rtl.top.soc import MoESoC
     from moeforge.sim.backing_memory import BackingMemory
     from moeforge.sim.tops import SimulatedSoC
     cfg = AccelConfig.from_toml(ROOT / "configs" / "tiny.toml")
@@ -432,7 +432,7 @@ def test_build_failure_raises_with_log(tmp_path):
 
 
 def test_moe_soc_hello():
-    """The real device for configs/tiny.toml answers HELLO with its config hash (rtl/soc.py
+    """The real device for configs/tiny.toml answers HELLO with its config hash (rtl/top/soc.py
     is part of the project: if it cannot be imported, this fails rather than skips)."""
     from moeforge.config import AccelConfig
     from moeforge.host_runtime.framing import (FrameDecoder, FrameType, HelloReport,

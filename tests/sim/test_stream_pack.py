@@ -6,7 +6,7 @@ import pytest
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
-from moeforge.rtl.requantiser import requantiser_input_layout, requantiser_output_layout
+from moeforge.rtl.datapath.requantiser import requantiser_input_layout, requantiser_output_layout
 from moeforge.sim.stream import (bernoulli_pauses, pack_layout, pack_signed, pack_unsigned,
                                  unpack_layout, unpack_signed, unpack_unsigned)
 

@@ -1,0 +1,1 @@
+"""moeforge.rtl.expert."""

@@ -1,0 +1,813 @@
+"""The router: int8 tokens → top-k experts, their gate weights and the shared-expert gate.
+
+Per token it computes exactly what ``QuantizedMoELayer.route_int`` (docs/arithmetic.md §3) gives
+as ``indices``, ``gates`` and ``shared_gate``:
+
+1. logits ``L_r = rq_32(x · W_r, M_r, S_r)`` for the ``R`` router rows (``E`` experts, plus
+   Qwen2's shared-expert gate row with ``shared_gate="sigmoid"``), units 2^-16;
+2. ``sigmoid_topk``: ``SIG(L_e)`` for every expert; Qwen2: ``SIG(L_shared)``;
+3. selection scores ``c_e`` (``L_e``, or ``SIG(L_e) + b_e`` for ``sigmoid_topk``), the
+   ``topk_group`` best groups (``n_group > 1``), the ``k`` best allowed experts, best first,
+   ties to the lower index;
+4. gates: ``EXP``, sums and ``div15`` (one shared sequential divider), routed scaling.
+
+Interface
+---------
+``i_tokens`` (in stream, `token_layout`): ``{data: lanes × int8, last}``. A token is
+``d_model / lanes`` consecutive slices, element ``s·lanes + i`` in lane ``i`` of slice ``s``,
+``last`` set on its final slice (and only there: the token ends at ``last``).
+
+``o_route`` (out stream, `route_layout`): one beat per token, in token order:
+``{experts: k × unsigned(ebits), gates: k × unsigned(22), shared_gate: unsigned(16)}``,
+``ebits = max(1, ceil(log2 E))``. ``experts[j]`` is the ``j``-th best expert, ``gates[j]`` its
+Q1.15 weight after routed scaling (``<= 2^15 · 64 = 2^21``), ``shared_gate`` is ``SIG(L_shared)``
+(``shared_gate="sigmoid"``), ``32768`` (``"always"``: DeepSeek's always-on shared expert) or
+``0`` (``"none"``).
+
+``wr`` (in, a plain write port ``{addr, data, en}``; Verilog ``wr__addr``, ``wr__data``,
+``wr__en``): the runtime state, one word per cycle while ``en`` is high. The address map
+(`RouterAddressMap`; `router_image` produces the writes from a `QuantizedMoELayer`):
+
+===========================  =================================================================
+address                      word
+===========================  =================================================================
+``r·S + s``                  router weights ``W[r, s·lanes : (s+1)·lanes]``, ``S = D/lanes``,
+(``0 <= r < R``,             rows in the order of ``QuantizedMoELayer.router_weight`` (experts,
+``0 <= s < S``)              then the shared gate row); lane ``i`` in bits
+                             ``[i·rb, (i+1)·rb)`` as ``router_bits``-bit two's complement
+``R·S``                      router multiplier ``M_r`` (bits 0-15, unsigned)
+``R·S + 1``                  router shift ``S_r`` (bits 0-5, 1..62)
+``R·S + 2 + e``              selection bias ``b_e`` (bits 0-31, int32 Q1.15), ``0 <= e < E``;
+                             only with ``selection_bias``
+===========================  =================================================================
+
+``wr__data`` is ``max(lanes·router_bits, 32 with selection bias else 16)`` bits wide (with the
+default ``router_bits = 16`` a weight word is ``lanes`` int16 values); writes to other addresses
+are ignored. A write presented in cycle ``c`` (``en`` high) lands at the end of cycle ``c + 1``
+(the port is registered). The host writes the state between tokens: a token routed while its
+state changes gets an unspecified result. The state is not reset (memories; ``M_r``/``S_r``
+reset to 0).
+
+Datapath and cycles
+-------------------
+A token is buffered (``S`` words of ``lanes`` int8), then a state machine runs the phases below
+while ``i_tokens.ready`` is low; the next token is accepted once the route beat has transferred.
+Without stalls a token takes `Router.cycles_per_token` cycles from its first slice to the cycle
+its route beat transfers (both counted), and the next token's first slice is taken in the cycle
+after: that is the throughput, one token per `cycles_per_token` cycles. With ``Q = 16`` (quotient
+bits of ``div15``)::
+
+    cycles_per_token = S                         LOAD: one slice per cycle
+                     + R·S + 6                   GEMV
+                     + n_sig · (Q + 7)           SIG
+                     + [E + 1 + topk_group·n_group]   GROUPS, GSEL (n_group > 1)
+                     + k · (E + 1)               TOPK
+                     + [k + 3 (+ E + 4)]         EXP_SEL (+ EXP_ALL): softmax routings
+                     + [k · (Q + 3)]             DIV: unless sigmoid_topk without renormalisation
+                     + 1                         OUT (plus o_route back-pressure)
+
+e.g. 140 cycles for Mixtral-style d_model 64, E 8, k 2, 8 lanes; 680 for the DeepSeek-V3 family
+config (d_model 64, E 16, k 4, 16 sigmoids).
+
+* GEMV: one weight word per cycle (``lanes`` int8 × int(rb) products, registered), an adder
+  tree, the ``8 + rb + ceil(log2 D)``-bit accumulator, ``acc · M_r``, ``sat_32(rshift(·, S_r))``
+  and the logit memory write: 6 pipeline stages after the first read. The largest routed logit
+  (``softmax_topk``'s reference) is tracked as the logits are written.
+* SIG (``n_sig = E`` with ``sigmoid_topk``, +1 for Qwen2's shared gate; 0 otherwise): per row,
+  read ``L``, ``EXP(|L|)`` (3 stages: ROM addresses, ROM data, rounded ``HI·LO``),
+  ``div15(L >= 0 ? 2^15 : e, 2^15 + e)`` on the divider (``Q + 1`` cycles).
+* GROUPS: one scan of the scores (memory reads, one per cycle) keeping each group's best (and
+  second best) score; GSEL: ``topk_group`` passes over the group scores (registers).
+* TOPK: ``k`` scans of the scores, each keeping the best allowed expert not taken yet (strictly
+  greater replaces: ties to the lower index), ``E + 1`` cycles each.
+* EXP_SEL: ``EXP(ref − L_j)`` of the ``k`` selected experts through the EXP pipeline (and their
+  sum ``Z``); EXP_ALL (``softmax_topk`` without renormalisation): ``Z`` over every expert.
+* DIV: ``div15(e_j, Z)`` (or ``div15(s_j, Σ s)``) per selected expert, then routed scaling
+  ``rshift(g · RSF, 12)`` (a constant multiplier; none for a factor of 1.0).
+
+The memories: token buffer (``S × lanes·8`` bits), router weights (``R·S × lanes·rb``), logits
+(``R × 32``), ``SIG`` values (``E × 16``, ``sigmoid_topk``), selection bias (``E × 32``), the two
+``EXP`` ROMs (512 and 128 × 16, `router_tables`); all read synchronously. Group scores, the
+``k`` selected experts and their gates are registers; the divider is `divider_logic`, inlined.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from moeforge.config import GROUP_SCORES, MAX_DIM, ROUTINGS, AccelConfig
+from moeforge.spec.arith import (BIAS_BITS, EXP_A_LIMIT, EXP_ARG_SHIFT, EXP_HI_SHIFT, EXP_HI_SIZE, EXP_LO_SIZE,
+                                 EXP_ROM_BITS, GATE_BITS, GATE_FRAC, GATE_ONE, LOGIT_BITS, MULT_BITS, QUO_BITS,
+                                 ROUTER_BITS_MAX, ROUTER_BITS_MIN, RSF_FRAC, RSF_MAX, SHARED_GATE_BITS, SHIFT_BITS,
+                                 SIG_BITS, X_BITS)
+
+from moeforge.spec.image import RouterAddressMap, check_int, router_image
+
+from ..datapath.arith import round_shift, saturate
+from ..datapath.divider import divider_logic, divider_op_layout, divider_result_layout
+from .router_tables import exp_hi_rom, exp_lo_rom
+
+__all__ = ["Router", "RouterAddressMap", "router_image", "token_layout", "route_layout", "DEFAULT_LANES"]
+
+DEFAULT_LANES = 8
+SHARED_GATES = ("none", "always", "sigmoid")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; not {value!r}")
+
+
+def _bits(n: int) -> int:
+    """Bits of an index below n (at least 1)."""
+    return max(1, (n - 1).bit_length())
+
+
+def _pick(values, index):
+    """``values[index]`` as a multiplexer over every value of `index` (padded with zeros, so
+    the Verilog case statement is complete: Verilator's CASEINCOMPLETE)."""
+    values = list(values)
+    values += [Const(0, values[0].shape())] * ((1 << len(index)) - len(values))
+    return Array(values)[index]
+
+
+def token_layout(*, lanes: int) -> data.StructLayout:
+    """``i_tokens`` payload: ``data`` (lanes × signed 8, lane 0 in the low bits), ``last``."""
+    return data.StructLayout({"data": data.ArrayLayout(signed(X_BITS), lanes), "last": unsigned(1)})
+
+
+def route_layout(*, n_experts: int, top_k: int) -> data.StructLayout:
+    """``o_route`` payload: ``experts`` (k × unsigned ebits), ``gates`` (k × unsigned 22),
+    ``shared_gate`` (unsigned 16); fields LSB first in that order."""
+    return data.StructLayout({
+        "experts": data.ArrayLayout(unsigned(_bits(n_experts)), top_k),
+        "gates": data.ArrayLayout(unsigned(GATE_BITS), top_k),
+        "shared_gate": unsigned(SHARED_GATE_BITS),
+    })
+
+
+class Router(wiring.Component):
+    """The MoE router (see the module docstring for the interface, address map and cycles).
+
+    Parameters
+    ----------
+    d_model : int
+        Token length, in [1, 65536].
+    n_experts : int
+        ``E``, in [1, 1024].
+    top_k : int
+        ``k``, in [1, n_experts].
+    routing : str
+        ``softmax_topk``, ``topk_softmax`` or ``sigmoid_topk``.
+    renormalize : bool
+        Divide the selected gates by their sum (``softmax_topk``, ``sigmoid_topk``;
+        ``topk_softmax`` always normalises over the k).
+    n_group, topk_group : int
+        Group-limited selection: ``n_group`` divides ``E``; ``topk_group`` in [1, n_group].
+    group_score : str
+        ``max`` or ``top2_sum`` (needs two experts per group).
+    selection_bias : bool
+        Per-expert selection bias (``sigmoid_topk`` only), written through ``wr``.
+    rsf : int
+        Routed scaling factor in Q.12 (`hls_models.routing.rsf_fixed`), in [0, 64·4096].
+    shared_gate : str
+        ``none`` (no shared expert: 0), ``always`` (32768) or ``sigmoid`` (Qwen2: one more
+        router row, ``SIG`` of its logit).
+    router_bits : int
+        Router weight width, in [8, 16].
+    lanes : int
+        int8 values per ``i_tokens`` slice and weights per word; divides `d_model`.
+
+    Attributes
+    ----------
+    i_tokens : ``In(stream.Signature(token_layout(...)))``
+    o_route : ``Out(stream.Signature(route_layout(...)))``
+    wr : ``In(Signature({addr, data, en}))``
+    address_map : RouterAddressMap
+    rows : int
+        ``R``: router GEMV rows.
+
+    Raises
+    ------
+    TypeError
+        If a parameter has the wrong type.
+    ValueError
+        If a parameter is out of range or the combination is not a routing the device has.
+    """
+
+    def __init__(self, *, d_model: int, n_experts: int, top_k: int,
+                 routing: str = "softmax_topk", renormalize: bool = False, n_group: int = 1,
+                 topk_group: int = 1, group_score: str = "max", selection_bias: bool = False,
+                 rsf: int = 1 << RSF_FRAC, shared_gate: str = "none", router_bits: int = 16,
+                 lanes: int = DEFAULT_LANES, src_loc_at: int = 0):
+        check_int("d_model", d_model, 1, MAX_DIM)
+        check_int("n_experts", n_experts, 1, 1024)
+        check_int("top_k", top_k, 1, n_experts)
+        _check_choice("routing", routing, ROUTINGS)
+        for name, flag in (("renormalize", renormalize), ("selection_bias", selection_bias)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, not {flag!r}")
+        check_int("n_group", n_group, 1, n_experts)
+        if n_experts % n_group:
+            raise ValueError(f"n_group must divide n_experts={n_experts}, not {n_group!r}")
+        check_int("topk_group", topk_group, 1, n_group)
+        per_group = n_experts // n_group
+        if top_k > topk_group * per_group:
+            raise ValueError(f"top_k must be at most topk_group × experts per group = "
+                             f"{topk_group * per_group}, not {top_k!r}")
+        _check_choice("group_score", group_score, GROUP_SCORES)
+        if group_score == "top2_sum" and n_group > 1 and per_group < 2:
+            raise ValueError(f"group_score 'top2_sum' needs at least 2 experts per group, "
+                             f"not {per_group}")
+        if selection_bias and routing != "sigmoid_topk":
+            raise ValueError(f"selection_bias is only defined for routing 'sigmoid_topk', "
+                             f"not {routing!r}")
+        check_int("rsf", rsf, 0, RSF_MAX)
+        _check_choice("shared_gate", shared_gate, SHARED_GATES)
+        check_int("router_bits", router_bits, ROUTER_BITS_MIN, ROUTER_BITS_MAX)
+        check_int("lanes", lanes, 1, d_model)
+        if d_model % lanes:
+            raise ValueError(f"lanes must divide d_model={d_model}, not {lanes!r}")
+
+        self.d_model = d_model
+        self.n_experts = n_experts
+        self.top_k = top_k
+        self.routing = routing
+        self.renormalize = renormalize
+        self.n_group = n_group
+        self.topk_group = topk_group
+        self.group_score = group_score
+        self.selection_bias = selection_bias
+        self.rsf = rsf
+        self.shared_gate = shared_gate
+        self.router_bits = router_bits
+        self.lanes = lanes
+        self.slices = d_model // lanes
+        self.rows = n_experts + (1 if shared_gate == "sigmoid" else 0)
+        self.address_map = RouterAddressMap(rows=self.rows, slices=self.slices, lanes=lanes,
+                                            router_bits=router_bits,
+                                            n_bias=n_experts if selection_bias else 0)
+        self.token_layout = token_layout(lanes=lanes)
+        self.route_layout = route_layout(n_experts=n_experts, top_k=top_k)
+        amap = self.address_map
+        super().__init__({
+            "i_tokens": In(stream.Signature(self.token_layout)),
+            "o_route": Out(stream.Signature(self.route_layout)),
+            "wr": In(wiring.Signature({"addr": Out(amap.addr_bits), "data": Out(amap.data_bits),
+                                       "en": Out(1)})),
+        }, src_loc_at=1 + src_loc_at)
+
+    @classmethod
+    def from_config(cls, cfg: AccelConfig, *, lanes: int = DEFAULT_LANES,
+                    src_loc_at: int = 0) -> "Router":
+        """The router of `cfg` (every routing field, ``router_bits``, the shared expert).
+
+        Raises
+        ------
+        TypeError
+            If `cfg` is not an `AccelConfig`.
+        ValueError
+            If `lanes` does not divide ``cfg.d_model``.
+        """
+        from moeforge.hls_models.routing import rsf_fixed
+        if not isinstance(cfg, AccelConfig):
+            raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
+        shared = ("sigmoid" if cfg.shared_gate == "sigmoid"
+                  else "always" if cfg.shared_d_ff else "none")
+        return cls(d_model=cfg.d_model, n_experts=cfg.n_experts, top_k=cfg.top_k,
+                   routing=cfg.routing, renormalize=cfg.renormalize, n_group=cfg.n_group,
+                   topk_group=cfg.topk_group, group_score=cfg.group_score,
+                   selection_bias=cfg.selection_bias, rsf=rsf_fixed(cfg), shared_gate=shared,
+                   router_bits=cfg.router_bits, lanes=lanes, src_loc_at=1 + src_loc_at)
+
+    # ------------------------------------------------------------------ derived properties
+    @property
+    def n_sig(self) -> int:
+        """Sigmoids per token: every expert's (``sigmoid_topk``) and the shared gate's."""
+        return ((self.n_experts if self.routing == "sigmoid_topk" else 0)
+                + (1 if self.shared_gate == "sigmoid" else 0))
+
+    @property
+    def divides(self) -> bool:
+        """Whether the gates go through ``div15`` (all but un-normalised sigmoid routing)."""
+        return self.routing != "sigmoid_topk" or self.renormalize
+
+    @property
+    def z_over_all(self) -> bool:
+        """``softmax_topk`` without renormalisation: ``Z`` sums ``EXP`` over every expert."""
+        return self.routing == "softmax_topk" and not self.renormalize
+
+    @property
+    def acc_width(self) -> int:
+        """GEMV accumulator: ``8 + router_bits + ceil(log2 d_model)`` signed bits (exact)."""
+        return 8 + self.router_bits + (self.d_model - 1).bit_length()
+
+    def cycles_per_token(self) -> int:
+        """Cycles per token without stalls (see the module docstring's table)."""
+        E, k, S, R, q = self.n_experts, self.top_k, self.slices, self.rows, QUO_BITS
+        cycles = S + R * S + 6 + self.n_sig * (q + 7) + k * (E + 1) + 1
+        if self.n_group > 1:
+            cycles += E + 1 + self.topk_group * self.n_group
+        if self.routing != "sigmoid_topk":
+            cycles += k + 3 + (E + 4 if self.z_over_all else 0)
+        if self.divides:
+            cycles += k * (q + 3)
+        return cycles
+
+    # ------------------------------------------------------------------ elaboration
+    #
+    # Verilog hygiene (Verilator -Wall with sim.toolchain.AMARANTH_LINT_WAIVERS, no waivers of
+    # our own): a signal that is only a copy or slice of another is emitted as an alias wire
+    # nobody reads, so memory port signals are registers themselves or driven by expressions,
+    # read data is used in place and comparisons are not duplicated. Amaranth's FSM and Switch
+    # leave unused state-decode wires and incomplete case statements (CASEINCOMPLETE), so the
+    # states are an If/Elif chain on a state register and variable-index reads go through
+    # `_pick` (a complete case). A submodule would be a second Verilog module (DECLFILENAME),
+    # so the divider is inlined (`divider_logic`).
+    def elaborate(self, platform):
+        m = Module()
+        E, k, R, S, lanes = self.n_experts, self.top_k, self.rows, self.slices, self.lanes
+        rb, G, NG = self.router_bits, self.n_experts // self.n_group, self.n_group
+        amap = self.address_map
+        sigmoid = self.routing == "sigmoid_topk"
+        grouped = NG > 1
+        aw = self.acc_width
+
+        # ---------------------------------------------------------------- state machine
+        names = ["LOAD", "GEMV"]
+        if self.n_sig:
+            names += ["SIG_RD", "SIG_EXP", "SIG_WAIT", "SIG_GO", "SIG_DONE"]
+        if grouped:
+            names += ["GROUPS", "GSEL"]
+        names += ["TOPK"]
+        if not sigmoid:
+            names += ["EXP_SEL"] + (["EXP_ALL"] if self.z_over_all else [])
+        if self.divides:
+            names += ["DIV_LOAD", "DIV_GO", "DIV_DONE"]
+        names += ["OUT"]
+        code = {n: i for i, n in enumerate(names)}
+        state = Signal(range(len(names)), name="state")
+
+        def goto(name):
+            return state.eq(code[name])
+
+        # ---------------------------------------------------------------- memories
+        m.submodules.x_mem = x_mem = Memory(shape=data.ArrayLayout(signed(X_BITS), lanes),
+                                            depth=max(2, S), init=[])
+        m.submodules.w_mem = w_mem = Memory(shape=data.ArrayLayout(signed(rb), lanes),
+                                            depth=max(2, R * S), init=[])
+        m.submodules.l_mem = l_mem = Memory(shape=signed(LOGIT_BITS), depth=max(2, R), init=[])
+        m.submodules.hi_rom = hi_rom = Memory(shape=unsigned(EXP_ROM_BITS), depth=EXP_HI_SIZE,
+                                              init=exp_hi_rom())
+        m.submodules.lo_rom = lo_rom = Memory(shape=unsigned(EXP_ROM_BITS), depth=EXP_LO_SIZE,
+                                              init=exp_lo_rom())
+        x_wp = x_mem.write_port()
+        x_rp = x_mem.read_port(transparent_for=(x_wp,))     # a one-slice token: written, read
+        w_wp, w_rp = w_mem.write_port(), w_mem.read_port()
+        l_wp, l_rp = l_mem.write_port(), l_mem.read_port()
+        hi_rp, lo_rp = hi_rom.read_port(), lo_rom.read_port()
+        scan_ports = [l_rp]
+        if sigmoid:
+            m.submodules.s_mem = s_mem = Memory(shape=unsigned(SIG_BITS), depth=max(2, E), init=[])
+            s_wp = s_mem.write_port()
+            s_rp = s_mem.read_port(transparent_for=(s_wp,))  # E = 1: written, then read
+            scan_ports.append(s_rp)
+        if self.selection_bias:
+            m.submodules.b_mem = b_mem = Memory(shape=signed(BIAS_BITS), depth=max(2, E), init=[])
+            b_wp, b_rp = b_mem.write_port(), b_mem.read_port()
+            scan_ports.append(b_rp)
+
+        # ---------------------------------------------------------------- host writes (registered)
+        wr = self.wr
+        r_mult = Signal(MULT_BITS, name="r_mult")
+        r_shift = Signal(SHIFT_BITS, name="r_shift")
+        m.d.sync += [
+            w_wp.addr.eq(wr.addr),
+            w_wp.en.eq(wr.en & (wr.addr < amap.weight_words)),
+        ]
+        m.d.sync += [w_wp.data[i].eq(wr.data[i * rb:(i + 1) * rb]) for i in range(lanes)]
+        with m.If(wr.en & (wr.addr == amap.mult)):
+            m.d.sync += r_mult.eq(wr.data[:MULT_BITS])
+        with m.If(wr.en & (wr.addr == amap.shift)):
+            m.d.sync += r_shift.eq(wr.data[:SHIFT_BITS])
+        if self.selection_bias:
+            m.d.sync += [
+                b_wp.addr.eq(wr.addr - amap.bias),
+                b_wp.en.eq(wr.en & (wr.addr >= amap.bias) & (wr.addr < amap.bias + E)),
+                b_wp.data.eq(wr.data[:BIAS_BITS]),
+            ]
+
+        # ---------------------------------------------------------------- divider (inlined)
+        zmax = max(E * GATE_ONE, 2 * GATE_ONE)            # Σ of EXP/SIG values; SIG's 2^15 + e
+        den_bits = zmax.bit_length()
+        num_bits = (GATE_ONE * GATE_ONE + (zmax >> 1)).bit_length()
+        div_op = stream.Signature(divider_op_layout(num_bits=num_bits, den_bits=den_bits)) \
+            .create(path=("div", "op"))
+        div_res = stream.Signature(divider_result_layout(quo_bits=QUO_BITS, den_bits=None)) \
+            .create(path=("div", "res"))
+        divider_logic(m, div_op, div_res, quo_bits=QUO_BITS)
+        quotient = div_res.payload.quotient
+
+        def div15_operands(n, d):
+            """Load div15(n, d) = (n·2^15 + (d >> 1)) // d into the divider's operands."""
+            return [div_op.payload.num.eq(n * GATE_ONE + (d >> 1)), div_op.payload.den.eq(d)]
+
+        def scale(g):
+            """Routed scaling rshift(g · RSF, 12); the identity for a factor of 1.0."""
+            if self.rsf == 1 << RSF_FRAC:
+                return g
+            return round_shift(g * self.rsf, RSF_FRAC)
+
+        # ---------------------------------------------------------------- EXP pipeline
+        # In (comb, from the states): exp_v, exp_a = rshift(d, 4), exp_tag. Out three cycles
+        # later: e3_v, e3 = EXP(d), e3_tag. Stage 1 registers the ROM addresses, stage 2 has the
+        # ROM data, stage 3 the rounded product (0 for a >= 16.0).
+        softmax_tags = not sigmoid
+        tag_bits = _bits(max(E, k) + 1)
+        exp_v = Signal(name="exp_v")
+        exp_a = Signal(LOGIT_BITS + 2 - EXP_ARG_SHIFT, name="exp_a")   # d < 2^33
+        e1_v, e1_in = Signal(name="e1_v"), Signal(name="e1_in")
+        e2_v, e2_in = Signal(name="e2_v"), Signal(name="e2_in")
+        e3_v, e3 = Signal(name="e3_v"), Signal(SIG_BITS, name="e3")
+        m.d.sync += [
+            hi_rp.addr.eq(exp_a[EXP_HI_SHIFT:]), lo_rp.addr.eq(exp_a[:EXP_HI_SHIFT]),
+            e1_v.eq(exp_v), e1_in.eq(exp_a < EXP_A_LIMIT),
+            e2_v.eq(e1_v), e2_in.eq(e1_in),
+            e3_v.eq(e2_v), e3.eq(Mux(e2_in, round_shift(hi_rp.data * lo_rp.data, GATE_FRAC), 0)),
+        ]
+        if softmax_tags:
+            exp_tag = Signal(tag_bits, name="exp_tag")
+            e1_tag, e2_tag = Signal(tag_bits, name="e1_tag"), Signal(tag_bits, name="e2_tag")
+            e3_tag = Signal(tag_bits, name="e3_tag")
+            m.d.sync += [e1_tag.eq(exp_tag), e2_tag.eq(e1_tag), e3_tag.eq(e2_tag)]
+
+        def exp_of(d):
+            """Statements feeding d (>= 0, units 2^-16) into the EXP pipeline."""
+            return [exp_v.eq(1), exp_a.eq(round_shift(d, EXP_ARG_SHIFT))]
+
+        # ---------------------------------------------------------------- token load
+        it = self.i_tokens
+        load_s = Signal(range(max(2, S)), name="load_s")
+        accept = it.valid & it.ready
+        m.d.sync += [x_wp.addr.eq(load_s), x_wp.data.eq(it.payload.data), x_wp.en.eq(accept)]
+
+        # ---------------------------------------------------------------- GEMV pipeline
+        # The read addresses are the issue counters: w_rp.addr (word), x_rp.addr (slice).
+        g_issue = Signal(name="g_issue")
+        g_r = Signal(range(max(2, R)), name="g_row")
+        g_s = x_rp.addr
+        g_start = [g_issue.eq(1), w_rp.addr.eq(0), x_rp.addr.eq(0), g_r.eq(0)]
+        slice_last = (g_s == S - 1) if S > 1 else Const(1, 1)
+        with m.If(g_issue):
+            m.d.sync += w_rp.addr.eq(w_rp.addr + 1)
+            if S > 1:
+                m.d.sync += g_s.eq(Mux(slice_last, 0, g_s + 1))
+            with m.If(slice_last):
+                m.d.sync += g_r.eq(g_r + 1)
+            with m.If(w_rp.addr == R * S - 1):
+                m.d.sync += g_issue.eq(0)
+        row_shape = g_r.shape()
+        # stage 1: memory data → products
+        g1_v, g1_first = Signal(name="g1_v"), Signal(name="g1_first")
+        g1_last, g1_row = Signal(name="g1_last"), Signal(row_shape, name="g1_row")
+        if S == 1:                      # every slice is a row's first and last
+            m.d.sync += [g1_first.eq(1), g1_last.eq(1)]
+        else:
+            m.d.sync += [g1_first.eq(g_s == 0), g1_last.eq(slice_last)]
+        m.d.sync += [g1_v.eq(g_issue), g1_row.eq(g_r)]
+        g2_v, g2_first = Signal(name="g2_v"), Signal(name="g2_first")
+        g2_last, g2_row = Signal(name="g2_last"), Signal(row_shape, name="g2_row")
+        g2_prod = [Signal(signed(8 + rb), name=f"g2_prod{i}") for i in range(lanes)]
+        m.d.sync += [g2_v.eq(g1_v), g2_first.eq(g1_first), g2_last.eq(g1_last), g2_row.eq(g1_row)]
+        m.d.sync += [g2_prod[i].eq(x_rp.data[i] * w_rp.data[i]) for i in range(lanes)]
+        # stage 2: adder tree → dot
+        terms = list(g2_prod)
+        while len(terms) > 1:
+            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                     for i in range(0, len(terms), 2)]
+        g3_v, g3_first = Signal(name="g3_v"), Signal(name="g3_first")
+        g3_last, g3_row = Signal(name="g3_last"), Signal(row_shape, name="g3_row")
+        g3_dot = Signal(signed(8 + rb + (lanes - 1).bit_length()), name="g3_dot")
+        m.d.sync += [g3_v.eq(g2_v), g3_first.eq(g2_first), g3_last.eq(g2_last), g3_row.eq(g2_row),
+                     g3_dot.eq(terms[0])]
+        # stage 3: accumulate the row's slices
+        acc = Signal(signed(aw), name="acc")
+        g4_v, g4_row = Signal(name="g4_v"), Signal(row_shape, name="g4_row")
+        with m.If(g3_v):
+            m.d.sync += acc.eq(Mux(g3_first, g3_dot, acc + g3_dot))
+        m.d.sync += [g4_v.eq(g3_v & g3_last), g4_row.eq(g3_row)]
+        # stage 4: acc · M_r (exact)
+        g5_v, g5_row = Signal(name="g5_v"), Signal(row_shape, name="g5_row")
+        g5_prod = Signal(signed(aw + MULT_BITS), name="g5_prod")
+        m.d.sync += [g5_v.eq(g4_v), g5_row.eq(g4_row), g5_prod.eq(acc * r_mult)]
+        # stage 5: sat_32(rshift(·, S_r)); the logit memory's write port registers are stage 6
+        m.d.sync += [l_wp.en.eq(g5_v), l_wp.addr.eq(g5_row),
+                     l_wp.data.eq(saturate(round_shift(g5_prod, r_shift), LOGIT_BITS))]
+        logit = l_wp.data
+        gemv_done = l_wp.en & (l_wp.addr == R - 1)
+        if self.routing == "softmax_topk":
+            ref_all = Signal(signed(LOGIT_BITS), name="ref_all")    # the largest routed logit
+            with m.If(l_wp.en & (l_wp.addr < E) & ((l_wp.addr == 0) | (logit > ref_all))):
+                m.d.sync += ref_all.eq(logit)
+
+        # ---------------------------------------------------------------- scans over experts
+        # A scanning state raises scan_go; sc_i issues 0..E-1 to the logit/SIG/bias memories;
+        # one cycle later p_v/p_i (and p_pos/p_g: position in the group, group) come with the
+        # read data. After E-1 is processed (p_end) sc_i restarts from 0 (for the next pass).
+        scan_go = Signal(name="scan_go")
+        sc_i = Signal(range(E + 1), name="sc_i")
+        p_v = Signal(name="p_v")
+        p_i = Signal(range(max(2, E)), name="p_i")
+        scan_issue = scan_go & (sc_i != E)
+        with m.If(scan_go):
+            m.d.comb += [port.addr.eq(sc_i) for port in scan_ports]
+        m.d.sync += [p_v.eq(scan_issue), p_i.eq(sc_i)]
+        with m.If(scan_issue):
+            m.d.sync += sc_i.eq(sc_i + 1)
+        p_end = p_v & (p_i == E - 1)
+        with m.If(p_end):
+            m.d.sync += sc_i.eq(0)
+        if grouped:
+            # p_first/p_last: the expert is its group's first/last (constants for groups of one)
+            p_g = Signal(range(NG), name="p_g")
+            if G > 1:
+                p_pos = Signal(range(G), name="p_pos")
+                p_first, p_last = p_pos == 0, p_pos == G - 1
+                with m.If(p_v):
+                    m.d.sync += p_pos.eq(Mux(p_last, 0, p_pos + 1))
+            else:
+                p_first = p_last = Const(1, 1)
+            with m.If(p_v & p_last):
+                m.d.sync += p_g.eq(Mux(p_g == NG - 1, 0, p_g + 1))
+
+        def scan_reset():
+            if not grouped:
+                return [sc_i.eq(0)]
+            return [sc_i.eq(0), p_g.eq(0)] + ([p_pos.eq(0)] if G > 1 else [])
+
+        # The selection score of the expert being processed (read data, used in place).
+        if sigmoid:
+            c_bits = BIAS_BITS + 2            # SIG (unsigned 16) + bias (int32)
+            if self.selection_bias:
+                total = s_rp.data + b_rp.data
+                score = Signal(total.shape(), name="score")
+                m.d.comb += score.eq(total)
+            else:
+                score = s_rp.data
+        else:
+            c_bits = LOGIT_BITS
+            score = l_rp.data
+
+        # ---------------------------------------------------------------- group selection
+        if grouped:
+            # The group's best (and second best) score so far, including the expert at hand;
+            # g_value is the group score once the group's last expert is at hand.
+            g_bits = c_bits + 2
+            grp_regs = []
+            if G == 1:                                   # group_score "max" of one expert
+                g_value = score
+            elif self.group_score == "max":
+                b1 = Signal(signed(c_bits), name="grp_b1")
+                nb1 = Signal(signed(c_bits), name="grp_nb1")
+                m.d.comb += nb1.eq(Mux(p_first | (score > b1), score, b1))
+                grp_regs = [b1.eq(nb1)]
+                g_value = nb1
+            else:                                        # top2_sum, at least 2 per group
+                b1 = Signal(signed(c_bits), name="grp_b1")
+                b2 = Signal(signed(c_bits), name="grp_b2")
+                nb1 = Signal(signed(c_bits), name="grp_nb1")
+                nb2 = Signal(signed(c_bits), name="grp_nb2")
+                with m.If(p_first):                      # b2 is set by the second expert
+                    m.d.comb += [nb1.eq(score), nb2.eq(score)]
+                with m.Elif(score > b1):
+                    m.d.comb += [nb1.eq(score), nb2.eq(b1)]
+                with m.Elif((p_pos == 1) | (score > b2)):
+                    m.d.comb += [nb1.eq(b1), nb2.eq(score)]
+                with m.Else():
+                    m.d.comb += [nb1.eq(b1), nb2.eq(b2)]
+                grp_regs = [b1.eq(nb1), b2.eq(nb2)]
+                g_value = nb1 + nb2
+            gscore = [Signal(signed(g_bits), name=f"gscore{g}") for g in range(NG)]
+            gs_i = Signal(range(NG), name="gs_i")
+            gs_pass = Signal(range(max(2, self.topk_group)), name="gs_pass")
+            gs_best = Signal(signed(g_bits), name="gs_best")
+            gs_best_i = Signal(range(NG), name="gs_best_i")
+            gs_have = Signal(name="gs_have")
+            allowed = Signal(NG, name="allowed")                  # the chosen groups
+            gs_take = Signal(name="gs_take")
+            m.d.comb += gs_take.eq(~(allowed >> gs_i)[0] &
+                                   (~gs_have | (_pick(gscore, gs_i) > gs_best)))
+            gs_nb_i = Mux(gs_take, gs_i, gs_best_i)
+            allowed_now = (allowed >> p_g)[0]
+        else:
+            allowed_now = Const(1, 1)
+
+        # ---------------------------------------------------------------- top-k passes
+        orp = self.o_route.payload
+        used = Signal(E, name="used")
+        t_pass = Signal(range(max(2, k)), name="t_pass")
+        t_have = Signal(name="t_have")
+        t_best = Signal(signed(c_bits), name="t_best")
+        t_best_i = Signal(range(max(2, E)), name="t_best_i")
+        t_take = Signal(name="t_take")
+        m.d.comb += t_take.eq(p_v & ~(used >> p_i)[0] & allowed_now &
+                              (~t_have | (score > t_best)))
+        t_nb_i = Mux(t_take, p_i, t_best_i)
+        if sigmoid:
+            t_best_sig = Signal(SIG_BITS, name="t_best_sig")
+            t_nb_sig = Mux(t_take, s_rp.data, t_best_sig)
+        else:
+            t_nb = Mux(t_take, score, t_best)
+            sel_l = [Signal(signed(LOGIT_BITS), name=f"sel_l{j}") for j in range(k)]
+            ref_sel = sel_l[0] if self.routing == "topk_softmax" else ref_all
+        if self.divides:
+            ej = Signal(range(k + 1), name="ej")          # EXP feed / division counter
+            num = [Signal(SIG_BITS, name=f"num{j}") for j in range(k)]  # EXP or SIG values
+            z = Signal(den_bits, name="z")
+
+        # ---------------------------------------------------------------- shared gate
+        if self.shared_gate != "sigmoid":
+            m.d.comb += orp.shared_gate.eq(GATE_ONE if self.shared_gate == "always" else 0)
+
+        def start_selection():
+            """Statements entering GROUPS (or TOPK)."""
+            stmts = scan_reset() + [used.eq(0), t_pass.eq(0), t_have.eq(0)]
+            if self.divides:
+                stmts.append(z.eq(0))
+            if grouped:
+                stmts += [gs_i.eq(0), gs_pass.eq(0), gs_have.eq(0), allowed.eq(0),
+                          goto("GROUPS")]
+            else:
+                stmts.append(goto("TOPK"))
+            return stmts
+
+        # ---------------------------------------------------------------- control
+        if self.n_sig:
+            sg_r = Signal(range(R + 1), name="sig_row")
+            sg_neg = Signal(name="sig_neg")
+            sig_first = 0 if sigmoid else E
+
+        if sigmoid:
+            m.d.sync += s_wp.en.eq(0)          # a one-cycle write from SIG_DONE
+        chain = []
+
+        def in_state(name):
+            """The If/Elif chain over the states (a Switch would leave incomplete cases)."""
+            first = not chain
+            chain.append(name)
+            return m.If(state == code[name]) if first else m.Elif(state == code[name])
+
+        with in_state("LOAD"):
+            m.d.comb += it.ready.eq(1)
+            with m.If(it.valid):
+                m.d.sync += load_s.eq(load_s + 1)
+                with m.If(it.payload.last):
+                    m.d.sync += [load_s.eq(0), goto("GEMV")] + g_start
+
+        with in_state("GEMV"):
+            with m.If(gemv_done):
+                if self.n_sig:
+                    m.d.sync += [sg_r.eq(sig_first), goto("SIG_RD")]
+                else:
+                    m.d.sync += start_selection()
+
+        if self.n_sig:
+            with in_state("SIG_RD"):
+                m.d.comb += l_rp.addr.eq(sg_r)
+                m.d.sync += goto("SIG_EXP")
+            with in_state("SIG_EXP"):
+                m.d.comb += exp_of(abs(l_rp.data))
+                m.d.sync += [sg_neg.eq(l_rp.data < 0), goto("SIG_WAIT")]
+            with in_state("SIG_WAIT"):
+                with m.If(e3_v):
+                    m.d.sync += div15_operands(Mux(sg_neg, e3, GATE_ONE), GATE_ONE + e3)
+                    m.d.sync += goto("SIG_GO")
+            with in_state("SIG_GO"):
+                m.d.comb += div_op.valid.eq(1)
+                with m.If(div_op.ready):
+                    m.d.sync += goto("SIG_DONE")
+            with in_state("SIG_DONE"):
+                m.d.comb += div_res.ready.eq(1)
+                with m.If(div_res.valid):
+                    if sigmoid:
+                        m.d.sync += [s_wp.addr.eq(sg_r), s_wp.data.eq(quotient),
+                                     s_wp.en.eq(sg_r < E)]
+                    if self.shared_gate == "sigmoid":
+                        with m.If(sg_r == E):
+                            m.d.sync += orp.shared_gate.eq(quotient)
+                    m.d.sync += sg_r.eq(sg_r + 1)
+                    with m.If(sg_r == R - 1):
+                        m.d.sync += start_selection()
+                    with m.Else():
+                        m.d.sync += goto("SIG_RD")
+
+        if grouped:
+            with in_state("GROUPS"):
+                m.d.comb += scan_go.eq(1)
+                with m.If(p_v):
+                    m.d.sync += grp_regs
+                    for g in range(NG):
+                        with m.If(p_last & (p_g == g)):
+                            m.d.sync += gscore[g].eq(g_value)
+                with m.If(p_end):
+                    m.d.sync += goto("GSEL")
+            with in_state("GSEL"):
+                with m.If(gs_i == NG - 1):
+                    m.d.sync += [allowed.eq(allowed | (Const(1, NG) << gs_nb_i)[:NG]),
+                                 gs_i.eq(0), gs_have.eq(0), gs_pass.eq(gs_pass + 1)]
+                    with m.If(gs_pass == self.topk_group - 1):
+                        m.d.sync += goto("TOPK")
+                with m.Else():
+                    m.d.sync += gs_i.eq(gs_i + 1)
+                    with m.If(gs_take):
+                        m.d.sync += [gs_best.eq(_pick(gscore, gs_i)), gs_best_i.eq(gs_i),
+                                     gs_have.eq(1)]
+
+        with in_state("TOPK"):
+            m.d.comb += scan_go.eq(1)
+            with m.If(p_end):
+                m.d.sync += [used.eq(used | (Const(1, E) << t_nb_i)[:E]), t_have.eq(0),
+                             t_pass.eq(t_pass + 1)]
+                for j in range(k):
+                    with m.If(t_pass == j):
+                        m.d.sync += orp.experts[j].eq(t_nb_i)
+                        if sigmoid and self.divides:
+                            m.d.sync += num[j].eq(t_nb_sig)
+                        elif sigmoid:
+                            m.d.sync += orp.gates[j].eq(scale(t_nb_sig))
+                        else:
+                            m.d.sync += sel_l[j].eq(t_nb)
+                if sigmoid and self.divides:
+                    m.d.sync += z.eq(z + t_nb_sig)
+                with m.If(t_pass == k - 1):
+                    if self.divides:
+                        m.d.sync += ej.eq(0)
+                    if not sigmoid:
+                        m.d.sync += goto("EXP_SEL")
+                    elif self.divides:
+                        m.d.sync += goto("DIV_LOAD")
+                    else:
+                        m.d.sync += goto("OUT")
+            with m.Elif(t_take):
+                m.d.sync += [t_best.eq(score), t_best_i.eq(p_i), t_have.eq(1)]
+                if sigmoid:
+                    m.d.sync += t_best_sig.eq(s_rp.data)
+
+        if not sigmoid:
+            with in_state("EXP_SEL"):
+                with m.If(ej != k):
+                    m.d.comb += exp_of((ref_sel - _pick(sel_l, ej)).as_unsigned())
+                    m.d.comb += exp_tag.eq(ej)
+                    m.d.sync += ej.eq(ej + 1)
+                with m.If(e3_v):
+                    for j in range(k):
+                        with m.If(e3_tag == j):
+                            m.d.sync += num[j].eq(e3)
+                    if not self.z_over_all:
+                        m.d.sync += z.eq(z + e3)
+                    with m.If(e3_tag == k - 1):
+                        m.d.sync += [ej.eq(0)] + scan_reset()
+                        m.d.sync += goto("EXP_ALL" if self.z_over_all else "DIV_LOAD")
+
+            if self.z_over_all:
+                with in_state("EXP_ALL"):
+                    m.d.comb += scan_go.eq(1)
+                    with m.If(p_v):
+                        m.d.comb += exp_of((ref_all - l_rp.data).as_unsigned())
+                        m.d.comb += exp_tag.eq(p_i)
+                    with m.If(p_end):
+                        m.d.sync += sc_i.eq(E)            # one pass only
+                    with m.If(e3_v):
+                        m.d.sync += z.eq(z + e3)
+                        with m.If(e3_tag == E - 1):
+                            m.d.sync += goto("DIV_LOAD")
+
+        if self.divides:
+            with in_state("DIV_LOAD"):
+                m.d.sync += div15_operands(_pick(num, ej), z)
+                m.d.sync += goto("DIV_GO")
+            with in_state("DIV_GO"):
+                m.d.comb += div_op.valid.eq(1)
+                with m.If(div_op.ready):
+                    m.d.sync += goto("DIV_DONE")
+            with in_state("DIV_DONE"):
+                m.d.comb += div_res.ready.eq(1)
+                with m.If(div_res.valid):
+                    for j in range(k):
+                        with m.If(ej == j):
+                            m.d.sync += orp.gates[j].eq(scale(quotient))
+                    m.d.sync += ej.eq(ej + 1)
+                    with m.If(ej == k - 1):
+                        m.d.sync += goto("OUT")
+                    with m.Else():
+                        m.d.sync += goto("DIV_LOAD")
+
+        with m.Else():                                 # OUT (and unused encodings)
+            m.d.comb += self.o_route.valid.eq(1)
+            with m.If(self.o_route.ready):
+                m.d.sync += goto("LOAD")
+
+        return m

@@ -1,0 +1,334 @@
+# amaranth: UnusedElaboratable=no
+# (parameter checks build components that are never elaborated)
+
+"""The ExpertFFN in Verilator under cocotb, bit-exact against ``ExpertBank.forward``.
+
+Golden side: quantised layers of `transformers` blocks with random weights (`family_configs`,
+shrunk to d_model 32, d_ff 64, t_max 16), ``expected = QuantizedMoELayer.expert_int(e, x)``. The
+engine runs on `WeightMemoryHarness` holding four experts' images (`expert_image`); the jobs run
+back to back, each on its own expert (``w_base``), with random stalls on ``i_job``/``i_x`` and
+back-pressure on ``o_y``: T = 1, 2, 3, R and t_max; calibrated tokens, all-127 and all-(-128)
+tokens, uniform int8 tokens (which saturate many ``g``, ``u`` and ``h``).
+
+Two builds:
+
+``swiglu-r8c8``  Mixtral-style SwiGLU, 8×8 array: hidden unit lanes 4 < cols 8 (lane-granular
+                 hidden buffer writes), rotation block 64 (16 hidden-unit beats).
+``relu-r8c4``    Switch ReLU, 8×4 array: hidden unit lanes 8 > cols 4 (each ``h`` beat written
+                 as two words), rotation block 64, parameter words of 32 bits.
+
+Lanes equal to cols (ReLU 4×4) runs in Amaranth's simulator (`test_expert_ffn_amaranth_sim`).
+"""
+
+import itertools
+import json
+
+import pytest
+import torch
+from amaranth.utils import ceil_log2
+
+from moeforge.hls_models import QuantizedMoELayer
+from moeforge.hls_models.hf_random import family_configs, make_hf_block, make_hf_input
+from moeforge.rtl.export import to_verilog, verilog_ports
+from moeforge.rtl.expert.expert_ffn import ExpertFFN, ExpertImageLayout, expert_image
+from moeforge.sim.weight_memory import WeightMemoryHarness
+from moeforge.rtl.expert.hidden import hidden_image
+from moeforge.sim.build import run_cocotb
+from moeforge.sim.toolchain import lint_problems
+
+pytestmark = pytest.mark.verilator
+
+COCOTB_MODULE = "moeforge.sim.benches.expert_ffn"
+EXPERTS = 4                     # images in the weight memory
+BUILDS = {
+    "swiglu-r8c8": lambda: family_configs()["mixtral"].replace(
+        name="mixtral-ffn", d_model=32, d_ff=64, mac_rows=8, mac_cols=8, token_buffer_depth=16),
+    "relu-r8c4": lambda: family_configs()["switch"].replace(
+        name="switch-ffn", d_model=32, d_ff=64, mac_rows=8, mac_cols=4, token_buffer_depth=16),
+}
+
+
+def engine_kwargs(cfg, experts=EXPERTS):
+    words = ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff,
+                              rows=cfg.mac_rows, cols=cfg.mac_cols).words
+    return dict(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff, rows=cfg.mac_rows,
+                cols=cfg.mac_cols, t_max=cfg.token_buffer_depth, rotation=cfg.rotation_block,
+                w_addr_width=max(1, ceil_log2(experts * words)))
+
+
+def make_dut(cfg, experts=EXPERTS):
+    eng = ExpertFFN(**engine_kwargs(cfg, experts))
+    return eng, WeightMemoryHarness(eng, depth=experts * eng.image.words)
+
+
+_LAYERS = {}
+
+
+def hf_layer(cfg):
+    """The quantised layer of `cfg` (transformers block, seed 1, calibrated on 256 tokens)."""
+    if cfg not in _LAYERS:
+        _LAYERS[cfg] = QuantizedMoELayer.from_hf(make_hf_block(cfg, 1), cfg,
+                                                 calib=make_hf_input(cfg, 256, 1))
+    return _LAYERS[cfg]
+
+
+def expected_beats(q, e, x):
+    """o_y beats of one job: per token D/R beats [R values of o, token, last]."""
+    o = q.expert_int(e, x)
+    R, D = q.cfg.mac_rows, q.cfg.d_model
+    return [o[t, g * R:(g + 1) * R].tolist() + [t, int(g == D // R - 1)]
+            for t in range(x.shape[0]) for g in range(D // R)]
+
+
+def make_jobs(cfg, eng, seed=2):
+    """(image writes, jobs): experts 0..3 at w_base e·words; the token sets of the docstring."""
+    q = hf_layer(cfg)
+    D, T_max, R = cfg.d_model, cfg.token_buffer_depth, cfg.mac_rows
+    words = eng.image.words
+    calib = q.quantize_input(make_hf_input(cfg, 64, seed))
+    ext = torch.stack([torch.full((D,), 127), torch.full((D,), -128)]).to(torch.int8)
+    g = torch.Generator().manual_seed(seed)
+    uniform = torch.randint(-128, 128, (T_max, D), generator=g).to(torch.int8)
+    cases = [
+        ("T=1 calibrated", 0, calib[:1]),
+        ("T=t_max calibrated + extremes", 1, torch.cat([ext, calib[1:T_max - 1]])),
+        ("T=3 calibrated", 2, calib[20:23]),
+        ("T=R calibrated", 3, calib[30:30 + R]),
+        ("T=t_max uniform int8", 0, uniform),
+        ("T=2 extremes", 2, ext.flip(0)),
+    ]
+    image = [[e * words + i, w] for e in range(EXPERTS)
+             for i, w in enumerate(expert_image(q.experts, e, cfg))]
+    jobs = [dict(name=name, w_base=e * words, x=x.tolist(), expected=expected_beats(q, e, x),
+                 busy=eng.busy(x.shape[0]), cycles=eng.cycles(x.shape[0]))
+            for name, e, x in cases]
+    return image, jobs
+
+
+def set_models(eng, jobs):
+    """Each job's ``model`` span from `ExpertFFN.schedule` of its group (a job with
+    ``after_previous`` starts a group)."""
+    groups = []
+    for j, job in enumerate(jobs):
+        if j == 0 or job.get("after_previous"):
+            groups.append([])
+        groups[-1].append(job)
+    for group in groups:
+        for job, span in zip(group, eng.schedule([len(job["x"]) for job in group])):
+            job["model"] = list(span)
+
+
+def params_env(tmp_path, cfg, *, stall=0.3, perturb=None, image_change=None, summary=None,
+               jobs=None, serial=False):
+    eng, harness = make_dut(cfg)
+    ports = verilog_ports(harness)
+    prefix = lambda s: ports[f"{s}.valid"].name.removesuffix("__valid")   # noqa: E731
+    image, all_jobs = make_jobs(cfg, eng)
+    if image_change is not None:                   # (address, xor mask) of one image word
+        addr, mask = image_change
+        image[addr][1] ^= mask
+    run = all_jobs if jobs is None else [all_jobs[j] for j in jobs]
+    for job in run:
+        job["after_previous"] = serial
+    set_models(eng, run)
+    path = tmp_path / "params.json"
+    path.write_text(json.dumps({
+        "engine": engine_kwargs(cfg),
+        "ports": {"i_job": prefix("i_job"), "i_x": prefix("i_x"), "o_y": prefix("o_y"),
+                  **{n: ports[n].name for n in ("w_wr.addr", "w_wr.data", "w_wr.en",
+                                                 "busy_cycles", "total_cycles")}},
+        "image": image, "jobs": run,
+        "in_stall": stall, "out_stall": stall, "perturb": perturb,
+        "summary": None if summary is None else str(summary),
+    }))
+    return {"MOEFORGE_TEST_PARAMS": str(path)}
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_expert_ffn_matches_golden(sim_build, tmp_path, build):
+    """Both cocotb tests: random stalls (bit-exact, exact MAC ops), then no stalls (each job
+    ends when `ExpertFFN.schedule` says). The SwiGLU build runs the jobs back to back (the
+    engine prefetches the next job's weights and tokens while one computes); the ReLU build's
+    no-stall run presents each job only after the previous one ended."""
+    cfg = BUILDS[build]()
+    serial = build.startswith("relu")
+    handle = sim_build(make_dut(cfg)[1], "expert_ffn")
+    summary = tmp_path / "summary.json"
+    results = run_cocotb(handle, COCOTB_MODULE, test_dir=tmp_path,
+                         extra_env=params_env(tmp_path, cfg, summary=summary, serial=serial))
+    assert (results.tests, results.passed) == (2, 2), results.summary()
+    out = json.loads(summary.read_text())
+    eng = ExpertFFN(**engine_kwargs(cfg))
+    counts = [len(job["x"]) for job in json.loads((tmp_path / "params.json").read_text())["jobs"]]
+    periods = out["periods"]
+    assert sum(b for b, _ in periods) == sum(eng.busy(T) for T in counts)
+    if serial:                                    # one busy period per job
+        assert [t for _, t in periods] == [eng.cycles(T) for T in counts], periods
+    else:                                         # overlapped: shorter than one at a time
+        (busy, total), = periods
+        assert total < sum(eng.cycles(T) for T in counts) - 1000, (total, counts)
+
+
+def test_expert_ffn_scoreboard_failure_is_reported(sim_build, tmp_path):
+    """One expected value off by one must fail the run and name the beat and lane."""
+    cfg = BUILDS["swiglu-r8c8"]()
+    handle = sim_build(make_dut(cfg)[1], "expert_ffn")
+    job, beat, lane = 1, 5, 3
+    results = run_cocotb(handle, COCOTB_MODULE, test_dir=tmp_path, testcase="expert_ffn_jobs",
+                         check=False, extra_env=params_env(tmp_path, cfg, perturb=[job, beat, lane]))
+    assert not results.ok
+    assert (results.tests, results.failed) == (1, 1), results.summary()
+    message = results.failures[0].message
+    index = cfg.d_model // cfg.mac_rows + beat          # job 0 is one token: D/R beats
+    assert f"expert_ffn: mismatch at token {index}, element {lane} (cycle " in message, message
+    expected, actual = message.split("expected ", 1)[1].split(" (", 1)[0].split(", got ")
+    assert int(expected) == int(actual) + 1, message
+
+
+def test_expert_ffn_wrong_weight_word_is_caught(sim_build, tmp_path):
+    """One flipped bit in a down-projection weight of expert 0 must make its output differ."""
+    cfg = BUILDS["swiglu-r8c8"]()
+    eng, harness = make_dut(cfg)
+    handle = sim_build(harness, "expert_ffn")
+    addr = eng.image.dw_base + 3                    # W_down[0, 24:32]: output channel 0
+    results = run_cocotb(handle, COCOTB_MODULE, test_dir=tmp_path, testcase="expert_ffn_jobs",
+                         check=False, extra_env=params_env(tmp_path, cfg, image_change=(addr, 1 << 62),
+                                                           jobs=[4]))
+    assert not results.ok
+    message = results.failures[0].message
+    assert "expert_ffn: mismatch at token " in message and ", element 0 (cycle " in message, message
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_expert_ffn_verilog_lints_clean(build):
+    cfg = BUILDS[build]()
+    eng = ExpertFFN.from_config(cfg)
+    assert lint_problems(to_verilog(eng, "expert_ffn"), "expert_ffn") == []
+
+
+def run_amaranth(cfg, jobs, image):
+    """Run `jobs` back to back in Amaranth's simulator, no stalls (each job presented as soon
+    as it is taken, token beats as soon as they are); returns the o_y beats, the counters at
+    the end and each job's (accepted, ended) cycle counted from the first acceptance."""
+    from amaranth.sim import Simulator
+
+    from moeforge.sim.stream import pack_layout, unpack_layout
+    eng, harness = make_dut(cfg)
+    C, S = cfg.mac_cols, cfg.d_model // cfg.mac_cols
+    job_beats = [pack_layout(eng.job_layout, {"n_tokens": len(job["x"]), "w_base": job["w_base"]})
+                 for job in jobs]
+    x_beats = [pack_layout(eng.x_layout, {"data": tok[s * C:(s + 1) * C], "last": int(s == S - 1)})
+               for job in jobs for tok in job["x"] for s in range(S)]
+    ends = list(itertools.accumulate(len(job["expected"]) for job in jobs))
+    outs, accepted, ended, counters = [], [], [], []
+
+    async def bench(ctx):
+        for addr, word in image:
+            ctx.set(harness.w_wr.addr, addr)
+            ctx.set(harness.w_wr.data.as_value(), word)
+            ctx.set(harness.w_wr.en, 1)
+            await ctx.tick()
+        ctx.set(harness.w_wr.en, 0)
+        ctx.set(harness.o_y.ready, 1)
+        cycle, nj, nx = 0, 0, 0
+        while len(outs) < ends[-1] and cycle < 100_000:
+            ctx.set(harness.i_job.valid, nj < len(job_beats))
+            ctx.set(harness.i_job.payload.as_value(), job_beats[min(nj, len(jobs) - 1)])
+            ctx.set(harness.i_x.valid, nx < len(x_beats))
+            ctx.set(harness.i_x.payload.as_value(), x_beats[min(nx, len(x_beats) - 1)])
+            took_job = ctx.get(harness.i_job.valid) and ctx.get(harness.i_job.ready)
+            took_x = ctx.get(harness.i_x.valid) and ctx.get(harness.i_x.ready)
+            if ctx.get(harness.o_y.valid):
+                v = unpack_layout(eng.y_layout, ctx.get(harness.o_y.payload.as_value()))
+                outs.append(v["data"] + [v["token"], v["last"]])
+                if len(outs) in ends:
+                    ended.append(cycle)
+            if took_job:
+                accepted.append(cycle)
+            await ctx.tick()
+            cycle += 1
+            nj, nx = nj + bool(took_job), nx + bool(took_x)
+        counters.append((ctx.get(harness.busy_cycles), ctx.get(harness.total_cycles)))
+
+    sim = Simulator(harness)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return outs, counters[0], [(a - accepted[0], e - accepted[0]) for a, e in zip(accepted, ended)]
+
+
+def test_expert_ffn_amaranth_sim():
+    """ReLU on a 4×4 array (hidden unit lanes = cols: whole-word hidden buffer writes), three
+    jobs back to back in Amaranth's simulator (the second and third prefetched): bit-exact,
+    exact MAC ops, each job's span as `ExpertFFN.schedule` has it (within 1 %)."""
+    cfg = family_configs()["switch"].replace(name="switch-4x4", d_model=16, d_ff=32, mac_rows=4,
+                                             mac_cols=4, token_buffer_depth=4)
+    eng, harness = make_dut(cfg)
+    q = hf_layer(cfg)
+    x = q.quantize_input(make_hf_input(cfg, 8, 3))
+    words = eng.image.words
+    # experts 1, 2 and 5 at bases 0, words, 2·words
+    image = [[slot * words + i, w] for slot, e in enumerate((1, 2, 5))
+             for i, w in enumerate(expert_image(q.experts, e, cfg))]
+    parts = [(0, 1, x[:4]), (1, 2, x[4:5]), (2, 5, x[5:])]
+    jobs = [dict(w_base=slot * words, x=xs.tolist(), expected=expected_beats(q, e, xs))
+            for slot, e, xs in parts]
+    outs, (busy, total), spans = run_amaranth(cfg, jobs, image)
+    assert outs == [beat for job in jobs for beat in job["expected"]]
+    counts = [len(job["x"]) for job in jobs]
+    assert busy == sum(eng.busy(T) for T in counts)
+    assert total == spans[-1][1] < sum(eng.cycles(T) for T in counts)
+    for (a, e), (ma, me) in zip(spans, eng.schedule(counts)):
+        assert abs(a - ma) <= 0.01 * ma + 4 and abs(e - me) <= 0.01 * me + 4, (spans, eng.schedule(counts))
+
+
+def test_expert_image_layout():
+    """Every section of the image decodes back to the bank's values."""
+    cfg = BUILDS["relu-r8c4"]().replace(name="swiglu-r8c4", family="mixtral", activation="swiglu",
+                                        routing="topk_softmax", renormalize=True, top_k=2)
+    q = hf_layer(cfg)
+    bank, e = q.experts, 3
+    img = expert_image(bank, e, cfg)
+    lay = ExpertImageLayout(activation="swiglu", d_model=32, d_ff=64, rows=8, cols=4)
+    assert len(img) == lay.words and (lay.hpw, lay.dpw) == (2, 1)
+    wb = 32
+
+    def value(i, n):
+        return sum(img[i + k] << (wb * k) for k in range(n))
+
+    assert [value(lay.hp_base + 2 * a, 2) for a in range(lay.hp_items)] == \
+        [d for _, d in hidden_image(bank, e)]
+    for n in range(32):
+        v = value(lay.dp_base + n, 1)
+        assert (v & 0xFFFF, v >> 16) == (int(bank.down_mult[e, n]), int(bank.down_shift[e, n]))
+
+    def row(base, length):
+        out = []
+        for w in img[base:base + length // 4]:
+            out += [((w >> (8 * c)) & 0xFF) - (256 if (w >> (8 * c)) & 0x80 else 0) for c in range(4)]
+        return out
+
+    # group 5: rows 0-3 gate rows of channels 20-23, rows 4-7 up rows of the same channels
+    g5 = lay.gu_base + 5 * 8 * lay.s_d
+    assert row(g5 + 1 * lay.s_d, 32) == bank.w_gate[e, 21].tolist()
+    assert row(g5 + 6 * lay.s_d, 32) == bank.w_up[e, 22].tolist()
+    assert row(lay.dw_base + 7 * lay.s_f, 64) == bank.w_down[e, 7].tolist()
+    with pytest.raises(ValueError, match="activation 'swiglu' is not the config's 'relu'"):
+        expert_image(bank, e, BUILDS["relu-r8c4"]())
+    with pytest.raises(ValueError, match=r"expert must be in \[0, 7\], not 8"):
+        expert_image(bank, 8, cfg)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(rows=7), "rows must be even for SwiGLU"),
+    (dict(rows=8, cols=6), "d_model must be a multiple of 6, not 32"),
+    (dict(rows=12, cols=8), "d_model must be a multiple of 12, not 32"),
+    (dict(rows=4, cols=4, d_ff=66), "d_ff must be a multiple of 4, not 66"),
+    (dict(rows=6, cols=4, d_model=48, d_ff=48), "the hidden unit's 3 lanes and cols=4 must divide"),
+    (dict(activation="gelu"), "activation must be swiglu or relu, not 'gelu'"),
+    (dict(t_max=0), r"t_max must be in \[1, 4096\], not 0"),
+])
+def test_expert_ffn_parameter_errors(kwargs, match):
+    base = dict(activation="swiglu", d_model=32, d_ff=64, rows=8, cols=8, t_max=16, rotation=16)
+    with pytest.raises(ValueError, match=match):
+        ExpertFFN(**(base | kwargs))
