@@ -38,18 +38,20 @@ import time
 from pathlib import Path
 
 import torch
-from amaranth.utils import ceil_log2
 
 ROOT = Path(__file__).resolve().parent.parent
 
 from moeforge import AccelConfig
 from moeforge.hls_models.hf_random import make_hf_input
-from moeforge.rtl.export import to_verilog, verilog_ports
-from moeforge.rtl.expert.expert_ffn import ExpertFFN, ExpertImageLayout, expert_image
 from moeforge.rtl.datapath.gemm import GemmEngine, gemm_image
-from moeforge.sim.weight_memory import WeightMemoryHarness
+from moeforge.rtl.export import to_verilog
+from moeforge.rtl.expert.expert_ffn import ExpertFFN, expert_image
+from moeforge.sim.benches import expert_ffn as expert_bench
+from moeforge.sim.benches import gemm as gemm_bench
+from moeforge.sim.benches.common import harness_ports
 from moeforge.sim.build import build_cached, run_cocotb
 from moeforge.sim.unit_sim import random_layer
+from moeforge.sim.weight_memory import WeightMemoryHarness
 
 TOKENS = (1, "R", "2R", 32, 64)
 TARGET = 0.9
@@ -71,14 +73,6 @@ def first_t(busy, cycles, t_max) -> str:
     return f"> {t_max}"
 
 
-def ports_of(harness, streams):
-    ports = verilog_ports(harness)
-    out = {s: ports[f"{s}.valid"].name.removesuffix("__valid") for s in streams}
-    out.update({n: ports[n].name for n in ("w_wr.addr", "w_wr.data", "w_wr.en", "busy_cycles",
-                                           "total_cycles")})
-    return out
-
-
 # ----------------------------------------------------------------------------------- GEMM
 
 def gemm_run(cfg, workdir: Path) -> list[dict]:
@@ -91,18 +85,14 @@ def gemm_run(cfg, workdir: Path) -> list[dict]:
     jobs = []
     for T in token_counts(cfg):
         x = torch.randint(-128, 128, (T, eng.k), generator=g)
-        y = x @ w.T
-        R, expected = eng.rows, []
-        for b in range(eng.blocks):
-            for t in range(T):
-                expected.append(y[t, b * R:(b + 1) * R].tolist() + [t, b, int(b == eng.blocks - 1 and t == T - 1)])
-        jobs.append(dict(w_base=0, x=x.tolist(), expected=expected, busy=eng.busy(T),
+        jobs.append(dict(w_base=0, x=x.tolist(), expected=gemm_bench.expected_beats(eng, x @ w.T),
+                         busy=eng.busy(T),
                          cycle_bound=eng.cycles(T)))
     handle = build_cached(to_verilog(harness, "gemm"), "gemm")
     params = workdir / "gemm.json"
     summary = workdir / "gemm.summary.json"
     params.write_text(json.dumps(dict(
-        engine=kw, depth=harness.depth, ports=ports_of(harness, ("i_job", "i_x", "o_y")),
+        engine=kw, depth=harness.depth, ports=harness_ports(harness),
         image=list(enumerate(gemm_image(w, eng.cols))), jobs=jobs, in_stall=0.0, out_stall=0.0,
         perturb=None, summary=str(summary))))
     run_cocotb(handle, "moeforge.sim.benches.gemm", test_dir=workdir / "gemm", testcase="gemm_throughput",
@@ -112,40 +102,22 @@ def gemm_run(cfg, workdir: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------ expert FFN
 
-def expert_kwargs(cfg) -> dict:
-    words = ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff,
-                              rows=cfg.mac_rows, cols=cfg.mac_cols).words
-    return dict(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff, rows=cfg.mac_rows,
-                cols=cfg.mac_cols, t_max=cfg.token_buffer_depth, rotation=cfg.rotation_block,
-                w_addr_width=max(1, ceil_log2(EXPERT_IMAGES * words)))
-
-
 def expert_jobs(cfg, q, eng, plan, seed):
     """Jobs for `plan` = [(tokens, expert, after_previous)], with expected outputs and models."""
-    R, D = cfg.mac_rows, cfg.d_model
     words = eng.image.words
     jobs = []
     for j, (T, e, after) in enumerate(plan):
         x = q.quantize_input(make_hf_input(cfg, T, seed + 10 + j))
-        o = q.expert_int(e, x)
-        expected = [o[t, g * R:(g + 1) * R].tolist() + [t, int(g == D // R - 1)]
-                    for t in range(T) for g in range(D // R)]
+        expected = expert_bench.expected_beats(q.expert_int(e, x), cfg.mac_rows)
         jobs.append(dict(name=f"expert {e}", w_base=e * words, x=x.tolist(), expected=expected,
                          busy=eng.busy(T), cycles=eng.cycles(T), after_previous=after))
-    # each group's schedule (a job with after_previous starts a group)
-    start = 0
-    for j in range(1, len(jobs) + 1):
-        if j == len(jobs) or jobs[j]["after_previous"]:
-            group = jobs[start:j]
-            for job, span in zip(group, eng.schedule([len(job["x"]) for job in group])):
-                job["model"] = list(span)
-            start = j
+    expert_bench.set_models(eng, jobs)
     return jobs
 
 
 def expert_setup(cfg, seed=1):
     q = random_layer(cfg, seed)
-    eng = ExpertFFN(**expert_kwargs(cfg))
+    eng = ExpertFFN(**expert_bench.engine_kwargs(cfg, EXPERT_IMAGES))
     harness = WeightMemoryHarness(eng, depth=EXPERT_IMAGES * eng.image.words)
     words = eng.image.words
     n_img = min(EXPERT_IMAGES, cfg.n_experts)
@@ -158,7 +130,7 @@ def expert_run(cfg, eng, harness, image, jobs, workdir: Path, tag: str) -> dict:
     params = workdir / f"{tag}.json"
     summary = workdir / f"{tag}.summary.json"
     params.write_text(json.dumps(dict(
-        engine=expert_kwargs(cfg), ports=ports_of(harness, ("i_job", "i_x", "o_y")), image=image,
+        engine=expert_bench.engine_kwargs(cfg, EXPERT_IMAGES), ports=harness_ports(harness), image=image,
         jobs=jobs, in_stall=0.0, out_stall=0.0, perturb=None, summary=str(summary))))
     start = time.perf_counter()
     run_cocotb(handle, "moeforge.sim.benches.expert_ffn", test_dir=workdir / tag, testcase="expert_ffn_throughput",
@@ -185,53 +157,6 @@ def expert_thresholds(eng) -> tuple[str, str, str]:
     for f in (lambda t: seq(t, SEQUENCE), steady):
         out.append(next((str(t) for t in range(1, t_max + 1) if f(t) >= TARGET), f"> {t_max}"))
     return tuple(out)
-
-
-def amaranth_expert_run(cfg, eng, harness, image, job) -> tuple[list, int, float]:
-    """One job in Amaranth's simulator, no stalls: (o_y beats, cycles of the job, wall s)."""
-    from amaranth.sim import Simulator
-
-    from moeforge.sim.stream import pack_layout, unpack_layout
-    C, S = cfg.mac_cols, cfg.d_model // cfg.mac_cols
-    outs, stats = [], {}
-    beats = [pack_layout(eng.x_layout, {"data": tok[s * C:(s + 1) * C], "last": int(s == S - 1)})
-             for tok in job["x"] for s in range(S)]
-
-    async def bench(ctx):
-        for addr, word in image:
-            ctx.set(harness.w_wr.addr, addr)
-            ctx.set(harness.w_wr.data.as_value(), word)
-            ctx.set(harness.w_wr.en, 1)
-            await ctx.tick()
-        ctx.set(harness.w_wr.en, 0)
-        ctx.set(harness.o_y.ready, 1)
-        start = time.perf_counter()
-        ctx.set(harness.i_job.valid, 1)
-        ctx.set(harness.i_job.payload.as_value(),
-                pack_layout(eng.job_layout, {"n_tokens": len(job["x"]), "w_base": job["w_base"]}))
-        await ctx.tick()
-        ctx.set(harness.i_job.valid, 0)
-        cycles, sent = 1, 0
-        while len(outs) < len(job["expected"]):
-            if sent < len(beats):
-                ctx.set(harness.i_x.valid, 1)
-                ctx.set(harness.i_x.payload.as_value(), beats[sent])
-            else:
-                ctx.set(harness.i_x.valid, 0)
-            took = ctx.get(harness.i_x.valid) and ctx.get(harness.i_x.ready)
-            if ctx.get(harness.o_y.valid):
-                v = unpack_layout(eng.y_layout, ctx.get(harness.o_y.payload.as_value()))
-                outs.append(v["data"] + [v["token"], v["last"]])
-            await ctx.tick()
-            cycles += 1
-            sent += bool(took)
-        stats.update(cycles=cycles, wall=time.perf_counter() - start)
-
-    sim = Simulator(harness)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-    return outs, stats["cycles"], stats["wall"]
 
 
 # ------------------------------------------------------------------------------------ main
@@ -296,7 +221,8 @@ def main(argv=None) -> int:
             jobs = expert_jobs(cfg, q, eng, [(T, 1, True)], seed=3)
             ver = expert_run(cfg, eng, harness, image, jobs, workdir, f"speed-{Path(path).stem}")
             q, eng, harness, image, _ = expert_setup(cfg)                 # a fresh harness
-            outs, cycles, wall = amaranth_expert_run(cfg, eng, harness, image, jobs[0])
+            run = expert_bench.amaranth_jobs(eng, harness, image, jobs)
+            outs, cycles, wall = run.outs, run.cycles, run.wall_s
             if outs != jobs[0]["expected"]:
                 print(f"{path}: Amaranth simulation MISMATCH")
                 return 1

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.register_assert_rewrite("testkit")         # tests/testkit.py, imported by the test files
+
 
 @pytest.fixture
 def shared_dir():

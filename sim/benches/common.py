@@ -1,4 +1,6 @@
-"""Shared pieces of the unit benches: stimulus loading, clock, summary writing."""
+"""Shared pieces of the unit benches: stimulus loading, clock and reset, port names, token
+beats, the weight-memory start of the engine benches, summary writing, and the image write of
+the benches that also run in Amaranth's simulator."""
 
 from __future__ import annotations
 
@@ -8,10 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cocotb
+from amaranth.hdl import Value
 from cocotb.clock import Clock
-from cocotb.triggers import RisingEdge
+from cocotb.triggers import ReadOnly, RisingEdge
 
-__all__ = ["load_bench", "start_clock", "reset", "write_summary"]
+from moeforge.rtl.export import verilog_ports
+from moeforge.sim.stream import pack_layout
+
+__all__ = ["load_bench", "start_clock", "reset", "write_summary", "stream_prefix",
+           "harness_ports", "token_beats", "start_weight_memory", "expect_quiet",
+           "amaranth_write"]
 
 
 def load_bench() -> dict:
@@ -46,3 +54,74 @@ def write_summary(bench: dict, boards: Sequence, *, side: Sequence = (), **field
                 mismatches=sum(b.mismatches for b in every),
                 unexpected=sum(b.unexpected for b in every), failure=failure, **fields)
     Path(path).write_text(json.dumps(data, indent=1))
+
+
+# ---------------------------------------------------------------- the pytest / tool side
+
+def stream_prefix(ports, stream: str) -> str:
+    """The Verilog prefix of `stream` (its ports are ``<prefix>__valid`` ...) in `ports`, the
+    `rtl.export.verilog_ports` of the design a bench drives."""
+    return ports[f"{stream}.valid"].name.removesuffix("__valid")
+
+
+def harness_ports(harness) -> dict[str, str]:
+    """The ``ports`` the GEMM and expert-engine benches read, from their `WeightMemoryHarness`:
+    the prefixes of ``i_job``, ``i_x`` and ``o_y``, the names of ``w_wr.addr``, ``w_wr.data``,
+    ``w_wr.en``, ``busy_cycles`` and ``total_cycles``."""
+    ports = verilog_ports(harness)
+    return {**{s: stream_prefix(ports, s) for s in ("i_job", "i_x", "o_y")},
+            **{n: ports[n].name for n in ("w_wr.addr", "w_wr.data", "w_wr.en", "busy_cycles",
+                                           "total_cycles")}}
+
+
+def token_beats(layout, tokens, lanes: int, slices: int) -> list[int]:
+    """Packed payloads of `tokens` (lists of ints) as `slices` beats of `lanes` values each
+    (``data``), ``last`` on each token's final beat: the input stream of the router and of
+    the engines, in either simulator."""
+    return [pack_layout(layout, {"data": tok[s * lanes:(s + 1) * lanes], "last": int(s == slices - 1)})
+            for tok in tokens for s in range(slices)]
+
+
+# ---------------------------------------------------------------- the cocotb side
+
+async def start_weight_memory(dut, ports: dict, image) -> None:
+    """Start the clock, reset with ``i_job``, ``i_x`` and ``o_y`` idle, then write `image`
+    (``[addr, word]`` pairs) into the `WeightMemoryHarness`'s memory, one word per cycle.
+    `ports` as `harness_ports` names them."""
+    Clock(dut.clk, 10, unit="ns").start()
+    dut.rst.value = 1
+    for s in ("i_job", "i_x"):
+        getattr(dut, f"{ports[s]}__valid").value = 0
+    getattr(dut, f"{ports['o_y']}__ready").value = 0
+    addr, data, en = (getattr(dut, ports[n]) for n in ("w_wr.addr", "w_wr.data", "w_wr.en"))
+    en.value = 0
+    for _ in range(3):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    for a, word in image:
+        addr.value, data.value, en.value = a, word, 1
+        await RisingEdge(dut.clk)
+    en.value = 0
+    await RisingEdge(dut.clk)
+
+
+async def expect_quiet(dut, prefix: str, cycles: int = 20) -> None:
+    """Let `cycles` cycles pass, then fail if the stream `prefix` still offers a beat: nothing
+    extra may come out once every expected beat has. Returns in that cycle's ``ReadOnly``."""
+    for _ in range(cycles):
+        await RisingEdge(dut.clk)
+    await ReadOnly()
+    assert not int(getattr(dut, f"{prefix}__valid").value), "an extra output beat"
+
+
+# ---------------------------------------------------------------- Amaranth's simulator
+
+async def amaranth_write(ctx, wr, image) -> None:
+    """Write `image` (``[addr, word]`` pairs) through the ``{addr, data, en}`` port `wr` in an
+    Amaranth testbench, one word per cycle; ``en`` is low again when it returns."""
+    for addr, word in image:
+        ctx.set(wr.addr, addr)
+        ctx.set(Value.cast(wr.data), word)
+        ctx.set(wr.en, 1)
+        await ctx.tick()
+    ctx.set(wr.en, 0)

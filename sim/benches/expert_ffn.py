@@ -29,20 +29,26 @@ bench/mac_util.py and `moeforge sim --unit expert_ffn`.
     simulated cycles and wall time (for bench/mac_util.py and the command line);
     ``expert_ffn_jobs`` writes it through `common.write_summary`, with what it compared and
     the tool's ``nonce``, however the test ends.
+
+The pytest side's pieces live here too, so that the tests and the bench scripts build the
+same stimulus: `engine_kwargs`, `expected_beats`, `set_models`, and `amaranth_jobs`, the same
+jobs in Amaranth's simulator.
 """
 
 import itertools
 import json
 import os
 import time
+from dataclasses import dataclass
 
 import cocotb
-from cocotb.clock import Clock
+from amaranth.utils import ceil_log2
 from cocotb.triggers import Event, ReadOnly, RisingEdge
 from cocotb.utils import get_sim_time
 
-from moeforge.rtl.expert.expert_ffn import ExpertFFN
-from moeforge.sim.benches.common import write_summary
+from moeforge.rtl.expert.expert_ffn import ExpertFFN, ExpertImageLayout
+from moeforge.sim.benches.common import (amaranth_write, expect_quiet, start_weight_memory, token_beats,
+                                         write_summary)
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout
 
@@ -58,30 +64,100 @@ def port(dut, name):
     return getattr(dut, P["ports"][name])
 
 
-async def start(dut):
-    Clock(dut.clk, 10, unit="ns").start()
-    dut.rst.value = 1
-    for s in ("i_job", "i_x"):
-        getattr(dut, f"{P['ports'][s]}__valid").value = 0
-    getattr(dut, f"{P['ports']['o_y']}__ready").value = 0
-    port(dut, "w_wr.en").value = 0
-    for _ in range(3):
-        await RisingEdge(dut.clk)
-    dut.rst.value = 0
-    for addr, word in P["image"]:                 # the expert images, one word per cycle
-        port(dut, "w_wr.addr").value = addr
-        port(dut, "w_wr.data").value = word
-        port(dut, "w_wr.en").value = 1
-        await RisingEdge(dut.clk)
-    port(dut, "w_wr.en").value = 0
-    await RisingEdge(dut.clk)
+# ---------------------------------------------------------------- the pytest / tool side
+
+def engine_kwargs(cfg, experts: int) -> dict:
+    """The `ExpertFFN` keyword arguments of `cfg` (the bench's ``engine``), with weight
+    addresses for `experts` images."""
+    words = ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff,
+                              rows=cfg.mac_rows, cols=cfg.mac_cols).words
+    return dict(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff, rows=cfg.mac_rows,
+                cols=cfg.mac_cols, t_max=cfg.token_buffer_depth, rotation=cfg.rotation_block,
+                w_addr_width=max(1, ceil_log2(experts * words)))
 
 
-def x_beats(eng, x):
-    C, S = eng.cols, eng.image.s_d
-    return [pack_layout(eng.x_layout, {"data": tok[s * C:(s + 1) * C], "last": int(s == S - 1)})
-            for tok in x for s in range(S)]
+def expected_beats(o, rows: int) -> list[list[int]]:
+    """``o_y`` beats of one job whose outputs are the tensor `o` (``[T, D]``, from
+    ``QuantizedMoELayer.expert_int``): per token ``D / rows`` beats ``[rows values, token, last]``."""
+    T, D = o.shape
+    return [o[t, g * rows:(g + 1) * rows].tolist() + [t, int(g == D // rows - 1)]
+            for t in range(T) for g in range(D // rows)]
 
+
+def set_models(eng, jobs) -> None:
+    """Set each job's ``model`` span from `ExpertFFN.schedule` of its group (the first job,
+    and each job with ``after_previous``, starts a group)."""
+    groups = []
+    for j, job in enumerate(jobs):
+        if j == 0 or job.get("after_previous"):
+            groups.append([])
+        groups[-1].append(job)
+    for group in groups:
+        for job, span in zip(group, eng.schedule([len(job["x"]) for job in group])):
+            job["model"] = list(span)
+
+
+@dataclass(frozen=True)
+class AmaranthRun:
+    """What `amaranth_jobs` saw: the ``o_y`` beats; ``busy_cycles`` and ``total_cycles`` at the
+    end; each job's ``(accepted, ended)`` cycle counted from the first acceptance; the cycles
+    from the first job offered to the last beat, and their wall time (the image write apart)."""
+
+    outs: list
+    counters: tuple[int, int]
+    spans: list
+    cycles: int
+    wall_s: float
+
+
+def amaranth_jobs(eng, harness, image, jobs, *, max_cycles: int = 100_000) -> AmaranthRun:
+    """Run `jobs` back to back on `harness` (a `WeightMemoryHarness` of `eng`) in Amaranth's
+    simulator after writing `image`, no stalls: each job offered until it is taken, token beats
+    as soon as they are, ``o_y`` always ready."""
+    from amaranth.sim import Simulator
+
+    job_beats = [pack_layout(eng.job_layout, {"n_tokens": len(job["x"]), "w_base": job["w_base"]})
+                 for job in jobs]
+    x_beats = token_beats(eng.x_layout, [t for job in jobs for t in job["x"]], eng.cols,
+                          eng.image.s_d)
+    ends = list(itertools.accumulate(len(job["expected"]) for job in jobs))
+    outs, accepted, ended, seen = [], [], [], {}
+
+    async def bench(ctx):
+        await amaranth_write(ctx, harness.w_wr, image)
+        ctx.set(harness.o_y.ready, 1)
+        wall = time.perf_counter()
+        cycle, nj, nx = 0, 0, 0
+        while len(outs) < ends[-1] and cycle < max_cycles:
+            ctx.set(harness.i_job.valid, nj < len(job_beats))
+            ctx.set(harness.i_job.payload.as_value(), job_beats[min(nj, len(jobs) - 1)])
+            ctx.set(harness.i_x.valid, nx < len(x_beats))
+            ctx.set(harness.i_x.payload.as_value(), x_beats[min(nx, len(x_beats) - 1)])
+            took_job = ctx.get(harness.i_job.valid) and ctx.get(harness.i_job.ready)
+            took_x = ctx.get(harness.i_x.valid) and ctx.get(harness.i_x.ready)
+            if ctx.get(harness.o_y.valid):
+                v = unpack_layout(eng.y_layout, ctx.get(harness.o_y.payload.as_value()))
+                outs.append(v["data"] + [v["token"], v["last"]])
+                if len(outs) in ends:
+                    ended.append(cycle)
+            if took_job:
+                accepted.append(cycle)
+            await ctx.tick()
+            cycle += 1
+            nj, nx = nj + bool(took_job), nx + bool(took_x)
+        seen.update(counters=(ctx.get(harness.busy_cycles), ctx.get(harness.total_cycles)),
+                    cycles=cycle, wall=time.perf_counter() - wall)
+
+    sim = Simulator(harness)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return AmaranthRun(outs=outs, counters=seen["counters"],
+                       spans=[(a - accepted[0], e - accepted[0]) for a, e in zip(accepted, ended)],
+                       cycles=seen["cycles"], wall_s=seen["wall"])
+
+
+# ---------------------------------------------------------------- the cocotb side
 
 async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None, sb=None):
     """Run `jobs`: each presented as soon as the engine takes it (it prefetches the next job
@@ -129,7 +205,8 @@ async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None, sb=Non
             await job_drv.send([beat])
 
     cocotb.start_soon(send_jobs())
-    x_drv.start([b for job in jobs for b in x_beats(eng, job["x"])])
+    x_drv.start(token_beats(eng.x_layout, [t for job in jobs for t in job["x"]], eng.cols,
+                            eng.image.s_d))
 
     # Busy periods: total_cycles restarting (smaller than before) ends one.
     periods, last_seen = [], [0, 0]
@@ -146,10 +223,7 @@ async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None, sb=Non
     watcher = cocotb.start_soon(watch())
     bound = int(sum(job["cycles"] for job in jobs) / max(0.05, (1 - in_stall) * (1 - out_stall))) + 500
     await sink.wait_for(sb.expected_total, max_cycles=bound)
-    for _ in range(20):                           # nothing extra may come out afterwards
-        await RisingEdge(dut.clk)
-    await ReadOnly()
-    assert not int(getattr(dut, f"{P['ports']['o_y']}__valid").value), "an extra output beat"
+    await expect_quiet(dut, P["ports"]["o_y"])
     watcher.cancel()
     periods.append((int(busy.value), int(total.value)))
     await RisingEdge(dut.clk)
@@ -165,7 +239,7 @@ async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None, sb=Non
 @cocotb.test(timeout_time=500, timeout_unit="ms")
 async def expert_ffn_jobs(dut):
     """Every job with random stalls on i_job, i_x and o_y: o bit-exact, MAC ops exact."""
-    await start(dut)
+    await start_weight_memory(dut, P["ports"], P["image"])
     wall = time.perf_counter()
     sim_ns = get_sim_time("ns")
     sb = Scoreboard("expert_ffn", stop=False)
@@ -186,7 +260,7 @@ async def expert_ffn_throughput(dut):
     """Without stalls: every job accepted and ended when `ExpertFFN.schedule` says (within
     1 %, counted from the first job of its busy period), one busy period per group of jobs
     (a job with ``after_previous`` starts a group); utilisation logged."""
-    await start(dut)
+    await start_weight_memory(dut, P["ports"], P["image"])
     jobs = P["jobs"]
     wall = time.perf_counter()
     sim_ns = get_sim_time("ns")

@@ -1,7 +1,8 @@
 # amaranth: UnusedElaboratable=no
 # (the engine is built only for its layouts)
 
-"""cocotb tests of the GemmEngine (on a weight memory), run by tests/rtl/datapath/test_gemm.py.
+"""cocotb tests of the GemmEngine (on a weight memory), run by tests/rtl/datapath/test_gemm.py
+and bench/mac_util.py; `expected_beats` gives both the expected outputs of a job.
 
 ``MOEFORGE_TEST_PARAMS`` names a JSON file written by the pytest side:
 
@@ -29,10 +30,10 @@ import json
 import os
 
 import cocotb
-from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import RisingEdge
 
 from moeforge.rtl.datapath.gemm import GemmEngine
+from moeforge.sim.benches.common import expect_quiet, start_weight_memory, token_beats
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout
 
@@ -48,30 +49,19 @@ def port(dut, name):
     return getattr(dut, P["ports"][name])
 
 
-async def start(dut):
-    Clock(dut.clk, 10, unit="ns").start()
-    dut.rst.value = 1
-    for s in ("i_job", "i_x"):
-        getattr(dut, f"{P['ports'][s]}__valid").value = 0
-    getattr(dut, f"{P['ports']['o_y']}__ready").value = 0
-    port(dut, "w_wr.en").value = 0
-    for _ in range(3):
-        await RisingEdge(dut.clk)
-    dut.rst.value = 0
-    # the weight image, one word per cycle
-    for addr, word in P["image"]:
-        port(dut, "w_wr.addr").value = addr
-        port(dut, "w_wr.data").value = word
-        port(dut, "w_wr.en").value = 1
-        await RisingEdge(dut.clk)
-    port(dut, "w_wr.en").value = 0
-    await RisingEdge(dut.clk)
-
-
-def x_beats(eng, x):
-    C, S = eng.cols, eng.slices
-    return [pack_layout(eng.x_layout, {"data": tok[s * C:(s + 1) * C], "last": int(s == S - 1)})
-            for tok in x for s in range(S)]
+def expected_beats(eng, y):
+    """``o_y`` beats of one job whose exact product is the tensor ``y = X · W^T`` (``[T, N]``):
+    block-major, then token, then group; each ``[R values, token, block, last]``."""
+    y = y.tolist()
+    R, G, T = eng.rows, eng.group_rows, len(y)
+    out = []
+    for b in range(eng.blocks):
+        for t in range(T):
+            for g in range(G):
+                q = b * G + g
+                last = int(b == eng.blocks - 1 and t == T - 1 and g == G - 1)
+                out.append(list(y[t][q * R:(q + 1) * R]) + [t, q, last])
+    return out
 
 
 async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None):
@@ -100,13 +90,10 @@ async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None):
     sink.start()
     job_drv.start([pack_layout(eng.job_layout, {"n_tokens": len(job["x"]), "w_base": job["w_base"]})
                    for job in jobs])
-    x_drv.start([b for job in jobs for b in x_beats(eng, job["x"])])
+    x_drv.start(token_beats(eng.x_layout, [t for job in jobs for t in job["x"]], eng.cols, eng.slices))
     bound = int(sum(job["cycle_bound"] for job in jobs) / max(0.05, (1 - in_stall) * (1 - out_stall))) + 500
     await sink.wait_for(sb.expected_total, max_cycles=bound)
-    for _ in range(20):                       # nothing extra may come out afterwards
-        await RisingEdge(dut.clk)
-    await ReadOnly()
-    assert not int(getattr(dut, f"{P['ports']['o_y']}__valid").value), "an extra output beat"
+    await expect_quiet(dut, P["ports"]["o_y"])
     await RisingEdge(dut.clk)
     sink.stop()
     x_mon.stop()
@@ -118,7 +105,7 @@ async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None):
 @cocotb.test(timeout_time=200, timeout_unit="ms")
 async def gemm_jobs(dut):
     """Every job with random stalls on i_job, i_x and o_y; Y bit-exact, MAC ops exact."""
-    await start(dut)
+    await start_weight_memory(dut, P["ports"], P["image"])
     counters = await run_jobs(dut, P["jobs"], in_stall=P["in_stall"], out_stall=P["out_stall"],
                               seed=cocotb.RANDOM_SEED, perturb=P.get("perturb"))
     for job, (busy, total) in zip(P["jobs"], counters, strict=True):
@@ -129,7 +116,7 @@ async def gemm_jobs(dut):
 @cocotb.test(timeout_time=200, timeout_unit="ms")
 async def gemm_throughput(dut):
     """Without stalls: each job within its cycle bound; utilisation logged."""
-    await start(dut)
+    await start_weight_memory(dut, P["ports"], P["image"])
     jobs = P["jobs"]
     counters = await run_jobs(dut, jobs, in_stall=0.0, out_stall=0.0, seed=cocotb.RANDOM_SEED)
     rows = []

@@ -18,9 +18,12 @@ import json
 
 import pytest
 import torch
+from testkit import assert_one_off
 
-from moeforge.rtl.export import to_verilog, verilog_ports
 from moeforge.rtl.datapath.gemm import GemmEngine, gemm_image
+from moeforge.rtl.export import to_verilog
+from moeforge.sim.benches.common import harness_ports
+from moeforge.sim.benches.gemm import expected_beats
 from moeforge.sim.build import run_cocotb
 from moeforge.sim.toolchain import lint_problems
 from moeforge.sim.weight_memory import WeightMemoryHarness
@@ -40,18 +43,9 @@ def make_dut(config):
     return eng, WeightMemoryHarness(eng, depth=MAX_JOBS * eng.image_words)
 
 
-def expected_beats(eng, x, w):
+def job_beats(eng, x, w):
     """o_y beats of one job: block-major, token, group; [R values, token, block, last]."""
-    y = x.to(torch.int64) @ w.to(torch.int64).T                   # exact
-    R, G, T = eng.rows, eng.group_rows, x.shape[0]
-    out = []
-    for b in range(eng.blocks):
-        for t in range(T):
-            for g in range(G):
-                q = b * G + g
-                last = int(b == eng.blocks - 1 and t == T - 1 and g == G - 1)
-                out.append(y[t, q * R:(q + 1) * R].tolist() + [t, q, last])
-    return out
+    return expected_beats(eng, x.to(torch.int64) @ w.to(torch.int64).T)      # exact
 
 
 def make_jobs(eng, seed):
@@ -76,7 +70,7 @@ def make_jobs(eng, seed):
     for j, (x, w) in enumerate(cases):
         base = j * eng.image_words
         image += [[base + i, word] for i, word in enumerate(gemm_image(w, eng.cols))]
-        jobs.append(dict(w_base=base, x=x.tolist(), expected=expected_beats(eng, x, w),
+        jobs.append(dict(w_base=base, x=x.tolist(), expected=job_beats(eng, x, w),
                          busy=eng.busy(x.shape[0]), cycle_bound=eng.cycles(x.shape[0])))
     assert len(cases) <= MAX_JOBS
     return image, jobs
@@ -84,15 +78,11 @@ def make_jobs(eng, seed):
 
 def params_file(tmp_path, config, *, seed=1, stall=0.3, perturb=None):
     eng, harness = make_dut(config)
-    ports = verilog_ports(harness)
-    prefix = lambda s: ports[f"{s}.valid"].name.removesuffix("__valid")   # noqa: E731
     image, jobs = make_jobs(eng, seed)
     path = tmp_path / "params.json"
     path.write_text(json.dumps({
         "engine": CONFIGS[config], "depth": harness.depth,
-        "ports": {"i_job": prefix("i_job"), "i_x": prefix("i_x"), "o_y": prefix("o_y"),
-                  **{n: ports[n].name for n in ("w_wr.addr", "w_wr.data", "w_wr.en",
-                                                 "busy_cycles", "total_cycles")}},
+        "ports": harness_ports(harness),
         "image": image, "jobs": jobs, "in_stall": stall, "out_stall": stall, "perturb": perturb,
     }))
     return {"MOEFORGE_TEST_PARAMS": str(path)}
@@ -113,14 +103,9 @@ def test_gemm_scoreboard_failure_is_reported(sim_build, tmp_path):
     job, beat, lane = 3, 5, 2
     results = run_cocotb(handle, COCOTB_MODULE, test_dir=tmp_path, testcase="gemm_jobs", check=False,
                          extra_env=params_file(tmp_path, "r4c4", perturb=[job, beat, lane]))
-    assert not results.ok
-    assert (results.tests, results.failed) == (1, 1), results.summary()
-    message = results.failures[0].message
     # beats of jobs 0..2 come first: T = 1, 3, R with N/R blocks each
     index = (1 + 3 + eng.rows) * eng.groups + beat
-    assert f"gemm: mismatch at token {index}, element {lane} (cycle " in message, message
-    expected, actual = message.split("expected ", 1)[1].split(" (", 1)[0].split(", got ")
-    assert int(expected) == int(actual) + 1, message
+    assert_one_off(results, "gemm", index, lane)
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -20,21 +20,21 @@ Two builds:
 Lanes equal to cols (ReLU 4×4) runs in Amaranth's simulator (`test_expert_ffn_amaranth_sim`).
 """
 
-import itertools
 import json
 
 import pytest
 import torch
-from amaranth.utils import ceil_log2
+from testkit import assert_one_off, hf_layer
 
-from moeforge.hls_models import QuantizedMoELayer
-from moeforge.hls_models.hf_random import family_configs, make_hf_block, make_hf_input
-from moeforge.rtl.export import to_verilog, verilog_ports
+from moeforge.hls_models.hf_random import family_configs, make_hf_input
+from moeforge.rtl.export import to_verilog
 from moeforge.rtl.expert.expert_ffn import ExpertFFN, ExpertImageLayout, expert_image
-from moeforge.sim.weight_memory import WeightMemoryHarness
 from moeforge.rtl.expert.hidden import hidden_image
+from moeforge.sim.benches.common import harness_ports
+from moeforge.sim.benches.expert_ffn import amaranth_jobs, engine_kwargs, expected_beats, set_models
 from moeforge.sim.build import run_cocotb
 from moeforge.sim.toolchain import lint_problems
+from moeforge.sim.weight_memory import WeightMemoryHarness
 
 pytestmark = pytest.mark.verilator
 
@@ -48,36 +48,15 @@ BUILDS = {
 }
 
 
-def engine_kwargs(cfg, experts=EXPERTS):
-    words = ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff,
-                              rows=cfg.mac_rows, cols=cfg.mac_cols).words
-    return dict(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff, rows=cfg.mac_rows,
-                cols=cfg.mac_cols, t_max=cfg.token_buffer_depth, rotation=cfg.rotation_block,
-                w_addr_width=max(1, ceil_log2(experts * words)))
-
-
 def make_dut(cfg, experts=EXPERTS):
     eng = ExpertFFN(**engine_kwargs(cfg, experts))
     return eng, WeightMemoryHarness(eng, depth=experts * eng.image.words)
 
 
-_LAYERS = {}
-
-
-def hf_layer(cfg):
-    """The quantised layer of `cfg` (transformers block, seed 1, calibrated on 256 tokens)."""
-    if cfg not in _LAYERS:
-        _LAYERS[cfg] = QuantizedMoELayer.from_hf(make_hf_block(cfg, 1), cfg,
-                                                 calib=make_hf_input(cfg, 256, 1))
-    return _LAYERS[cfg]
-
-
-def expected_beats(q, e, x):
-    """o_y beats of one job: per token D/R beats [R values of o, token, last]."""
-    o = q.expert_int(e, x)
-    R, D = q.cfg.mac_rows, q.cfg.d_model
-    return [o[t, g * R:(g + 1) * R].tolist() + [t, int(g == D // R - 1)]
-            for t in range(x.shape[0]) for g in range(D // R)]
+def job_beats(q, e, x):
+    """o_y beats of one job of expert `e` on tokens `x`: per token D/R beats [R values of o,
+    token, last]."""
+    return expected_beats(q.expert_int(e, x), q.cfg.mac_rows)
 
 
 def make_jobs(cfg, eng, seed=2):
@@ -99,30 +78,15 @@ def make_jobs(cfg, eng, seed=2):
     ]
     image = [[e * words + i, w] for e in range(EXPERTS)
              for i, w in enumerate(expert_image(q.experts, e, cfg))]
-    jobs = [dict(name=name, w_base=e * words, x=x.tolist(), expected=expected_beats(q, e, x),
+    jobs = [dict(name=name, w_base=e * words, x=x.tolist(), expected=job_beats(q, e, x),
                  busy=eng.busy(x.shape[0]), cycles=eng.cycles(x.shape[0]))
             for name, e, x in cases]
     return image, jobs
 
 
-def set_models(eng, jobs):
-    """Each job's ``model`` span from `ExpertFFN.schedule` of its group (a job with
-    ``after_previous`` starts a group)."""
-    groups = []
-    for j, job in enumerate(jobs):
-        if j == 0 or job.get("after_previous"):
-            groups.append([])
-        groups[-1].append(job)
-    for group in groups:
-        for job, span in zip(group, eng.schedule([len(job["x"]) for job in group])):
-            job["model"] = list(span)
-
-
 def params_env(tmp_path, cfg, *, stall=0.3, perturb=None, image_change=None, summary=None,
                jobs=None, serial=False):
     eng, harness = make_dut(cfg)
-    ports = verilog_ports(harness)
-    prefix = lambda s: ports[f"{s}.valid"].name.removesuffix("__valid")   # noqa: E731
     image, all_jobs = make_jobs(cfg, eng)
     if image_change is not None:                   # (address, xor mask) of one image word
         addr, mask = image_change
@@ -133,10 +97,8 @@ def params_env(tmp_path, cfg, *, stall=0.3, perturb=None, image_change=None, sum
     set_models(eng, run)
     path = tmp_path / "params.json"
     path.write_text(json.dumps({
-        "engine": engine_kwargs(cfg),
-        "ports": {"i_job": prefix("i_job"), "i_x": prefix("i_x"), "o_y": prefix("o_y"),
-                  **{n: ports[n].name for n in ("w_wr.addr", "w_wr.data", "w_wr.en",
-                                                 "busy_cycles", "total_cycles")}},
+        "engine": engine_kwargs(cfg, EXPERTS),
+        "ports": harness_ports(harness),
         "image": image, "jobs": run,
         "in_stall": stall, "out_stall": stall, "perturb": perturb,
         "summary": None if summary is None else str(summary),
@@ -158,7 +120,7 @@ def test_expert_ffn_matches_golden(sim_build, tmp_path, build):
                          extra_env=params_env(tmp_path, cfg, summary=summary, serial=serial))
     assert (results.tests, results.passed) == (2, 2), results.summary()
     out = json.loads(summary.read_text())
-    eng = ExpertFFN(**engine_kwargs(cfg))
+    eng = ExpertFFN(**engine_kwargs(cfg, EXPERTS))
     counts = [len(job["x"]) for job in json.loads((tmp_path / "params.json").read_text())["jobs"]]
     periods = out["periods"]
     assert sum(b for b, _ in periods) == sum(eng.busy(T) for T in counts)
@@ -176,13 +138,8 @@ def test_expert_ffn_scoreboard_failure_is_reported(sim_build, tmp_path):
     job, beat, lane = 1, 5, 3
     results = run_cocotb(handle, COCOTB_MODULE, test_dir=tmp_path, testcase="expert_ffn_jobs",
                          check=False, extra_env=params_env(tmp_path, cfg, perturb=[job, beat, lane]))
-    assert not results.ok
-    assert (results.tests, results.failed) == (1, 1), results.summary()
-    message = results.failures[0].message
     index = cfg.d_model // cfg.mac_rows + beat          # job 0 is one token: D/R beats
-    assert f"expert_ffn: mismatch at token {index}, element {lane} (cycle " in message, message
-    expected, actual = message.split("expected ", 1)[1].split(" (", 1)[0].split(", got ")
-    assert int(expected) == int(actual) + 1, message
+    assert_one_off(results, "expert_ffn", index, lane)
 
 
 def test_expert_ffn_wrong_weight_word_is_caught(sim_build, tmp_path):
@@ -207,54 +164,11 @@ def test_expert_ffn_verilog_lints_clean(build):
 
 
 def run_amaranth(cfg, jobs, image):
-    """Run `jobs` back to back in Amaranth's simulator, no stalls (each job presented as soon
-    as it is taken, token beats as soon as they are); returns the o_y beats, the counters at
-    the end and each job's (accepted, ended) cycle counted from the first acceptance."""
-    from amaranth.sim import Simulator
-
-    from moeforge.sim.stream import pack_layout, unpack_layout
-    eng, harness = make_dut(cfg)
-    C, S = cfg.mac_cols, cfg.d_model // cfg.mac_cols
-    job_beats = [pack_layout(eng.job_layout, {"n_tokens": len(job["x"]), "w_base": job["w_base"]})
-                 for job in jobs]
-    x_beats = [pack_layout(eng.x_layout, {"data": tok[s * C:(s + 1) * C], "last": int(s == S - 1)})
-               for job in jobs for tok in job["x"] for s in range(S)]
-    ends = list(itertools.accumulate(len(job["expected"]) for job in jobs))
-    outs, accepted, ended, counters = [], [], [], []
-
-    async def bench(ctx):
-        for addr, word in image:
-            ctx.set(harness.w_wr.addr, addr)
-            ctx.set(harness.w_wr.data.as_value(), word)
-            ctx.set(harness.w_wr.en, 1)
-            await ctx.tick()
-        ctx.set(harness.w_wr.en, 0)
-        ctx.set(harness.o_y.ready, 1)
-        cycle, nj, nx = 0, 0, 0
-        while len(outs) < ends[-1] and cycle < 100_000:
-            ctx.set(harness.i_job.valid, nj < len(job_beats))
-            ctx.set(harness.i_job.payload.as_value(), job_beats[min(nj, len(jobs) - 1)])
-            ctx.set(harness.i_x.valid, nx < len(x_beats))
-            ctx.set(harness.i_x.payload.as_value(), x_beats[min(nx, len(x_beats) - 1)])
-            took_job = ctx.get(harness.i_job.valid) and ctx.get(harness.i_job.ready)
-            took_x = ctx.get(harness.i_x.valid) and ctx.get(harness.i_x.ready)
-            if ctx.get(harness.o_y.valid):
-                v = unpack_layout(eng.y_layout, ctx.get(harness.o_y.payload.as_value()))
-                outs.append(v["data"] + [v["token"], v["last"]])
-                if len(outs) in ends:
-                    ended.append(cycle)
-            if took_job:
-                accepted.append(cycle)
-            await ctx.tick()
-            cycle += 1
-            nj, nx = nj + bool(took_job), nx + bool(took_x)
-        counters.append((ctx.get(harness.busy_cycles), ctx.get(harness.total_cycles)))
-
-    sim = Simulator(harness)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-    return outs, counters[0], [(a - accepted[0], e - accepted[0]) for a, e in zip(accepted, ended)]
+    """Run `jobs` back to back in Amaranth's simulator, no stalls (`amaranth_jobs`); returns
+    the o_y beats, the counters at the end and each job's (accepted, ended) cycle counted from
+    the first acceptance."""
+    run = amaranth_jobs(*make_dut(cfg), image, jobs)
+    return run.outs, run.counters, run.spans
 
 
 def test_expert_ffn_amaranth_sim():
@@ -271,7 +185,7 @@ def test_expert_ffn_amaranth_sim():
     image = [[slot * words + i, w] for slot, e in enumerate((1, 2, 5))
              for i, w in enumerate(expert_image(q.experts, e, cfg))]
     parts = [(0, 1, x[:4]), (1, 2, x[4:5]), (2, 5, x[5:])]
-    jobs = [dict(w_base=slot * words, x=xs.tolist(), expected=expected_beats(q, e, xs))
+    jobs = [dict(w_base=slot * words, x=xs.tolist(), expected=job_beats(q, e, xs))
             for slot, e, xs in parts]
     outs, (busy, total), spans = run_amaranth(cfg, jobs, image)
     assert outs == [beat for job in jobs for beat in job["expected"]]
