@@ -9,57 +9,21 @@ wall-second of each and their ratio. Both runs are checked against the golden mo
 
 import argparse
 import sys
-import time
 
 from moeforge import AccelConfig
 from moeforge.hls_models.hf_random import make_hf_input
+from moeforge.rtl.routing.router import Router, router_image
+from moeforge.sim.benches.router import amaranth_route
 from moeforge.sim.unit_sim import random_layer, run_unit
 
 
 def amaranth_router_run(cfg, q, tokens, seed):
-    """Route `tokens` in Amaranth's simulator; returns (routes, cycles, wall seconds)."""
-    from amaranth.sim import Simulator
-
-    from moeforge.rtl.routing.router import Router, router_image
-    from moeforge.sim.stream import pack_layout, unpack_layout
+    """Route `tokens` in Amaranth's simulator (the router bench's `amaranth_route`, no
+    stalls); returns (routes, cycles, wall seconds)."""
     dut = Router.from_config(cfg, lanes=cfg.mac_rows)
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed)).tolist()
-    S, lanes = dut.slices, dut.lanes
-    slices = [pack_layout(dut.token_layout, {"data": tok[s * lanes:(s + 1) * lanes], "last": int(s == S - 1)})
-              for tok in x for s in range(S)]
-    image = router_image(q, lanes=lanes)
-    routes, cycles = [], [0]
-
-    async def bench(ctx):
-        for addr, word in image:
-            ctx.set(dut.wr.addr, addr)
-            ctx.set(dut.wr.data, word)
-            ctx.set(dut.wr.en, 1)
-            await ctx.tick()
-        ctx.set(dut.wr.en, 0)
-        ctx.set(dut.o_route.ready, 1)
-        sent = 0
-        while len(routes) < tokens:
-            if sent < len(slices):
-                ctx.set(dut.i_tokens.valid, 1)
-                ctx.set(dut.i_tokens.payload.as_value(), slices[sent])
-            took = ctx.get(dut.i_tokens.valid) and ctx.get(dut.i_tokens.ready)
-            if ctx.get(dut.o_route.valid):
-                v = unpack_layout(dut.route_layout, ctx.get(dut.o_route.payload.as_value()))
-                routes.append(v["experts"] + v["gates"] + [v["shared_gate"]])
-            await ctx.tick()
-            cycles[0] += 1
-            if took:
-                sent += 1
-                if sent == len(slices):
-                    ctx.set(dut.i_tokens.valid, 0)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    t0 = time.perf_counter()
-    sim.run()
-    return routes, cycles[0], time.perf_counter() - t0
+    run = amaranth_route(dut, router_image(q, lanes=dut.lanes), x)
+    return run.routes, run.cycles, run.wall_s
 
 
 def main(argv=None) -> int:

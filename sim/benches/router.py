@@ -17,12 +17,16 @@ exported:
 ``nonce``, ``summary`` (optional)
     ``router_batches`` writes what it compared there (`common.write_summary`), with
     ``cycles`` and ``wall_s``: `moeforge sim --unit router` computes its verdict from it.
+
+`amaranth_route` runs the same unit in Amaranth's simulator (the tests' variants no build
+covers, and bench/cosim_speed.py).
 """
 
 import json
 import os
 import random
 import time
+from dataclasses import dataclass
 
 import cocotb
 from cocotb.clock import Clock
@@ -30,9 +34,9 @@ from cocotb.triggers import RisingEdge
 from cocotb.utils import get_sim_time
 
 from moeforge.rtl.routing.router import route_layout, token_layout
-from moeforge.sim.benches.common import write_summary
+from moeforge.sim.benches.common import amaranth_write, token_beats, write_summary
 from moeforge.sim.scoreboard import Scoreboard
-from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout
+from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, unpack_layout
 
 P = json.loads(open(os.environ["MOEFORGE_TEST_PARAMS"]).read()) \
     if "MOEFORGE_TEST_PARAMS" in os.environ else {}
@@ -40,10 +44,7 @@ P = json.loads(open(os.environ["MOEFORGE_TEST_PARAMS"]).read()) \
 
 def token_slices(tokens):
     """Packed i_tokens payloads: each token as `slices` beats, `last` on its final one."""
-    lay = token_layout(lanes=P["lanes"])
-    lanes, slices = P["lanes"], P["slices"]
-    return [pack_layout(lay, {"data": tok[s * lanes:(s + 1) * lanes], "last": int(s == slices - 1)})
-            for tok in tokens for s in range(slices)]
+    return token_beats(token_layout(lanes=P["lanes"]), tokens, P["lanes"], P["slices"])
 
 
 def route_values(payload):
@@ -51,6 +52,60 @@ def route_values(payload):
     v = unpack_layout(route_layout(n_experts=P["n_experts"], top_k=P["top_k"]), payload)
     return v["experts"] + v["gates"] + [v["shared_gate"]]
 
+
+# ---------------------------------------------------------------- Amaranth's simulator
+
+@dataclass(frozen=True)
+class AmaranthRoutes:
+    """What `amaranth_route` saw: each token's ``[experts..., gates..., shared_gate]``, the
+    cycles after the image write, and the wall time of the whole simulation."""
+
+    routes: list
+    cycles: int
+    wall_s: float
+
+
+def amaranth_route(dut, image, tokens, *, seed: int = 0, stall: float = 0.0,
+                   max_cycles: int = 200_000) -> AmaranthRoutes:
+    """Run the `Router` `dut` in Amaranth's simulator: write `image` through its write port,
+    then stream `tokens` (lists of ``d_model`` ints), ``i_tokens`` valid and ``o_route`` ready
+    each held low with probability `stall` (seeded by `seed`), until every token is routed or
+    `max_cycles` pass."""
+    from amaranth.sim import Simulator
+
+    rng = random.Random(seed)
+    slices = token_beats(dut.token_layout, tokens, dut.lanes, dut.slices)
+    routes, cycles = [], [0]
+
+    async def bench(ctx):
+        await amaranth_write(ctx, dut.wr, image)
+        sent = 0
+        for _ in range(max_cycles):
+            if len(routes) == len(tokens):
+                break
+            if sent < len(slices) and (ctx.get(dut.i_tokens.valid) or rng.random() >= stall):
+                ctx.set(dut.i_tokens.valid, 1)           # once valid, held until it transfers
+                ctx.set(dut.i_tokens.payload.as_value(), slices[sent])
+            ctx.set(dut.o_route.ready, int(rng.random() >= stall))
+            took = ctx.get(dut.i_tokens.valid) and ctx.get(dut.i_tokens.ready)
+            if ctx.get(dut.o_route.valid) and ctx.get(dut.o_route.ready):
+                v = unpack_layout(dut.route_layout, ctx.get(dut.o_route.payload.as_value()))
+                routes.append(v["experts"] + v["gates"] + [v["shared_gate"]])
+            await ctx.tick()
+            cycles[0] += 1
+            if took:
+                sent += 1
+                ctx.set(dut.i_tokens.valid, 0)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    wall = time.perf_counter()
+    sim.run()
+    return AmaranthRoutes(routes=routes, cycles=cycles[0], wall_s=time.perf_counter() - wall)
+
+
+# ---------------------------------------------------------------- the cocotb side
 
 async def start(dut):
     Clock(dut.clk, 10, unit="ns").start()

@@ -30,15 +30,17 @@ import random
 
 import pytest
 import torch
+from testkit import hf_layer
 
 from moeforge.config import AccelConfig
 from moeforge.hls_models import QuantizedMoELayer
-from moeforge.hls_models.hf_random import family_configs, make_hf_block, make_hf_input
+from moeforge.hls_models.hf_random import family_configs, make_hf_input
 from moeforge.rtl.datapath.divider import Divider
 from moeforge.rtl.export import to_verilog, verilog_ports
 from moeforge.rtl.routing.router import Router, RouterAddressMap, route_layout, router_image, token_layout
+from moeforge.sim.benches import router as router_bench
+from moeforge.sim.benches.common import stream_prefix
 from moeforge.sim.build import run_cocotb
-from moeforge.sim.stream import pack_layout, unpack_layout
 from moeforge.sim.toolchain import verilator_lint
 from moeforge.spec.arith import GATE_BITS
 
@@ -69,17 +71,6 @@ def make_dut(build):
 
 
 # ------------------------------------------------------------------------------ golden side
-
-_LAYERS = {}
-
-
-def hf_layer(cfg):
-    """The quantised layer of `cfg` (transformers block, seed 1, calibrated on 256 tokens)."""
-    if cfg not in _LAYERS:
-        _LAYERS[cfg] = QuantizedMoELayer.from_hf(make_hf_block(cfg, 1), cfg,
-                                                 calib=make_hf_input(cfg, 256, 1))
-    return _LAYERS[cfg]
-
 
 def synthetic_layer(cfg, seed):
     """Random router state only (route_int needs nothing else): weights over the whole
@@ -211,15 +202,11 @@ def batches_for(build):
 def write_params(tmp_path, dut, batches, *, in_stall=0.3, out_stall=0.3, wr_stall=0.2):
     """The cocotb module's parameters (from the component itself) and batches, as a JSON file."""
     ports = verilog_ports(dut)
-
-    def prefix(stream):
-        return ports[f"{stream}.valid"].name.removesuffix("__valid")
-
     path = tmp_path / "router_params.json"
     path.write_text(json.dumps({
         "lanes": dut.lanes, "slices": dut.slices, "n_experts": dut.n_experts,
         "top_k": dut.top_k, "cycles_per_token": dut.cycles_per_token(),
-        "i_tokens": prefix("i_tokens"), "o_route": prefix("o_route"),
+        "i_tokens": stream_prefix(ports, "i_tokens"), "o_route": stream_prefix(ports, "o_route"),
         "wr_addr": ports["wr.addr"].name, "wr_data": ports["wr.data"].name,
         "wr_en": ports["wr.en"].name,
         "in_stall": in_stall, "out_stall": out_stall, "wr_stall": wr_stall, "batches": batches,
@@ -312,47 +299,11 @@ def test_example_configs_lint_clean(path):
 
 # ------------------------------------------------------------------------------ Amaranth sim
 
-def amaranth_route(dut, image, tokens, *, seed, stall=0.3, max_cycles=200_000):
-    """Run the router in Amaranth's simulator: write `image`, stream `tokens` (random stalls
-    and back-pressure); return each token's [experts..., gates..., shared_gate]."""
-    from amaranth.sim import Simulator
-
-    rng = random.Random(seed)
-    S, lanes = dut.slices, dut.lanes
-    slices = [pack_layout(dut.token_layout, {"data": tok[s * lanes:(s + 1) * lanes],
-                                             "last": int(s == S - 1)})
-              for tok in tokens for s in range(S)]
-    routes = []
-
-    async def bench(ctx):
-        for addr, word in image:
-            ctx.set(dut.wr.addr, addr)
-            ctx.set(dut.wr.data, word)
-            ctx.set(dut.wr.en, 1)
-            await ctx.tick()
-        ctx.set(dut.wr.en, 0)
-        sent = 0
-        for _ in range(max_cycles):
-            if len(routes) == len(tokens):
-                break
-            if sent < len(slices) and (ctx.get(dut.i_tokens.valid) or rng.random() >= stall):
-                ctx.set(dut.i_tokens.valid, 1)           # once valid, held until it transfers
-                ctx.set(dut.i_tokens.payload.as_value(), slices[sent])
-            ctx.set(dut.o_route.ready, int(rng.random() >= stall))
-            took = ctx.get(dut.i_tokens.valid) and ctx.get(dut.i_tokens.ready)
-            if ctx.get(dut.o_route.valid) and ctx.get(dut.o_route.ready):
-                v = unpack_layout(dut.route_layout, ctx.get(dut.o_route.payload.as_value()))
-                routes.append(v["experts"] + v["gates"] + [v["shared_gate"]])
-            await ctx.tick()
-            if took:
-                sent += 1
-                ctx.set(dut.i_tokens.valid, 0)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-    return routes
+def amaranth_route(dut, image, tokens, *, seed, stall=0.3):
+    """Run the router in Amaranth's simulator (`router_bench.amaranth_route`): write `image`,
+    stream `tokens` (random stalls and back-pressure); return each token's [experts...,
+    gates..., shared_gate]."""
+    return router_bench.amaranth_route(dut, image, tokens, seed=seed, stall=stall).routes
 
 
 @pytest.mark.parametrize("config", ODD_CONFIGS)
