@@ -39,14 +39,15 @@ import random
 
 import pytest
 import torch
+from testkit import assert_one_off, hf_layer
 
-from moeforge.hls_models import QuantizedMoELayer
 from moeforge.hls_models.expert_bank import ExpertBank, int_gemm
 from moeforge.hls_models.fixed_point import requantize
-from moeforge.hls_models.hf_random import family_configs, make_hf_block, make_hf_input
+from moeforge.hls_models.hf_random import family_configs, make_hf_input
 from moeforge.rtl.export import to_verilog, verilog_ports
 from moeforge.rtl.expert.hidden import (HiddenAddressMap, HiddenUnit, channel_layout, hid_layout,
                                  hidden_image, sigmoid_rom)
+from moeforge.sim.benches.common import stream_prefix
 from moeforge.sim.build import run_cocotb
 from moeforge.sim.stream import unpack_layout
 from moeforge.sim.toolchain import verilator_lint
@@ -72,17 +73,6 @@ def make_dut(build):
 
 
 # ------------------------------------------------------------------------------ golden side
-
-_LAYERS = {}
-
-
-def hf_layer(cfg):
-    """The quantised layer of `cfg` (transformers block, seed 1, calibrated on 256 tokens)."""
-    if cfg not in _LAYERS:
-        _LAYERS[cfg] = QuantizedMoELayer.from_hf(make_hf_block(cfg, 1), cfg,
-                                                 calib=make_hf_input(cfg, 256, 1))
-    return _LAYERS[cfg]
-
 
 def accumulators(bank, e, x):
     """The exact int32 GEMM accumulators (acc_g or None, acc_u) of expert e for tokens x."""
@@ -300,7 +290,7 @@ def batches_for(cfg, dut, seed=0):
 
 def bench_file(tmp_path, dut, batches, *, in_stall=0.3, out_stall=0.3, perturb=None):
     ports = verilog_ports(dut)
-    prefix = {s: ports[f"{s}.valid"].name.removesuffix("__valid") for s in ("i_acc", "o_h")}
+    prefix = {s: stream_prefix(ports, s) for s in ("i_acc", "o_h")}
     path = tmp_path / "bench.json"
     path.write_text(json.dumps({
         "lanes": dut.lanes, "latency": dut.latency, **prefix,
@@ -332,12 +322,7 @@ def test_scoreboard_failure_is_reported(sim_build, tmp_path):
     env = bench_file(tmp_path, dut, batches, perturb=[token, element])
     results = run_cocotb(handle, COCOTB_MODULE, test_dir=tmp_path, testcase="hidden_random",
                          check=False, extra_env=env)
-    assert not results.ok
-    assert (results.tests, results.failed) == (1, 1), results.summary()
-    message = results.failures[0].message
-    assert f"hidden: mismatch at token {token}, element {element} (cycle " in message, message
-    expected, actual = message.split("expected ", 1)[1].split(" (", 1)[0].split(", got ")
-    assert int(expected) == int(actual) + 1, message
+    assert_one_off(results, "hidden", token, element)
 
 
 LINT_VARIANTS = [

@@ -26,12 +26,13 @@ import random
 
 import pytest
 import torch
+from testkit import assert_one_off, hf_layer
 
-from moeforge.hls_models import QuantizedMoELayer
 from moeforge.hls_models.fixed_point import requantize
-from moeforge.hls_models.hf_random import family_configs, make_hf_block, make_hf_input
-from moeforge.rtl.layer.combiner import Combiner, accumulator_width
+from moeforge.hls_models.hf_random import family_configs, make_hf_input
 from moeforge.rtl.export import to_verilog, verilog_ports
+from moeforge.rtl.layer.combiner import Combiner, accumulator_width
+from moeforge.sim.benches.common import stream_prefix
 from moeforge.sim.build import run_cocotb
 from moeforge.sim.toolchain import verilator_lint
 from moeforge.spec.arith import GATE_BITS
@@ -57,21 +58,10 @@ def make_dut(build):
 
 # ------------------------------------------------------------------------------ golden side
 
-_LAYERS = {}
-
-
-def layer(cfg):
-    """The quantised layer of `cfg` (transformers block, seed 1, calibrated on 256 tokens)."""
-    if cfg not in _LAYERS:
-        _LAYERS[cfg] = QuantizedMoELayer.from_hf(make_hf_block(cfg, 1), cfg,
-                                                 calib=make_hf_input(cfg, 256, 1))
-    return _LAYERS[cfg]
-
-
 def model_batch(cfg, n_tokens, *, seed, order, name, **extra):
     """One batch from the golden model: contributions in device (`expert-major`) or `random`
     order, expected y = forward_int(x), and the layer's M_y, S_y."""
-    q = layer(cfg)
+    q = hf_layer(cfg)
     x = q.quantize_input(make_hf_input(cfg, n_tokens, seed))
     x64 = x.to(torch.int64)
     route = q.route_int(x)
@@ -188,15 +178,12 @@ def batches_for(build):
 def write_params(tmp_path, dut, batches, *, perturb=None, in_stall=0.3, out_stall=0.3):
     """The cocotb module's parameters (from the component itself) and batches, as a JSON file."""
     ports = verilog_ports(dut)
-
-    def prefix(stream):
-        return ports[f"{stream}.valid"].name.removesuffix("__valid")
-
     path = tmp_path / "combiner_params.json"
     path.write_text(json.dumps({
         "d_model": dut.d_model, "lanes": dut.lanes, "t_max": dut.t_max,
         "flush_latency": dut.flush_latency,
-        "i_contrib": prefix("i_contrib"), "i_flush": prefix("i_flush"), "o_y": prefix("o_y"),
+        "i_contrib": stream_prefix(ports, "i_contrib"), "i_flush": stream_prefix(ports, "i_flush"),
+        "o_y": stream_prefix(ports, "o_y"),
         "y_mult": ports["y_mult"].name, "y_shift": ports["y_shift"].name,
         "in_stall": in_stall, "out_stall": out_stall, "perturb": perturb, "batches": batches,
     }))
@@ -231,12 +218,7 @@ def test_scoreboard_failure_is_reported(sim_build, tmp_path):
     batches[1]["expected"][beat - 1][lane] += 1
     results = run_cocotb(handle, COCOTB_MODULE, test_dir=tmp_path, testcase="combiner_batches",
                          check=False, extra_env=write_params(tmp_path, dut, batches))
-    assert not results.ok
-    assert (results.tests, results.failed) == (1, 1), results.summary()
-    message = results.failures[0].message
-    assert f"combiner: mismatch at token {beat}, element {lane} (cycle " in message, message
-    expected, actual = message.split("expected ", 1)[1].split(" (", 1)[0].split(", got ")
-    assert int(expected) == int(actual) + 1, message
+    assert_one_off(results, "combiner", beat, lane)
 
 
 @pytest.mark.verilator
