@@ -2,18 +2,16 @@
 rewrites the asserts here as in a test file).
 
 One copy of what several unit tests did alike: the quantised layer their golden side draws
-from, the check that a perturbed expectation fails the run where it should, and a command
-line's usage error.
+from, the check that a perturbed expectation fails the run where it should, a command line's
+usage error, and the design that proves a lint check still reports an unread register.
 """
-
-from __future__ import annotations
 
 import functools
 
 from moeforge.hls_models import QuantizedMoELayer
 from moeforge.hls_models.hf_random import make_hf_block, make_hf_input
 
-__all__ = ["hf_layer", "assert_one_off", "usage_error"]
+__all__ = ["hf_layer", "assert_one_off", "usage_error", "unread_register"]
 
 
 @functools.cache
@@ -48,3 +46,24 @@ def usage_error(argv, capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("\n") == 1, err
     return err
+
+
+def unread_register():
+    """A component with a register nobody reads (``forgotten``): what no lint waiver may
+    excuse."""
+    from amaranth.hdl import Module, Signal
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    class Careless(wiring.Component):
+        a: In(8)
+        y: Out(8)
+
+        def elaborate(self, platform):
+            m = Module()
+            forgotten = Signal(8)
+            m.d.sync += forgotten.eq(self.a)
+            m.d.sync += self.y.eq(self.a + 1)
+            return m
+
+    return Careless()

@@ -19,8 +19,6 @@ it exported:
 """
 
 import itertools
-import json
-import os
 import random
 import time
 
@@ -30,12 +28,11 @@ from cocotb.triggers import RisingEdge
 from cocotb.utils import get_sim_time
 
 from moeforge.rtl.layer.combiner import contrib_layout, flush_layout, y_layout
-from moeforge.sim.benches.common import write_summary
+from moeforge.sim.benches.common import load_params, write_summary
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout
 
-P = json.loads(open(os.environ["MOEFORGE_TEST_PARAMS"]).read()) \
-    if "MOEFORGE_TEST_PARAMS" in os.environ else {}
+P = load_params()
 
 
 def layouts():

@@ -17,13 +17,21 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from moeforge.rtl.export import verilog_ports
 from moeforge.sim.stream import pack_layout
 
-__all__ = ["load_bench", "start_clock", "reset", "write_summary", "stream_prefix",
+__all__ = ["load_bench", "load_params", "start_clock", "reset", "write_summary", "stream_prefix",
            "harness_ports", "token_beats", "start_weight_memory", "expect_quiet",
            "amaranth_write"]
 
 
 def load_bench() -> dict:
     return json.loads(Path(os.environ["MOEFORGE_BENCH"]).read_text())
+
+
+def load_params(variable: str = "MOEFORGE_TEST_PARAMS") -> dict:
+    """A bench module's parameters: in a simulation, the JSON file `variable` names (``{}``
+    if it names none); outside one, where the module is imported for its pytest-side helpers,
+    ``{}`` whatever the environment holds."""
+    path = os.environ.get(variable) if cocotb.is_simulation else None
+    return json.loads(Path(path).read_text()) if path else {}
 
 
 def start_clock(dut):

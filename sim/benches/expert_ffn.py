@@ -37,7 +37,6 @@ jobs in Amaranth's simulator.
 
 import itertools
 import json
-import os
 import time
 from dataclasses import dataclass
 
@@ -47,13 +46,12 @@ from cocotb.triggers import Event, ReadOnly, RisingEdge
 from cocotb.utils import get_sim_time
 
 from moeforge.rtl.expert.expert_ffn import ExpertFFN, ExpertImageLayout
-from moeforge.sim.benches.common import (amaranth_write, expect_quiet, start_weight_memory, token_beats,
-                                         write_summary)
+from moeforge.sim.benches.common import (amaranth_write, expect_quiet, load_params, start_weight_memory,
+                                         token_beats, write_summary)
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout
 
-P = json.loads(open(os.environ["MOEFORGE_TEST_PARAMS"]).read()) \
-    if "MOEFORGE_TEST_PARAMS" in os.environ else {}
+P = load_params()
 
 
 def engine():

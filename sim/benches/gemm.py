@@ -27,18 +27,16 @@ and bench/mac_util.py; `expected_beats` gives both the expected outputs of a job
 """
 
 import json
-import os
 
 import cocotb
 from cocotb.triggers import RisingEdge
 
 from moeforge.rtl.datapath.gemm import GemmEngine
-from moeforge.sim.benches.common import expect_quiet, start_weight_memory, token_beats
+from moeforge.sim.benches.common import expect_quiet, load_params, start_weight_memory, token_beats
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout
 
-P = json.loads(open(os.environ["MOEFORGE_TEST_PARAMS"]).read()) \
-    if "MOEFORGE_TEST_PARAMS" in os.environ else {}
+P = load_params()
 
 
 def engine():

@@ -22,8 +22,6 @@ exported:
 covers, and bench/cosim_speed.py).
 """
 
-import json
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -34,12 +32,11 @@ from cocotb.triggers import RisingEdge
 from cocotb.utils import get_sim_time
 
 from moeforge.rtl.routing.router import route_layout, token_layout
-from moeforge.sim.benches.common import amaranth_write, token_beats, write_summary
+from moeforge.sim.benches.common import amaranth_write, load_params, token_beats, write_summary
 from moeforge.sim.scoreboard import Scoreboard
 from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, unpack_layout
 
-P = json.loads(open(os.environ["MOEFORGE_TEST_PARAMS"]).read()) \
-    if "MOEFORGE_TEST_PARAMS" in os.environ else {}
+P = load_params()
 
 
 def token_slices(tokens):

@@ -18,7 +18,7 @@ import json
 
 import pytest
 import torch
-from testkit import assert_one_off
+from testkit import assert_one_off, unread_register
 
 from moeforge.rtl.datapath.gemm import GemmEngine, gemm_image
 from moeforge.rtl.export import to_verilog
@@ -116,22 +116,7 @@ def test_gemm_verilog_lints_clean(config):
 
 def test_lint_check_keeps_unused_registers():
     """The alias rule must not excuse state: a register nobody reads is still reported."""
-    from amaranth.hdl import Module, Signal
-    from amaranth.lib import wiring
-    from amaranth.lib.wiring import In, Out
-
-    class Careless(wiring.Component):
-        a: In(8)
-        y: Out(8)
-
-        def elaborate(self, platform):
-            m = Module()
-            forgotten = Signal(8)
-            m.d.sync += forgotten.eq(self.a)
-            m.d.sync += self.y.eq(self.a + 1)
-            return m
-
-    problems = lint_problems(to_verilog(Careless(), "careless"), "careless")
+    problems = lint_problems(to_verilog(unread_register(), "careless"), "careless")
     assert any("UNUSEDSIGNAL" in p and "'forgotten'" in p for p in problems), problems
 
 
