@@ -43,3 +43,19 @@ def test_perturbed_reference_fails(unit, tmp_path):
 ])
 def test_cli_sim_bad_input_exit_2(argv, message, capsys):
     assert message in usage_error(["sim", "--config", TINY, *argv], capsys)
+
+
+def test_bench_modules_import_outside_a_simulation(tmp_path):
+    """Tests and bench scripts import the bench modules for their pytest-side helpers: a
+    MOEFORGE_TEST_PARAMS left in the environment (here naming no file) must not break that."""
+    import os
+    import subprocess
+    import sys
+
+    modules = [f"moeforge.sim.benches.{m}" for m in ("gemm", "expert_ffn", "router", "combiner")]
+    code = "import importlib\n" + "".join(
+        f"assert importlib.import_module({m!r}).P == {{}}\n" for m in modules)
+    env = {**os.environ, "MOEFORGE_TEST_PARAMS": str(tmp_path / "no-such-params.json")}
+    r = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
