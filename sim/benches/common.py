@@ -15,11 +15,11 @@ from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from moeforge.rtl.export import verilog_ports
-from moeforge.sim.stream import pack_layout
+from moeforge.sim.stream import StreamDriver, StreamSink, pack_layout
 
 __all__ = ["load_bench", "load_params", "start_clock", "reset", "write_summary", "stream_prefix",
-           "harness_ports", "token_beats", "start_weight_memory", "expect_quiet",
-           "amaranth_write"]
+           "harness_ports", "token_beats", "job_payloads", "start_weight_memory", "expect_jobs",
+           "engine_streams", "expect_quiet", "amaranth_write"]
 
 
 def load_bench() -> dict:
@@ -90,6 +90,12 @@ def token_beats(layout, tokens, lanes: int, slices: int) -> list[int]:
             for tok in tokens for s in range(slices)]
 
 
+def job_payloads(eng, jobs) -> list[int]:
+    """Packed ``i_job`` payloads of an engine's `jobs` (each ``{x, w_base, ...}``)."""
+    return [pack_layout(eng.job_layout, {"n_tokens": len(job["x"]), "w_base": job["w_base"]})
+            for job in jobs]
+
+
 # ---------------------------------------------------------------- the cocotb side
 
 async def start_weight_memory(dut, ports: dict, image) -> None:
@@ -111,6 +117,27 @@ async def start_weight_memory(dut, ports: dict, image) -> None:
         await RisingEdge(dut.clk)
     en.value = 0
     await RisingEdge(dut.clk)
+
+
+def expect_jobs(sb, jobs, perturb=None) -> None:
+    """Queue every job's ``expected`` beats on the scoreboard `sb`, one value raised by one
+    where `perturb` (``[job, beat, lane]``) says, to prove the check can fail."""
+    for j, job in enumerate(jobs):
+        expected = [list(e) for e in job["expected"]]
+        if perturb is not None and perturb[0] == j:
+            expected[perturb[1]][perturb[2]] += 1
+        sb.add_expected_many(expected)
+
+
+def engine_streams(dut, ports: dict, *, in_stall: float, out_stall: float, seed: int, callback):
+    """``(sink, job_driver, x_driver)`` of an engine bench, none started yet: the ``o_y`` sink
+    (`callback` for each beat) and the ``i_job`` and ``i_x`` drivers, each with its own stalls
+    seeded from `seed`."""
+    sink = StreamSink(dut, ports["o_y"], dut.clk, stall_prob=out_stall, seed=seed + 1,
+                      callback=callback)
+    job_drv = StreamDriver(dut, ports["i_job"], dut.clk, stall_prob=in_stall, seed=seed + 2)
+    x_drv = StreamDriver(dut, ports["i_x"], dut.clk, stall_prob=in_stall, seed=seed + 3)
+    return sink, job_drv, x_drv
 
 
 async def expect_quiet(dut, prefix: str, cycles: int = 20) -> None:

@@ -46,10 +46,11 @@ from cocotb.triggers import Event, ReadOnly, RisingEdge
 from cocotb.utils import get_sim_time
 
 from moeforge.rtl.expert.expert_ffn import ExpertFFN, ExpertImageLayout
-from moeforge.sim.benches.common import (amaranth_write, expect_quiet, load_params, start_weight_memory,
-                                         token_beats, write_summary)
+from moeforge.sim.benches.common import (amaranth_write, engine_streams, expect_jobs, expect_quiet,
+                                         job_payloads, load_params, start_weight_memory, token_beats,
+                                         write_summary)
 from moeforge.sim.scoreboard import Scoreboard
-from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout
+from moeforge.sim.stream import StreamMonitor, unpack_layout
 
 P = load_params()
 
@@ -114,8 +115,7 @@ def amaranth_jobs(eng, harness, image, jobs, *, max_cycles: int = 100_000) -> Am
     as soon as they are, ``o_y`` always ready."""
     from amaranth.sim import Simulator
 
-    job_beats = [pack_layout(eng.job_layout, {"n_tokens": len(job["x"]), "w_base": job["w_base"]})
-                 for job in jobs]
+    job_beats = job_payloads(eng, jobs)
     x_beats = token_beats(eng.x_layout, [t for job in jobs for t in job["x"]], eng.cols,
                           eng.image.s_d)
     ends = list(itertools.accumulate(len(job["expected"]) for job in jobs))
@@ -180,20 +180,13 @@ async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None, sb=Non
             end_cycles.append(beat.cycle)
             job_done[len(end_cycles) - 1].set()
 
-    for j, job in enumerate(jobs):
-        expected = [list(e) for e in job["expected"]]
-        if perturb is not None and perturb[0] == j:
-            expected[perturb[1]][perturb[2]] += 1
-        sb.add_expected_many(expected)
-    sink = StreamSink(dut, P["ports"]["o_y"], dut.clk, stall_prob=out_stall, seed=seed + 1,
-                      callback=received)
-    job_drv = StreamDriver(dut, P["ports"]["i_job"], dut.clk, stall_prob=in_stall, seed=seed + 2)
-    x_drv = StreamDriver(dut, P["ports"]["i_x"], dut.clk, stall_prob=in_stall, seed=seed + 3)
+    expect_jobs(sb, jobs, perturb)
+    sink, job_drv, x_drv = engine_streams(dut, P["ports"], in_stall=in_stall, out_stall=out_stall,
+                                          seed=seed, callback=received)
     job_mon = StreamMonitor(dut, P["ports"]["i_job"], dut.clk).start()
     x_mon = StreamMonitor(dut, P["ports"]["i_x"], dut.clk).start()
     sink.start()
-    job_beats = [pack_layout(eng.job_layout, {"n_tokens": len(job["x"]), "w_base": job["w_base"]})
-                 for job in jobs]
+    job_beats = job_payloads(eng, jobs)
 
     async def send_jobs():
         for j, beat in enumerate(job_beats):

@@ -32,9 +32,10 @@ import cocotb
 from cocotb.triggers import RisingEdge
 
 from moeforge.rtl.datapath.gemm import GemmEngine
-from moeforge.sim.benches.common import expect_quiet, load_params, start_weight_memory, token_beats
+from moeforge.sim.benches.common import (engine_streams, expect_jobs, expect_quiet, job_payloads,
+                                         load_params, start_weight_memory, token_beats)
 from moeforge.sim.scoreboard import Scoreboard
-from moeforge.sim.stream import StreamDriver, StreamMonitor, StreamSink, pack_layout, unpack_layout
+from moeforge.sim.stream import StreamMonitor, unpack_layout
 
 P = load_params()
 
@@ -75,19 +76,12 @@ async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None):
         if v["last"]:        # sampled in ReadOnly: the job's final cycle is not counted yet
             counters.append((int(busy.value), int(total.value) + 1))
 
-    for j, job in enumerate(jobs):
-        expected = [list(e) for e in job["expected"]]
-        if perturb is not None and perturb[0] == j:
-            expected[perturb[1]][perturb[2]] += 1
-        sb.add_expected_many(expected)
-    sink = StreamSink(dut, P["ports"]["o_y"], dut.clk, stall_prob=out_stall, seed=seed + 1,
-                      callback=received)
-    job_drv = StreamDriver(dut, P["ports"]["i_job"], dut.clk, stall_prob=in_stall, seed=seed + 2)
-    x_drv = StreamDriver(dut, P["ports"]["i_x"], dut.clk, stall_prob=in_stall, seed=seed + 3)
+    expect_jobs(sb, jobs, perturb)
+    sink, job_drv, x_drv = engine_streams(dut, P["ports"], in_stall=in_stall, out_stall=out_stall,
+                                          seed=seed, callback=received)
     x_mon = StreamMonitor(dut, P["ports"]["i_x"], dut.clk).start()
     sink.start()
-    job_drv.start([pack_layout(eng.job_layout, {"n_tokens": len(job["x"]), "w_base": job["w_base"]})
-                   for job in jobs])
+    job_drv.start(job_payloads(eng, jobs))
     x_drv.start(token_beats(eng.x_layout, [t for job in jobs for t in job["x"]], eng.cols, eng.slices))
     bound = int(sum(job["cycle_bound"] for job in jobs) / max(0.05, (1 - in_stall) * (1 - out_stall))) + 500
     await sink.wait_for(sb.expected_total, max_cycles=bound)
