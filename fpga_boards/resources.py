@@ -190,8 +190,7 @@ def _cell_usage(fpga: FPGA, typ: str, p: dict, c: dict) -> Usage:
         mw = _MUL_WIDTH[fpga.family]
         if min(a, b) >= 2 and y >= _MUL_MIN_Y[fpga.family]:
             u.multipliers = math.ceil(a / mw) * math.ceil(b / mw)
-            if fpga.family == "ice40":
-                u.multipliers = math.ceil(max(a, b) / mw) * math.ceil(min(a, b) / mw)
+            u.luts = (u.multipliers - 1) * y / 2            # adding up the partial products
         else:
             u.luts = a * b
         return u

@@ -144,12 +144,17 @@ def cmd_verilog(args) -> int:
     cfg = _load_config(args.config)
     to_stdout = args.output is None or str(args.output) == "-"
     out = None if to_stdout else check_output(args.output, "-o")   # before the elaboration
-    text = unit_verilog(cfg, args.unit) if args.unit else all_verilog(cfg)
+    if args.board:
+        from .cli_board import board_verilog
+        text = board_verilog(args.board, cfg)
+    else:
+        text = unit_verilog(cfg, args.unit) if args.unit else all_verilog(cfg)
     if out is None:
         sys.stdout.write(text)
         return 0
     atomic_write(out, lambda tmp: tmp.write_text(text))
-    print(f"wrote {out} ({args.unit or 'all units'}, config {cfg.name} {cfg.short_hash})", file=sys.stderr)
+    what = f"board top for {args.board}" if args.board else args.unit or "all units"
+    print(f"wrote {out} ({what}, config {cfg.name} {cfg.short_hash})", file=sys.stderr)
     return 0
 
 
@@ -179,8 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     from moeforge.rtl.units import UNITS          # names only: building a unit needs Amaranth
     v = sub.add_parser("verilog", help="write the Verilog of one unit, or of every registered unit")
     v.add_argument("--config", required=True)
-    v.add_argument("--unit", choices=list(UNITS), metavar="NAME",
-                   help=f"unit name, one of: {', '.join(UNITS)} (default: all units)")
+    from .cli_board import add_board_commands, board_names
+    vwhat = v.add_mutually_exclusive_group()
+    vwhat.add_argument("--unit", choices=list(UNITS), metavar="NAME",
+                       help=f"unit name, one of: {', '.join(UNITS)} (default: all units)")
+    vwhat.add_argument("--board", choices=board_names(), metavar="BOARD",
+                       help=f"the whole board top (PLL, pins, SoC, on-chip store) for one of: "
+                            f"{', '.join(board_names())}")
     v.add_argument("-o", "--output", type=Path, help="output file (default: stdout)")
     v.set_defaults(func=cmd_verilog)
 
@@ -218,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_device import add_device_commands
     add_device_commands(sub)
+    add_board_commands(sub)
     return p
 
 

@@ -1,0 +1,249 @@
+"""`moeforge build`: from a config to a bitstream for a board, with a report.
+
+Steps: elaborate the board top (`BoardTop`), check its estimated needs against the board's
+FPGA (a refusal here costs seconds, not the minutes of synthesis), synthesise with Yosys,
+place and route with nextpnr, pack the bitstream. Every tool is the YoWASP one from PyPI.
+
+``DIR`` gets ``top.bit`` (``.bin`` on iCE40), ``report.json``, ``report.txt`` and ``logs/`` (one
+log per tool); the intermediate files (the netlist, the constraints) stay in ``DIR/work``. The
+bitstream and the reports replace earlier ones only when complete, so a failed or interrupted
+build leaves an earlier build's bitstream as it was. Synthesis keeps the design's hierarchy by
+default, so the report can break the resources down per unit; ``flatten=True`` lets Yosys
+optimise across units instead (a breakdown of the top only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from moeforge.config import AccelConfig
+from moeforge.errors import MoeforgeError
+from moeforge.outputs import atomic_write
+
+from .boards import Board
+from .report import ReportError, format_table, parse_nextpnr_report, unit_usage
+from .resources import check_fits, estimate_component
+from .toolchain import NEXTPNR_PACKAGES, run_tool
+
+__all__ = ["build", "check_build_dir", "TimingMissed", "prepare_top", "BuildTimeouts", "make_report"]
+
+
+class TimingMissed(MoeforgeError):
+    """Place and route did not reach the config's clock."""
+
+    exit_code = 1
+
+
+class BuildTimeouts:
+    """Seconds each tool may take before the build gives up on it (a layer's synthesis takes
+    minutes on two cores; these only keep a stuck tool from hanging the build forever)."""
+
+    synthesis = 6 * 3600.0
+    place_and_route = 6 * 3600.0
+    bitstream = 1800.0
+
+
+def check_build_dir(path: str | os.PathLike) -> Path:
+    """The output folder `path`, created if missing (its parent must exist); `MoeforgeError`
+    naming ``-o`` if it is a file or cannot be written."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise MoeforgeError(f"-o {path}: is a file, not a folder")
+    if not p.exists():
+        parent = p.parent if str(p.parent) else Path(".")
+        if not parent.is_dir():
+            raise MoeforgeError(f"-o {path}: folder {parent} does not exist")
+        try:
+            p.mkdir()
+        except OSError as exc:
+            raise MoeforgeError(f"-o {path}: cannot create the folder: {exc.strerror or exc}") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise MoeforgeError(f"-o {path}: folder is not writable")
+    return p
+
+
+def prepare_top(board: Board, cfg: AccelConfig, *, out=None):
+    """``(top, estimate, seconds)``: the board top, elaborated for the resource check, and the
+    check passed.
+
+    Raises
+    ------
+    ResourceShortfall
+        Naming every resource the config needs more of than the board has.
+    NoOnChipStore, BaudError, MoeforgeError
+        No store, no baud rate or PLL setting for the clock, a config the store refuses.
+    """
+    from .top import BoardTop, SoCWithStore, pick_baud, plan_pll, store_budget
+    out = sys.stderr if out is None else out
+    t0 = time.monotonic()
+    pll = plan_pll(board.fpga.family, board.clock_hz, cfg.clock_mhz * 1e6)
+    baud = pick_baud(pll.fout, board.max_baud)
+    try:
+        design = SoCWithStore(cfg, clock_hz=pll.fout, baud=baud, budget_bits=store_budget(board))
+    except ValueError as exc:
+        if isinstance(exc, MoeforgeError):
+            raise
+        raise MoeforgeError(f"config {cfg.name}: {exc}") from None
+    print(f"elaborating {cfg.name} for {board.name} (PLL {pll.fout / 1e6:g} MHz from "
+          f"{pll.fin / 1e6:g} MHz, UART {baud} baud) ...", file=out, flush=True)
+    estimate = estimate_component(design, board.fpga, name="design")
+    check_fits(estimate, board, f"config {cfg.name}")
+    top = BoardTop(board, cfg, baud=baud, design=design, pll=pll)
+    return top, estimate, time.monotonic() - t0
+
+
+def _nextpnr_args(board: Board, platform) -> list[str]:
+    f = board.fpga
+    pkg = NEXTPNR_PACKAGES[platform.package]
+    args = [f.nextpnr_device, "--package", pkg, "--json", "top.json", "--report", "report.json",
+            "--timing-allow-fail", "--seed", "1"]
+    if f.family == "ecp5":
+        return args + ["--speed", str(platform.speed), "--lpf", "top.lpf", "--textcfg", "top.config"]
+    return args + ["--pcf", "top.pcf", "--asc", "top.asc"]
+
+
+def build(board: Board, cfg: AccelConfig, out_dir: str | os.PathLike, *, config_name: str,
+          allow_timing_fail: bool = False, flatten: bool = False, out=None,
+          progress_every: float = 30.0, prepared=None) -> dict:
+    """Build `cfg` for `board` into `out_dir`; return the report (also written there).
+
+    Raises
+    ------
+    ResourceShortfall, NoOnChipStore, BaudError
+        Before any tool runs (see `prepare_top`).
+    ToolError
+        A tool failed or ran out of time (the message names the step and its log).
+    TimingMissed
+        The achieved clock is below the config's and `allow_timing_fail` is not set: the
+        reports are written, the bitstream is not.
+    """
+    out = sys.stderr if out is None else out
+    out_dir = check_build_dir(out_dir)
+    top, estimate, t_elab = prepared or prepare_top(board, cfg, out=out)
+    steps = {"elaborate": t_elab}
+    work, logs = out_dir / "work", out_dir / "logs"
+    for d in (work, logs):
+        d.mkdir(exist_ok=True)
+    platform = board.make_platform()
+    synth_opts = [] if flatten else ["-noflatten"]
+    if board.fpga.family == "ice40":
+        synth_opts.append("-dsp")
+    t0 = time.monotonic()
+    plan = platform.build(top, name="top", do_build=False, synth_opts=" ".join(synth_opts),
+                          script_after_synth="tee -q -o top.stat.json stat -json")
+    for name, content in plan.files.items():
+        mode = "wb" if isinstance(content, bytes) else "w"
+        with open(work / name, mode) as f:
+            f.write(content)
+    for stale in ("top.stat.json", "report.json", "top.config", "top.asc", "top.bit", "top.bin"):
+        (work / stale).unlink(missing_ok=True)
+    steps["elaborate"] += time.monotonic() - t0
+
+    steps["synthesis"] = run_tool("yosys", ["top.ys"], cwd=work, log=logs / "synthesis.log",
+                                  step="synthesis (yosys)", timeout=BuildTimeouts.synthesis,
+                                  progress_every=progress_every, out=out)
+    pnr = "nextpnr-ecp5" if board.fpga.family == "ecp5" else "nextpnr-ice40"
+    steps["place_and_route"] = run_tool(pnr, _nextpnr_args(board, platform), cwd=work,
+                                        log=logs / "nextpnr.log",
+                                        step=f"place and route ({pnr})",
+                                        timeout=BuildTimeouts.place_and_route,
+                                        progress_every=progress_every, out=out)
+    report = make_report(board, cfg, top, estimate, work, config_name=config_name, flatten=flatten)
+    report["steps"] = {k: round(v, 1) for k, v in steps.items()}
+    t = report["timing"]
+    if t["met"] or allow_timing_fail:
+        suffix = board.bitstream_suffix
+        if board.fpga.family == "ecp5":
+            args = ["--compress", "--input", "top.config", "--bit", f"top{suffix}"]
+            packer = "ecppack"
+        else:
+            args = ["top.asc", f"top{suffix}"]
+            packer = "icepack"
+        report["steps"]["bitstream"] = round(run_tool(
+            packer, args, cwd=work, log=logs / f"{packer}.log", step=f"bitstream ({packer})",
+            timeout=BuildTimeouts.bitstream, progress_every=progress_every, out=out), 1)
+        bit = out_dir / f"top{suffix}"
+        atomic_write(bit, lambda tmp: shutil.copyfile(work / f"top{suffix}", tmp), suffix=suffix)
+        report["bitstream"] = str(bit)
+    else:
+        report["bitstream"] = None
+    atomic_write(out_dir / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    atomic_write(out_dir / "report.txt", lambda tmp: tmp.write_text(format_table(report)))
+    if not t["met"] and not allow_timing_fail:
+        cp = t.get("critical_path") or {}
+        raise TimingMissed(
+            f"timing missed on {board.name}: {t['achieved_mhz']:.2f} MHz achieved, "
+            f"{t['target_mhz']:.2f} MHz wanted (critical path {cp.get('start', '?')} -> "
+            f"{cp.get('end', '?')}); no bitstream written (--allow-timing-fail writes it anyway); "
+            f"report in {out_dir / 'report.txt'}")
+    return report
+
+
+def _pct_error(estimate: float, real: float) -> float | None:
+    return None if real == 0 else round(100.0 * (estimate - real) / real, 1)
+
+
+def make_report(board: Board, cfg: AccelConfig, top, estimate, work: Path, *, config_name: str,
+                flatten: bool) -> dict:
+    """The build report from the tools' outputs in `work` (``top.stat.json``, ``report.json``)."""
+    try:
+        stat = json.loads((work / "top.stat.json").read_text())
+        pnr = json.loads((work / "report.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ReportError(f"a tool's report is missing or unreadable in {work}: {exc}") from None
+    timing = parse_nextpnr_report(pnr)
+    own, inclusive = unit_usage(stat, "top")
+    util = timing.utilisation
+    fam = board.fpga.family
+    lut_bel, ff_bel = ("TRELLIS_COMB", "TRELLIS_FF") if fam == "ecp5" else ("ICESTORM_LC", "ICESTORM_LC")
+    mult_bel = "MULT18X18D" if fam == "ecp5" else "ICESTORM_DSP"
+    bram_bel = "DP16KD" if fam == "ecp5" else "ICESTORM_RAM"
+
+    def res(bel):
+        used, avail = util.get(bel, (0, 0))
+        return {"used": used, "available": avail}
+    whole = inclusive[""]
+    resources = {"luts": res(lut_bel), "ffs": {"used": whole.ffs, "available": board.fpga.ffs},
+                 "multipliers": res(mult_bel), "bram_blocks": res(bram_bel),
+                 "lutram_luts": whole.lutram_luts}
+    if fam == "ecp5":
+        resources["ffs"] = res(ff_bel)
+    target = top.pll.fout / 1e6
+    clocks = {c: v for c, v in timing.fmax.items()}
+    sync = min(clocks, key=lambda c: abs(clocks[c][1] - target)) if clocks else None
+    if sync is None:
+        raise ReportError("nextpnr reported no clock for the design")
+    achieved = clocks[sync][0]
+    cp = timing.path_of(sync)
+    design = "design"
+    units = {p: u.as_dict() for p, u in inclusive.items()
+             if p == design or p.startswith(design + ".")} or {"": whole.as_dict()}
+    est = estimate.total.as_dict()
+    # The estimate covers the design (SoC and store), not the board's glue (PLL, LEDs, reset).
+    real = inclusive.get(design, whole)
+    real_of = {"luts": real.luts, "ffs": real.ffs, "multipliers": real.multipliers,
+               "bram_blocks": real.bram_blocks}
+    return {
+        "board": board.name, "fpga": board.fpga.name, "config": config_name,
+        "config_name": cfg.name, "config_hash": cfg.content_hash(),
+        "clock": {"config_mhz": cfg.clock_mhz, "pll_mhz": round(target, 4),
+                  "pll": top.pll.params, "board_mhz": top.pll.fin / 1e6},
+        "uart_baud": top.baud,
+        "synthesis": "flattened" if flatten else "hierarchical (per-unit breakdown)",
+        "resources": resources,
+        "units": units,
+        "timing": {"clock": sync, "achieved_mhz": round(achieved, 2), "target_mhz": round(target, 2),
+                   "met": achieved >= target,
+                   "critical_path": None if cp is None else
+                   {"start": cp.start, "end": cp.end, "delay_ns": round(cp.delay_ns, 3),
+                    "steps": cp.steps}},
+        "estimate": {"total": est,
+                     "measured": real_of,
+                     "error_pct": {k: _pct_error(est[k], v) for k, v in real_of.items()}},
+    }
+
