@@ -114,6 +114,13 @@ def _expert_cache(cfg: AccelConfig):
     return ExpertCache.from_config(cfg, image_words=words, word_bits=8 * cfg.mac_cols)
 
 
+def _onchip_store(cfg: AccelConfig):
+    from .memory.onchip_store import OnChipExpertStore
+    # sized for the config, whatever its size: whether it fits a board's block RAM is decided
+    # against that board's budget (by default, the store refuses what the largest ECP5 cannot hold)
+    return OnChipExpertStore(cfg, budget_bits=None)
+
+
 def _layer_core(cfg: AccelConfig):
     from .layer.layer_core import LayerCore
     return LayerCore.from_config(cfg)
@@ -170,6 +177,8 @@ _TABLE = [
     Unit("token_reader", _token_reader, "token buffer reads feeding an engine, slice by slice"),
     Unit("expert_cache", _expert_cache, "S on-chip expert slots, burst fetch, prefetch, counters",
          heavy=True),
+    Unit("onchip_store", _onchip_store, "every expert's image in block RAM on the SoC's memory port "
+         "(configs whose experts fit on chip)"),
     Unit("layer_core", _layer_core, "token buffer, router, scheduler, engines, combiner", heavy=True),
     Unit("accelerator", _accelerator, "the layer core and expert cache behind the command set",
          heavy=True),

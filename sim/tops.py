@@ -8,7 +8,9 @@ accelerator's) are its only ports; the host loads the expert images into the bac
 `SimulatedSoC` is the simulated device (`moeforge.sim.sim_device`): `MoESoC`, whose memory port
 a board connects to real memory, with `BackingMemory` plugged into that port. Its ports are the
 SoC's byte ports and ``busy``, nothing else, so the device server's harness drives it as it
-would drive the SoC alone.
+would drive the SoC alone. ``SimulatedSoC(cfg, memory="onchip")`` plugs in the board's memory
+instead, `OnChipExpertStore` (block RAM), so the design a board builds runs whole under the same
+host (``open_device("sim", cfg, memory="onchip")``).
 
 Both live here, not in `moeforge.rtl`, because the backing-memory model is not synthesizable
 into a board design.
@@ -24,13 +26,18 @@ from amaranth.lib.wiring import In, Out
 
 from moeforge.config import AccelConfig
 from moeforge.rtl.top.accelerator import MoEAccelerator, byte_layout
-from moeforge.rtl.top.soc import MoESoC
+from moeforge.rtl.memory.onchip_store import OnChipExpertStore, check_fits
+from moeforge.rtl.top.soc import MEMORY_PORT, MoESoC
 
 from .backing_memory import BackingMemory
 
-__all__ = ["AcceleratorWithMemory", "SimulatedSoC", "DEFAULT_LATENCY", "backing_memory_for"]
+__all__ = ["AcceleratorWithMemory", "SimulatedSoC", "DEFAULT_LATENCY", "MEMORIES",
+           "backing_memory_for"]
 
 DEFAULT_LATENCY = 16        # cycles from a burst request to its first word
+# What `SimulatedSoC` plugs into the SoC's memory port: the latency/bandwidth model of off-chip
+# memory, or the on-chip store a board with the experts in block RAM has.
+MEMORIES = ("model", "onchip")
 
 
 def backing_memory_for(accel: MoEAccelerator, *, latency: int = DEFAULT_LATENCY,
@@ -102,13 +109,17 @@ class AcceleratorWithMemory(wiring.Component):
 
 
 class SimulatedSoC(wiring.Component):
-    """`MoESoC` with `BackingMemory` on its memory port: the simulated device.
+    """`MoESoC` with memory on its memory port: the simulated device.
 
     Parameters
     ----------
     cfg : AccelConfig
+    memory : str
+        ``"model"`` (default): `BackingMemory`, off-chip memory's latency and bandwidth;
+        ``"onchip"``: `OnChipExpertStore`, the block RAM a board plugs in.
     latency, bytes_per_cycle
-        The backing memory's, as for `AcceleratorWithMemory`.
+        The backing memory's, as for `AcceleratorWithMemory` (``memory="model"`` only; the
+        on-chip store's latency is its own).
     burst : int
         Longest burst the cache requests, in words.
     **soc_params
@@ -118,16 +129,36 @@ class SimulatedSoC(wiring.Component):
     Raises
     ------
     TypeError, ValueError
-        As `MoESoC` and `BackingMemory`.
+        As `MoESoC` and `BackingMemory`; for an unknown memory, or a model's parameter given
+        with ``memory="onchip"``.
+    ConfigError
+        With ``memory="onchip"``, for a config whose experts do not fit the on-chip store.
     """
 
-    def __init__(self, cfg: AccelConfig, *, latency: int = DEFAULT_LATENCY, bytes_per_cycle=None,
-                 burst: int = 16, src_loc_at: int = 0, **soc_params):
+    def __new__(cls, cfg: AccelConfig, *, memory: str = "model", latency: int | None = None,
+                bytes_per_cycle=None, burst: int = 16, src_loc_at: int = 0, **soc_params):
+        # checked before the component exists, so a refusal leaves no unused component behind
+        if memory not in MEMORIES:
+            raise ValueError(f"memory must be one of {', '.join(map(repr, MEMORIES))}, "
+                             f"not {memory!r}")
+        if memory == "onchip":
+            if latency is not None or bytes_per_cycle is not None:
+                raise ValueError(f"latency and bytes_per_cycle are the memory model's; memory "
+                                 f"'onchip' has the store's own (got latency={latency!r}, "
+                                 f"bytes_per_cycle={bytes_per_cycle!r})")
+            check_fits(cfg)
+        return super().__new__(cls, src_loc_at=1 + src_loc_at)
+
+    def __init__(self, cfg: AccelConfig, *, memory: str = "model", latency: int | None = None,
+                 bytes_per_cycle=None, burst: int = 16, src_loc_at: int = 0, **soc_params):
         self.soc = MoESoC(cfg, burst=burst, src_loc_at=1 + src_loc_at, **soc_params)
-        self.memory = backing_memory_for(self.soc.accel, latency=latency,
-                                         bytes_per_cycle=bytes_per_cycle, burst=burst,
-                                         src_loc_at=1 + src_loc_at)
-        self.cfg, self.phy = cfg, self.soc.phy
+        if memory == "onchip":      # its budget was checked in __new__, its burst by the SoC's
+            self.memory = OnChipExpertStore(cfg, burst=burst, src_loc_at=1 + src_loc_at)
+        else:
+            self.memory = backing_memory_for(
+                self.soc.accel, latency=DEFAULT_LATENCY if latency is None else latency,
+                bytes_per_cycle=bytes_per_cycle, burst=burst, src_loc_at=1 + src_loc_at)
+        self.cfg, self.phy, self.memory_kind = cfg, self.soc.phy, memory
         members = self.soc.signature.members
         super().__init__({name: members[name] for name in ("rx", "tx", "busy")},
                          src_loc_at=1 + src_loc_at)
@@ -136,7 +167,11 @@ class SimulatedSoC(wiring.Component):
         m = Module()
         m.submodules.soc = soc = self.soc
         m.submodules.memory = mem = self.memory
-        _connect_memory(m, soc, mem)
+        if self.memory_kind == "onchip":
+            for name in MEMORY_PORT:
+                wiring.connect(m, getattr(soc, name), getattr(mem, name))
+        else:
+            _connect_memory(m, soc, mem)
         if self.phy == "uart":
             m.d.comb += [soc.rx.eq(self.rx), self.tx.eq(soc.tx)]
         else:
