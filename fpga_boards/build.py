@@ -7,9 +7,10 @@ place and route with nextpnr, pack the bitstream. Every tool is the YoWASP one f
 ``DIR`` gets ``top.bit`` (``.bin`` on iCE40), ``report.json``, ``report.txt`` and ``logs/`` (one
 log per tool); the intermediate files (the netlist, the constraints) stay in ``DIR/work``. The
 bitstream and the reports replace earlier ones only when complete, so a failed or interrupted
-build leaves an earlier build's bitstream as it was. Synthesis keeps the design's hierarchy by
-default, so the report can break the resources down per unit; ``flatten=True`` lets Yosys
-optimise across units instead (a breakdown of the top only).
+build leaves an earlier build's bitstream as it was. Synthesis flattens the design (Yosys
+optimises across units; a hierarchical synthesis of the whole SoC also made YoWASP's ABC9 fail
+after some twenty modules); the per-unit breakdown comes from the flattened netlist's names,
+which keep each cell's unit.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _nextpnr_args(board: Board, platform) -> list[str]:
 
 
 def build(board: Board, cfg: AccelConfig, out_dir: str | os.PathLike, *, config_name: str,
-          allow_timing_fail: bool = False, flatten: bool = False, out=None,
+          allow_timing_fail: bool = False, out=None,
           progress_every: float = 30.0, prepared=None) -> dict:
     """Build `cfg` for `board` into `out_dir`; return the report (also written there).
 
@@ -130,17 +131,14 @@ def build(board: Board, cfg: AccelConfig, out_dir: str | os.PathLike, *, config_
     for d in (work, logs):
         d.mkdir(exist_ok=True)
     platform = board.make_platform()
-    synth_opts = [] if flatten else ["-noflatten"]
-    if board.fpga.family == "ice40":
-        synth_opts.append("-dsp")
+    synth_opts = "-dsp" if board.fpga.family == "ice40" else ""
     t0 = time.monotonic()
-    plan = platform.build(top, name="top", do_build=False, synth_opts=" ".join(synth_opts),
-                          script_after_synth="tee -q -o top.stat.json stat -json")
+    plan = platform.build(top, name="top", do_build=False, synth_opts=synth_opts)
     for name, content in plan.files.items():
         mode = "wb" if isinstance(content, bytes) else "w"
         with open(work / name, mode) as f:
             f.write(content)
-    for stale in ("top.stat.json", "report.json", "top.config", "top.asc", "top.bit", "top.bin"):
+    for stale in ("top.json", "report.json", "top.config", "top.asc", "top.bit", "top.bin"):
         (work / stale).unlink(missing_ok=True)
     steps["elaborate"] += time.monotonic() - t0
 
@@ -153,7 +151,7 @@ def build(board: Board, cfg: AccelConfig, out_dir: str | os.PathLike, *, config_
                                         step=f"place and route ({pnr})",
                                         timeout=BuildTimeouts.place_and_route,
                                         progress_every=progress_every, out=out)
-    report = make_report(board, cfg, top, estimate, work, config_name=config_name, flatten=flatten)
+    report = make_report(board, cfg, top, estimate, work, config_name=config_name)
     report["steps"] = {k: round(v, 1) for k, v in steps.items()}
     t = report["timing"]
     if t["met"] or allow_timing_fail:
@@ -188,16 +186,18 @@ def _pct_error(estimate: float, real: float) -> float | None:
     return None if real == 0 else round(100.0 * (estimate - real) / real, 1)
 
 
-def make_report(board: Board, cfg: AccelConfig, top, estimate, work: Path, *, config_name: str,
-                flatten: bool) -> dict:
-    """The build report from the tools' outputs in `work` (``top.stat.json``, ``report.json``)."""
+def make_report(board: Board, cfg: AccelConfig, top, estimate, work: Path, *,
+                config_name: str) -> dict:
+    """The build report from the tools' outputs in `work` (Yosys' netlist ``top.json``,
+    nextpnr's ``report.json``); the units are the design's modules as the estimate saw them."""
     try:
-        stat = json.loads((work / "top.stat.json").read_text())
+        netlist = json.loads((work / "top.json").read_text())
         pnr = json.loads((work / "report.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ReportError(f"a tool's report is missing or unreadable in {work}: {exc}") from None
     timing = parse_nextpnr_report(pnr)
-    own, inclusive = unit_usage(stat, "top")
+    paths = ["design"] + [f"design.{p}" for p in estimate.modules if p != "(top)"]
+    own, inclusive = unit_usage(netlist, "top", paths)
     util = timing.utilisation
     fam = board.fpga.family
     lut_bel, ff_bel = ("TRELLIS_COMB", "TRELLIS_FF") if fam == "ecp5" else ("ICESTORM_LC", "ICESTORM_LC")
@@ -221,8 +221,13 @@ def make_report(board: Board, cfg: AccelConfig, top, estimate, work: Path, *, co
     achieved = clocks[sync][0]
     cp = timing.path_of(sync)
     design = "design"
-    units = {p: u.as_dict() for p, u in inclusive.items()
-             if p == design or p.startswith(design + ".")} or {"": whole.as_dict()}
+    units = {}
+    for p, u in sorted(own.items()):
+        row = u.as_dict()
+        est_path = "(top)" if p == design else p[len(design) + 1:] if p.startswith(design + ".") else None
+        if est_path in estimate.modules:
+            row["estimate"] = estimate.modules[est_path].as_dict()
+        units[p or "(board: PLL, reset, LEDs, pins)"] = row
     est = estimate.total.as_dict()
     # The estimate covers the design (SoC and store), not the board's glue (PLL, LEDs, reset).
     real = inclusive.get(design, whole)
@@ -234,7 +239,6 @@ def make_report(board: Board, cfg: AccelConfig, top, estimate, work: Path, *, co
         "clock": {"config_mhz": cfg.clock_mhz, "pll_mhz": round(target, 4),
                   "pll": top.pll.params, "board_mhz": top.pll.fin / 1e6},
         "uart_baud": top.baud,
-        "synthesis": "flattened" if flatten else "hierarchical (per-unit breakdown)",
         "resources": resources,
         "units": units,
         "timing": {"clock": sync, "achieved_mhz": round(achieved, 2), "target_mhz": round(target, 2),

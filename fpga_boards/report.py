@@ -1,7 +1,7 @@
-"""Reading the tools' reports: Yosys ``stat -json`` (per module) and nextpnr ``--report``.
+"""Reading the tools' outputs: Yosys' netlist (per unit) and nextpnr's ``--report``.
 
-`unit_usage` turns a hierarchical Yosys ``stat -json`` into the usage of each module (its own
-cells, and with its submodules); `parse_nextpnr_report` takes nextpnr's JSON report apart into
+`unit_usage` counts the cells of each unit in Yosys' flattened netlist (its own cells, and
+with the units below it); `parse_nextpnr_report` takes nextpnr's JSON report apart into
 utilisation, achieved clock and the critical path's start and end. Both are tested on outputs
 saved from real runs (``tests/fpga_boards/data``).
 """
@@ -59,6 +59,7 @@ def _usage_of(cells: dict[str, int], modules: set[str]) -> CellUsage:
     for typ, n in cells.items():
         if typ in modules or f"\\{typ}" in modules:
             continue                                    # a submodule instance
+        typ = typ.rsplit("\\", 1)[-1]                   # "$paramod$<hash>\\TRELLIS_FF"
         if typ in _LUTS:
             u.luts += _LUTS[typ] * n
             u.lutram_luts += _LUTRAM.get(typ, 0) * n
@@ -73,28 +74,32 @@ def _usage_of(cells: dict[str, int], modules: set[str]) -> CellUsage:
     return u
 
 
-def unit_usage(stat: dict, top: str) -> tuple[dict[str, CellUsage], dict[str, CellUsage]]:
-    """``(own, inclusive)``: the usage of each module of a ``stat -json`` of a hierarchical
-    design, keyed by its path below `top` (``"design.soc.accel.core.router"``; the top itself is
-    ``""``): its own cells, and with every module below it.
+def unit_usage(netlist: dict, top: str, paths) -> tuple[dict[str, CellUsage], dict[str, CellUsage]]:
+    """``(own, inclusive)``: the usage of each unit of a flattened netlist (Yosys
+    ``write_json``), keyed by its path below `top` (``"design.soc.accel.core.router"``; ``""`` for
+    the cells of no unit in `paths`): its own cells, and with every unit below it.
+
+    Flattening keeps the hierarchy in the names (a cell of the router is called
+    ``design.soc.accel.core.router.<name>``), so each cell goes to the longest of `paths` its name
+    starts with.
 
     Raises
     ------
     ReportError
-        If `top` is not in the report.
+        If `top` is not in the netlist.
     """
-    mods = stat.get("modules")
-    if not isinstance(mods, dict):
-        raise ReportError("the Yosys statistics have no 'modules'")
-    names = {k.lstrip("\\"): v for k, v in mods.items()}
-    if top not in names:
-        raise ReportError(f"module {top!r} is not in the Yosys statistics")
-    own = {}
-    for name, mod in names.items():
-        if name != top and not name.startswith(top + "."):
-            continue
-        path = name[len(top) + 1:] if name != top else ""
-        own[path] = _usage_of(mod.get("num_cells_by_type", {}), set(names))
+    mods = netlist.get("modules")
+    if not isinstance(mods, dict) or top not in mods:
+        raise ReportError(f"module {top!r} is not in the netlist")
+    ordered = sorted(set(paths), key=len, reverse=True)
+    cells: dict[str, dict[str, int]] = {p: {} for p in ordered}
+    cells[""] = {}
+    for name, cell in mods[top].get("cells", {}).items():
+        name = name.lstrip("\\")
+        unit = next((p for p in ordered if name.startswith(p + ".")), "")
+        typ = cell.get("type", "?")
+        cells[unit][typ] = cells[unit].get(typ, 0) + 1
+    own = {p: _usage_of(c, set()) for p, c in cells.items()}
     inclusive = {}
     for path in own:
         total = CellUsage()
@@ -178,10 +183,12 @@ def format_table(report: dict) -> str:
                      f"{100 * r['used'] / max(1, r['available']):>6.1f}% {est:>9}")
     lines.append(f"  (LUTs include {report['resources']['lutram_luts']} used as RAM; the estimate, made "
                  f"before any tool ran, is of the design without the board's PLL, reset and LEDs)")
-    lines += ["", f"{'unit':44} {'LUTs':>7} {'FFs':>7} {'mult':>5} {'BRAM':>5}"]
+    lines += ["", f"{'unit (its own cells)':44} {'LUTs':>7} {'FFs':>7} {'mult':>5} {'BRAM':>5} "
+                  f"{'est. LUTs':>9}"]
     for path, u in report["units"].items():
-        lines.append(f"{path or '(top)':44} {u['luts']:>7} {u['ffs']:>7} {u['multipliers']:>5} "
-                     f"{u['bram_blocks']:>5}")
+        est = u.get("estimate", {}).get("luts", "")
+        lines.append(f"{path:44} {u['luts']:>7} {u['ffs']:>7} {u['multipliers']:>5} "
+                     f"{u['bram_blocks']:>5} {est:>9}")
     t = report["timing"]
     lines += ["", f"clock: {t['achieved_mhz']:.2f} MHz achieved, {t['target_mhz']:.2f} MHz "
                   f"wanted: {'met' if t['met'] else 'MISSED'}"]

@@ -73,7 +73,7 @@ def run_tool(name: str, args: list[str], *, cwd: Path, log: Path, step: str,
     kind = "nextpnr" if name.startswith("nextpnr") else name
     t0 = time.monotonic()
     last = {"phase": "starting"}
-    with open(log, "w", encoding="utf-8", errors="replace") as logf:
+    with open(log, "w", encoding="utf-8", errors="replace", buffering=1) as logf:   # tail -f works
         try:
             proc = subprocess.Popen([str(exe), *args], cwd=cwd, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
@@ -111,6 +111,7 @@ def run_tool(name: str, args: list[str], *, cwd: Path, log: Path, step: str,
             raise
         finally:
             reader.join(timeout=10)
+            proc.stdout.close()
     took = time.monotonic() - t0
     if proc.returncode != 0:
         text = log.read_text(errors="replace")

@@ -3,7 +3,7 @@ the board's USB-serial pins, a reset button and three status LEDs.
 
 `SoCWithStore` is the synthesizable part every board shares (`MoESoC` on the UART phy, its
 memory port on `OnChipExpertStore`); it is also what the resource check elaborates. `BoardTop`
-adds what differs per board: the PLL (ECP5 EHXPLLL, iCE40 SB_PLL40_CORE) from the board's
+adds what differs per board: the PLL (ECP5 EHXPLLL, iCE40 SB_PLL40_PAD) from the board's
 oscillator, the reset (the button, or the PLL not locked yet, released synchronously), the pins
 and the LEDs: alive (blinks at about 1 Hz while the clock runs), busy (lit while the device
 works, held 50 ms so a short command shows), error (a UART framing error or overrun since reset).

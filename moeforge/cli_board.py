@@ -36,7 +36,7 @@ def cmd_build(args) -> int:
     check_build_dir(out_dir)                       # before the minutes of work
     prepared = prepare_top(board, cfg)             # the resource check: before any tool runs
     report = build(board, cfg, out_dir, config_name=args.config,
-                   allow_timing_fail=args.allow_timing_fail, flatten=args.flatten,
+                   allow_timing_fail=args.allow_timing_fail,
                    progress_every=args.progress_every, prepared=prepared)
     sys.stdout.write(format_table(report))
     t = report["timing"]
@@ -104,8 +104,6 @@ def add_board_commands(sub) -> None:
                    help="output folder (default: build/BOARD)")
     b.add_argument("--allow-timing-fail", action="store_true",
                    help="write the bitstream even if the achieved clock is below the config's")
-    b.add_argument("--flatten", action="store_true",
-                   help="let Yosys optimise across units (no per-unit breakdown in the report)")
     b.add_argument("--progress-every", type=_positive_seconds, default=30.0, metavar="S",
                    help="seconds between progress lines of the long steps (default 30)")
     b.set_defaults(func=cmd_build)
