@@ -7,6 +7,7 @@ every word compared with a Python model of the memory (and their count); the cyc
 unmapped).
 """
 
+import dataclasses
 import json
 import random
 import subprocess
@@ -22,8 +23,8 @@ from amaranth.sim import Simulator
 
 from moeforge import AccelConfig
 from moeforge.errors import ConfigError
-from moeforge.rtl.export import to_verilog
-from moeforge.rtl.memory.onchip_store import OnChipExpertStore, dp16kd_blocks
+from moeforge.rtl.memory.onchip_store import (OnChipExpertStore, block_mode, block_plan,
+                                              dp16kd_blocks)
 from moeforge.rtl.top.soc import MEMORY_PORT, MoESoC
 from moeforge.spec.protocol import CommandLayout
 
@@ -34,6 +35,20 @@ TINY = ROOT / "configs" / "tiny.toml"
 @pytest.fixture(scope="module")
 def cfg():
     return AccelConfig.from_toml(TINY)
+
+
+# tiny and two variants: each lays its words out differently in blocks (`block_plan`)
+VARIANTS = {
+    "tiny": {},                                                  # 13 banks of 2 slices of 18 bits
+    "tiny8": dict(n_experts=8),                                  # 13 banks of 4 slices of 9 bits
+    "small": dict(d_model=16, d_ff=16, n_experts=2, top_k=1),    # 484 words: one bank
+}
+PLANS = {"tiny": (13, 18), "tiny8": (13, 9), "small": (1, 36)}
+
+
+def _config(name: str) -> AccelConfig:
+    cfg = AccelConfig.from_toml(TINY)
+    return dataclasses.replace(cfg, name=name, **VARIANTS[name]) if VARIANTS[name] else cfg
 
 
 def _run(store, phases, *, p_ready=1.0, p_gap=0.0, seed=0, tail=40):
@@ -111,25 +126,33 @@ def _random_phases(store, rng, *, n_writes, n_reqs, phases=2):
     for _ in range(phases):
         writes = [(rng.randrange(store.depth), rng.getrandbits(store.word_bits))
                   for _ in range(n_writes)]
-        writes += [(store.depth - 1, rng.getrandbits(store.word_bits))]     # the last word
+        # the first and last word of each bank
+        writes += [(a, rng.getrandbits(store.word_bits)) for first, n, _ in store.plan
+                   for a in (first, first + n - 1)]
+        rng.shuffle(writes)
         for a, w in writes:
             model[a] = w
-        reqs = []
+        # bursts across a bank boundary and to the last word
+        reqs = [(first - 3, store.burst) for first, _, _ in store.plan[1:]]
+        reqs.append((store.depth - store.burst, store.burst))
         for _ in range(n_reqs):
             length = rng.choice([0, 1, store.burst, rng.randint(1, store.burst)])
             # most bursts over written words, so zeros cannot pass for data
             base = rng.choice(writes)[0] if rng.random() < 0.7 else rng.randrange(store.depth)
-            addr = min(base, store.depth - max(length, 1))
-            reqs.append((addr, length))
+            reqs.append((min(base, store.depth - max(length, 1)), length))
+        rng.shuffle(reqs)
+        for addr, length in reqs:
             words += model[addr:addr + length]
         out.append((writes, reqs))
     return out, words
 
 
-@pytest.mark.parametrize("read_stages", [1, 2, 3])
-def test_random_bursts_under_stalls_are_every_word_once(cfg, read_stages):
+@pytest.mark.parametrize("name, read_stages", [("tiny", 1), ("tiny", 2), ("tiny", 3),
+                                               ("tiny8", 2), ("small", 1), ("small", 2)])
+def test_random_bursts_under_stalls_are_every_word_once(name, read_stages):
     rng = random.Random(100 + read_stages)
-    store = OnChipExpertStore(cfg, read_stages=read_stages)
+    store = OnChipExpertStore(_config(name), read_stages=read_stages)
+    assert (len(store.plan), store.plan[0][2]) == PLANS[name]
     phases, words = _random_phases(store, rng, n_writes=300, n_reqs=120)
     got, accepted, _, extra = _run(store, phases, p_ready=0.45, p_gap=0.3, seed=read_stages)
     assert extra == [], f"{len(extra)} words after the last one asked for"
@@ -138,11 +161,13 @@ def test_random_bursts_under_stalls_are_every_word_once(cfg, read_stages):
     assert len(accepted) == sum(len(reqs) for _, reqs in phases)
 
 
-def test_a_store_that_reads_past_its_buffer_loses_words(cfg):
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_a_store_that_reads_past_its_buffer_loses_words(name):
     """The perturbation: one credit more than the output buffer has entries. The same bench
     must see words lost or overwritten under stalls (so it does fill the buffer), and the store
     as built must not."""
     rng = random.Random(7)
+    cfg = _config(name)
     store = OnChipExpertStore(cfg)
     phases, words = _random_phases(store, rng, n_writes=200, n_reqs=60, phases=1)
     got, *_ = _run(store, phases, p_ready=0.3, seed=3)
@@ -153,13 +178,15 @@ def test_a_store_that_reads_past_its_buffer_loses_words(cfg):
     assert got_bad != words
 
 
-def test_cycle_model_one_word_a_cycle_after_the_latency(cfg):
+@pytest.mark.parametrize("name, read_stages", [("tiny", 1), ("tiny", 2), ("tiny8", 2),
+                                               ("small", 1), ("small", 3)])
+def test_cycle_model_one_word_a_cycle_after_the_latency(name, read_stages):
     """With mem_resp.ready high: a request accepted in cycle c gives word j in cycle
-    c + latency + j, and back-to-back bursts stream without a gap."""
+    c + latency + j, and back-to-back bursts stream without a gap (across banks too)."""
     rng = random.Random(5)
-    store = OnChipExpertStore(cfg)
+    store = OnChipExpertStore(_config(name), read_stages=read_stages)
     reqs = [(rng.randrange(store.depth - store.burst), store.burst) for _ in range(6)]
-    reqs += [(17, 3), (40, 1), (41, 1), (100, store.burst)]
+    reqs += [(17, 3), (40, 1), (41, 1), (100, store.burst), (min(2045, store.depth - 9), 9)]
     got, accepted, cycles, _ = _run(store, [([], reqs)])
     assert len(got) == sum(n for _, n in reqs)
     expect = [accepted[0] + store.latency + j for j in range(len(got))]
@@ -169,7 +196,7 @@ def test_cycle_model_one_word_a_cycle_after_the_latency(cfg):
     for _, n in reqs[:-1]:
         ends.append(ends[-1] + n)
     assert accepted == ends
-    assert store.latency == store.read_stages + 2
+    assert store.latency == read_stages + (len(store.plan) > 1) + 2
 
 
 def test_sized_as_the_memory_model_and_shaped_as_the_soc_port(cfg):
@@ -185,6 +212,8 @@ def test_sized_as_the_memory_model_and_shaped_as_the_soc_port(cfg):
     assert set(store.signature.members) == set(MEMORY_PORT)
     for name in MEMORY_PORT:
         assert store.signature.members[name] == soc.signature.members[name].flip(), name
+    # 13 banks of 1,024 words, each two slices of 18 bits: 26 DP16KD in their 1024 x 18 mode
+    assert store.plan == [(1024 * b, 1024, 18) for b in range(12)] + [(12288, 776, 18)]
     assert store.blocks == 26 == dp16kd_blocks(13064, 32)
 
     class Board(wiring.Component):
@@ -201,12 +230,18 @@ def test_sized_as_the_memory_model_and_shaped_as_the_soc_port(cfg):
     Fragment.get(Board(), None)
 
 
-def test_dp16kd_blocks():
-    assert dp16kd_blocks(512, 36) == 1
-    assert dp16kd_blocks(513, 32) == 2
-    assert dp16kd_blocks(1024, 16) == 1          # 1024 x 18
-    assert dp16kd_blocks(16384, 1) == 1
-    assert dp16kd_blocks(101384, 64) == 398      # mixtral's images: 2 wide, 199 deep at 512
+def test_block_plan():
+    """The fewest blocks, then the fewest banks plus slices, then the fewest slices."""
+    assert block_plan(512, 36) == [(0, 512, 36)] and dp16kd_blocks(512, 36) == 1
+    assert block_plan(484, 32) == [(0, 484, 36)]
+    assert block_plan(1024, 16) == [(0, 1024, 18)] and dp16kd_blocks(1024, 16) == 1
+    assert block_plan(16384, 1) == [(0, 16384, 1)] and dp16kd_blocks(16384, 1) == 1
+    assert block_plan(1864, 32) == [(0, 1024, 18), (1024, 840, 18)]
+    # 26,128 words: 13 banks of 2,048 in 9-bit slices (52 blocks), not 52 banks of 512
+    assert block_mode(26128, 32) == (9, 2048) and dp16kd_blocks(26128, 32) == 52
+    # a 2 Mibit store of 64-bit words: 128 blocks in 16 banks, not 64 banks
+    assert block_mode(32768, 64) == (9, 2048) and dp16kd_blocks(32768, 64) == 128
+    assert dp16kd_blocks(101384, 64) == 398      # mixtral's images: 199 banks of 2 x 36 bits
     with pytest.raises(ValueError):
         dp16kd_blocks(0, 8)
 
@@ -237,13 +272,16 @@ def test_refuses_experts_over_the_budget(cfg):
 
 # ------------------------------------------------------------------ synthesis
 
-def _synth_ecp5(verilog: str, top: str) -> dict[str, int]:
-    """Cell counts of `top` after Yosys ``synth_ecp5`` (yowasp, as `fpga_boards.yosys` runs it)."""
+def _synth_ecp5(component, top: str) -> dict[str, int]:
+    """Cell counts of `component` after Yosys ``synth_ecp5`` (yowasp, as `fpga_boards.yosys` runs
+    it), read as RTLIL as a board build reads it (Amaranth's platform build writes RTLIL)."""
+    from amaranth.back import rtlil
+
     from moeforge.fpga_boards.yosys import yosys_command
     with tempfile.TemporaryDirectory(prefix="moeforge-test-") as tmp:
-        Path(tmp, "design.v").write_text(verilog)
+        Path(tmp, "design.il").write_text(rtlil.convert(component, name=top))
         proc = subprocess.run(
-            yosys_command() + ["-q", "-p", f"read_verilog -sv design.v; synth_ecp5 -top {top}; "
+            yosys_command() + ["-q", "-p", f"read_rtlil design.il; synth_ecp5 -top {top}; "
                                "tee -q -o stat.json stat -json"],
             cwd=tmp, capture_output=True, text=True, timeout=1200)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -278,17 +316,18 @@ class _AsyncRead(wiring.Component):
 
 @pytest.mark.synthesis
 def test_the_check_fails_on_an_asynchronous_read():
-    cells = _synth_ecp5(to_verilog(_AsyncRead(), "async_read"), "async_read")
+    cells = _synth_ecp5(_AsyncRead(), "async_read")
     assert "TRELLIS_DPR16X4" in cells
     assert _not_block_ram(cells) != []
 
 
 @pytest.mark.synthesis
-def test_synth_ecp5_infers_block_ram(cfg):
-    """tiny's store (13,064 words of 32 bits) in Yosys synth_ecp5: DP16KD, as many as the
-    estimate, no LUT RAM, no memory left as $mem."""
-    store = OnChipExpertStore(cfg)
-    cells = _synth_ecp5(to_verilog(store, "onchip_store"), "onchip_store")
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_synth_ecp5_infers_block_ram(name):
+    """The store in Yosys synth_ecp5 (tiny's 13,064 words in 13 banks; 484 words in one): DP16KD,
+    as many as `block_plan` lays out, no LUT RAM, no memory left as $mem."""
+    store = OnChipExpertStore(_config(name))
+    cells = _synth_ecp5(store, "onchip_store")
     assert _not_block_ram(cells) == []
     assert cells["DP16KD"] == store.blocks
 
