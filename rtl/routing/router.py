@@ -93,6 +93,9 @@ The memories: token buffer (``S × lanes·8`` bits), router weights (``R·S × l
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from types import SimpleNamespace
+
 from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -127,8 +130,8 @@ def _bits(n: int) -> int:
 
 
 def _pick(values, index):
-    """``values[index]`` as a multiplexer over every value of `index` (padded with zeros, so
-    the Verilog case statement is complete: Verilator's CASEINCOMPLETE)."""
+    """``values[index]`` as a multiplexer over every value of `index`: an index past the end
+    of `values` reads 0."""
     values = list(values)
     values += [Const(0, values[0].shape())] * ((1 << len(index)) - len(values))
     return Array(values)[index]
@@ -319,28 +322,39 @@ class Router(wiring.Component):
 
     # ------------------------------------------------------------------ elaboration
     #
-    # Verilog hygiene (Verilator -Wall with sim.toolchain.AMARANTH_LINT_WAIVERS, no waivers of
-    # our own): a signal that is only a copy or slice of another is emitted as an alias wire
-    # nobody reads, so memory port signals are registers themselves or driven by expressions,
-    # read data is used in place and comparisons are not duplicated. Amaranth's FSM and Switch
-    # leave unused state-decode wires and incomplete case statements (CASEINCOMPLETE), so the
-    # states are an If/Elif chain on a state register and variable-index reads go through
-    # `_pick` (a complete case). A submodule would be a second Verilog module (DECLFILENAME),
-    # so the divider is inlined (`divider_logic`).
+    # `elaborate` calls one part per stage of the pipeline, in datapath order, each adding to the
+    # same Module; `net` carries the signals and helpers a later part needs. The phases are an
+    # If/Elif chain on a state register whose encoding lists only the states this configuration
+    # has (`_states`). Memory port signals are registers themselves or driven by expressions, and
+    # read data is used in place; the divider is `divider_logic`, inlined.
     def elaborate(self, platform):
         m = Module()
-        E, k, R, S, lanes = self.n_experts, self.top_k, self.rows, self.slices, self.lanes
-        rb, G, NG = self.router_bits, self.n_experts // self.n_group, self.n_group
-        amap = self.address_map
-        sigmoid = self.routing == "sigmoid_topk"
-        grouped = NG > 1
-        aw = self.acc_width
+        net = SimpleNamespace()
+        self._states(net)
+        self._memories(m, net)
+        self._host_writes(m, net)
+        self._divider(m, net)
+        self._exp_pipeline(m, net)
+        self._token_load(m, net)
+        self._gemv(m, net)
+        self._expert_scan(m, net)
+        self._selection_score(m, net)
+        if self.n_group > 1:
+            self._group_limit(m, net)
+        else:
+            net.allowed_now = Const(1, 1)
+        self._topk_registers(m, net)
+        self._fixed_shared_gate(m, net)
+        self._control(m, net)
+        return m
 
-        # ---------------------------------------------------------------- state machine
+    def _states(self, net) -> None:
+        """The state register and its encoding: one code per phase this configuration has."""
+        sigmoid = self.routing == "sigmoid_topk"
         names = ["LOAD", "GEMV"]
         if self.n_sig:
             names += ["SIG_RD", "SIG_EXP", "SIG_WAIT", "SIG_GO", "SIG_DONE"]
-        if grouped:
+        if self.n_group > 1:
             names += ["GROUPS", "GSEL"]
         names += ["TOPK"]
         if not sigmoid:
@@ -354,7 +368,11 @@ class Router(wiring.Component):
         def goto(name):
             return state.eq(code[name])
 
-        # ---------------------------------------------------------------- memories
+        net.code, net.state, net.goto = code, state, goto
+
+    def _memories(self, m, net) -> None:
+        """Token buffer, router weights, logits, SIG values, selection bias and the EXP ROMs."""
+        E, R, S, lanes, rb = self.n_experts, self.rows, self.slices, self.lanes, self.router_bits
         m.submodules.x_mem = x_mem = Memory(shape=data.ArrayLayout(signed(X_BITS), lanes),
                                             depth=max(2, S), init=[])
         m.submodules.w_mem = w_mem = Memory(shape=data.ArrayLayout(signed(rb), lanes),
@@ -364,102 +382,118 @@ class Router(wiring.Component):
                                               init=exp_hi_rom())
         m.submodules.lo_rom = lo_rom = Memory(shape=unsigned(EXP_ROM_BITS), depth=EXP_LO_SIZE,
                                               init=exp_lo_rom())
-        x_wp = x_mem.write_port()
-        x_rp = x_mem.read_port(transparent_for=(x_wp,))     # a one-slice token: written, read
-        w_wp, w_rp = w_mem.write_port(), w_mem.read_port()
-        l_wp, l_rp = l_mem.write_port(), l_mem.read_port()
-        hi_rp, lo_rp = hi_rom.read_port(), lo_rom.read_port()
-        scan_ports = [l_rp]
-        if sigmoid:
+        net.x_wp = x_mem.write_port()
+        net.x_rp = x_mem.read_port(transparent_for=(net.x_wp,))  # a one-slice token: written, read
+        net.w_wp = w_mem.write_port()
+        net.w_rp = w_mem.read_port()
+        net.l_wp = l_mem.write_port()
+        net.l_rp = l_mem.read_port()
+        net.hi_rp = hi_rom.read_port()
+        net.lo_rp = lo_rom.read_port()
+        net.scan_ports = [net.l_rp]
+        if self.routing == "sigmoid_topk":
             m.submodules.s_mem = s_mem = Memory(shape=unsigned(SIG_BITS), depth=max(2, E), init=[])
-            s_wp = s_mem.write_port()
-            s_rp = s_mem.read_port(transparent_for=(s_wp,))  # E = 1: written, then read
-            scan_ports.append(s_rp)
+            net.s_wp = s_mem.write_port()
+            net.s_rp = s_mem.read_port(transparent_for=(net.s_wp,))  # E = 1: written, then read
+            net.scan_ports.append(net.s_rp)
         if self.selection_bias:
             m.submodules.b_mem = b_mem = Memory(shape=signed(BIAS_BITS), depth=max(2, E), init=[])
-            b_wp, b_rp = b_mem.write_port(), b_mem.read_port()
-            scan_ports.append(b_rp)
+            net.b_wp = b_mem.write_port()
+            net.b_rp = b_mem.read_port()
+            net.scan_ports.append(net.b_rp)
 
-        # ---------------------------------------------------------------- host writes (registered)
-        wr = self.wr
-        r_mult = Signal(MULT_BITS, name="r_mult")
-        r_shift = Signal(SHIFT_BITS, name="r_shift")
+    def _host_writes(self, m, net) -> None:
+        """The registered ``wr`` port: weight words, ``M_r``, ``S_r`` and the selection bias."""
+        wr, amap, rb, w_wp = self.wr, self.address_map, self.router_bits, net.w_wp
+        net.r_mult = r_mult = Signal(MULT_BITS, name="r_mult")
+        net.r_shift = r_shift = Signal(SHIFT_BITS, name="r_shift")
         m.d.sync += [
             w_wp.addr.eq(wr.addr),
             w_wp.en.eq(wr.en & (wr.addr < amap.weight_words)),
         ]
-        m.d.sync += [w_wp.data[i].eq(wr.data[i * rb:(i + 1) * rb]) for i in range(lanes)]
+        m.d.sync += [w_wp.data[i].eq(wr.data[i * rb:(i + 1) * rb]) for i in range(self.lanes)]
         with m.If(wr.en & (wr.addr == amap.mult)):
             m.d.sync += r_mult.eq(wr.data[:MULT_BITS])
         with m.If(wr.en & (wr.addr == amap.shift)):
             m.d.sync += r_shift.eq(wr.data[:SHIFT_BITS])
         if self.selection_bias:
             m.d.sync += [
-                b_wp.addr.eq(wr.addr - amap.bias),
-                b_wp.en.eq(wr.en & (wr.addr >= amap.bias) & (wr.addr < amap.bias + E)),
-                b_wp.data.eq(wr.data[:BIAS_BITS]),
+                net.b_wp.addr.eq(wr.addr - amap.bias),
+                net.b_wp.en.eq(wr.en & (wr.addr >= amap.bias)
+                               & (wr.addr < amap.bias + self.n_experts)),
+                net.b_wp.data.eq(wr.data[:BIAS_BITS]),
             ]
 
-        # ---------------------------------------------------------------- divider (inlined)
-        zmax = max(E * GATE_ONE, 2 * GATE_ONE)            # Σ of EXP/SIG values; SIG's 2^15 + e
-        den_bits = zmax.bit_length()
+    def _divider(self, m, net) -> None:
+        """The one ``div15`` divider (`divider_logic`), shared by the sigmoids and the gates."""
+        zmax = max(self.n_experts * GATE_ONE, 2 * GATE_ONE)  # Σ of EXP/SIG values; SIG's 2^15 + e
+        net.den_bits = den_bits = zmax.bit_length()
         num_bits = (GATE_ONE * GATE_ONE + (zmax >> 1)).bit_length()
-        div_op = stream.Signature(divider_op_layout(num_bits=num_bits, den_bits=den_bits)) \
-            .create(path=("div", "op"))
-        div_res = stream.Signature(divider_result_layout(quo_bits=QUO_BITS, den_bits=None)) \
-            .create(path=("div", "res"))
+        net.div_op = div_op = stream.Signature(
+            divider_op_layout(num_bits=num_bits, den_bits=den_bits)).create(path=("div", "op"))
+        net.div_res = div_res = stream.Signature(
+            divider_result_layout(quo_bits=QUO_BITS, den_bits=None)).create(path=("div", "res"))
         divider_logic(m, div_op, div_res, quo_bits=QUO_BITS)
-        quotient = div_res.payload.quotient
+        net.quotient = div_res.payload.quotient
 
         def div15_operands(n, d):
             """Load div15(n, d) = (n·2^15 + (d >> 1)) // d into the divider's operands."""
             return [div_op.payload.num.eq(n * GATE_ONE + (d >> 1)), div_op.payload.den.eq(d)]
 
-        def scale(g):
-            """Routed scaling rshift(g · RSF, 12); the identity for a factor of 1.0."""
-            if self.rsf == 1 << RSF_FRAC:
-                return g
-            return round_shift(g * self.rsf, RSF_FRAC)
+        net.div15_operands = div15_operands
 
-        # ---------------------------------------------------------------- EXP pipeline
+    def _scale(self, g):
+        """Routed scaling rshift(g · RSF, 12); the identity for a factor of 1.0."""
+        if self.rsf == 1 << RSF_FRAC:
+            return g
+        return round_shift(g * self.rsf, RSF_FRAC)
+
+    def _exp_pipeline(self, m, net) -> None:
+        """``EXP(d)`` in three stages: ROM addresses, ROM data, the rounded product."""
         # In (comb, from the states): exp_v, exp_a = rshift(d, 4), exp_tag. Out three cycles
         # later: e3_v, e3 = EXP(d), e3_tag. Stage 1 registers the ROM addresses, stage 2 has the
         # ROM data, stage 3 the rounded product (0 for a >= 16.0).
-        softmax_tags = not sigmoid
-        tag_bits = _bits(max(E, k) + 1)
+        hi_rp, lo_rp = net.hi_rp, net.lo_rp
+        tag_bits = _bits(max(self.n_experts, self.top_k) + 1)
         exp_v = Signal(name="exp_v")
         exp_a = Signal(LOGIT_BITS + 2 - EXP_ARG_SHIFT, name="exp_a")   # d < 2^33
         e1_v, e1_in = Signal(name="e1_v"), Signal(name="e1_in")
         e2_v, e2_in = Signal(name="e2_v"), Signal(name="e2_in")
-        e3_v, e3 = Signal(name="e3_v"), Signal(SIG_BITS, name="e3")
+        net.e3_v, net.e3 = e3_v, e3 = Signal(name="e3_v"), Signal(SIG_BITS, name="e3")
         m.d.sync += [
             hi_rp.addr.eq(exp_a[EXP_HI_SHIFT:]), lo_rp.addr.eq(exp_a[:EXP_HI_SHIFT]),
             e1_v.eq(exp_v), e1_in.eq(exp_a < EXP_A_LIMIT),
             e2_v.eq(e1_v), e2_in.eq(e1_in),
             e3_v.eq(e2_v), e3.eq(Mux(e2_in, round_shift(hi_rp.data * lo_rp.data, GATE_FRAC), 0)),
         ]
-        if softmax_tags:
-            exp_tag = Signal(tag_bits, name="exp_tag")
+        if self.routing != "sigmoid_topk":                  # softmax routings tag their values
+            net.exp_tag = exp_tag = Signal(tag_bits, name="exp_tag")
             e1_tag, e2_tag = Signal(tag_bits, name="e1_tag"), Signal(tag_bits, name="e2_tag")
-            e3_tag = Signal(tag_bits, name="e3_tag")
+            net.e3_tag = e3_tag = Signal(tag_bits, name="e3_tag")
             m.d.sync += [e1_tag.eq(exp_tag), e2_tag.eq(e1_tag), e3_tag.eq(e2_tag)]
 
         def exp_of(d):
             """Statements feeding d (>= 0, units 2^-16) into the EXP pipeline."""
             return [exp_v.eq(1), exp_a.eq(round_shift(d, EXP_ARG_SHIFT))]
 
-        # ---------------------------------------------------------------- token load
-        it = self.i_tokens
-        load_s = Signal(range(max(2, S)), name="load_s")
+        net.exp_of = exp_of
+
+    def _token_load(self, m, net) -> None:
+        """The token buffer's write: one ``i_tokens`` slice per cycle."""
+        it, x_wp = self.i_tokens, net.x_wp
+        net.load_s = load_s = Signal(range(max(2, self.slices)), name="load_s")
         accept = it.valid & it.ready
         m.d.sync += [x_wp.addr.eq(load_s), x_wp.data.eq(it.payload.data), x_wp.en.eq(accept)]
 
-        # ---------------------------------------------------------------- GEMV pipeline
+    def _gemv(self, m, net) -> None:
+        """The logit GEMV: products, adder tree, accumulator, ``· M_r``, rounding shift, saturation."""
+        R, S, lanes, rb, aw = self.rows, self.slices, self.lanes, self.router_bits, self.acc_width
+        w_rp, x_rp, l_wp = net.w_rp, net.x_rp, net.l_wp
         # The read addresses are the issue counters: w_rp.addr (word), x_rp.addr (slice).
         g_issue = Signal(name="g_issue")
         g_r = Signal(range(max(2, R)), name="g_row")
         g_s = x_rp.addr
-        g_start = [g_issue.eq(1), w_rp.addr.eq(0), x_rp.addr.eq(0), g_r.eq(0)]
+        net.g_start = [g_issue.eq(1), w_rp.addr.eq(0), x_rp.addr.eq(0), g_r.eq(0)]
         slice_last = (g_s == S - 1) if S > 1 else Const(1, 1)
         with m.If(g_issue):
             m.d.sync += w_rp.addr.eq(w_rp.addr + 1)
@@ -502,44 +536,49 @@ class Router(wiring.Component):
         # stage 4: acc · M_r (exact)
         g5_v, g5_row = Signal(name="g5_v"), Signal(row_shape, name="g5_row")
         g5_prod = Signal(signed(aw + MULT_BITS), name="g5_prod")
-        m.d.sync += [g5_v.eq(g4_v), g5_row.eq(g4_row), g5_prod.eq(acc * r_mult)]
+        m.d.sync += [g5_v.eq(g4_v), g5_row.eq(g4_row), g5_prod.eq(acc * net.r_mult)]
         # stage 5: sat_32(rshift(·, S_r)); the logit memory's write port registers are stage 6
         m.d.sync += [l_wp.en.eq(g5_v), l_wp.addr.eq(g5_row),
-                     l_wp.data.eq(saturate(round_shift(g5_prod, r_shift), LOGIT_BITS))]
+                     l_wp.data.eq(saturate(round_shift(g5_prod, net.r_shift), LOGIT_BITS))]
         logit = l_wp.data
-        gemv_done = l_wp.en & (l_wp.addr == R - 1)
+        net.gemv_done = l_wp.en & (l_wp.addr == R - 1)
         if self.routing == "softmax_topk":
-            ref_all = Signal(signed(LOGIT_BITS), name="ref_all")    # the largest routed logit
-            with m.If(l_wp.en & (l_wp.addr < E) & ((l_wp.addr == 0) | (logit > ref_all))):
+            net.ref_all = ref_all = Signal(signed(LOGIT_BITS), name="ref_all")  # largest routed logit
+            first_or_larger = (l_wp.addr == 0) | (logit > ref_all)
+            with m.If(l_wp.en & (l_wp.addr < self.n_experts) & first_or_larger):
                 m.d.sync += ref_all.eq(logit)
 
-        # ---------------------------------------------------------------- scans over experts
+    def _expert_scan(self, m, net) -> None:
+        """The scan over the experts that GROUPS, TOPK and EXP_ALL share (and its group position)."""
         # A scanning state raises scan_go; sc_i issues 0..E-1 to the logit/SIG/bias memories;
         # one cycle later p_v/p_i (and p_pos/p_g: position in the group, group) come with the
         # read data. After E-1 is processed (p_end) sc_i restarts from 0 (for the next pass).
-        scan_go = Signal(name="scan_go")
-        sc_i = Signal(range(E + 1), name="sc_i")
-        p_v = Signal(name="p_v")
-        p_i = Signal(range(max(2, E)), name="p_i")
+        E, G, NG = self.n_experts, self.n_experts // self.n_group, self.n_group
+        grouped = NG > 1
+        net.scan_go = scan_go = Signal(name="scan_go")
+        net.sc_i = sc_i = Signal(range(E + 1), name="sc_i")
+        net.p_v = p_v = Signal(name="p_v")
+        net.p_i = p_i = Signal(range(max(2, E)), name="p_i")
         scan_issue = scan_go & (sc_i != E)
         with m.If(scan_go):
-            m.d.comb += [port.addr.eq(sc_i) for port in scan_ports]
+            m.d.comb += [port.addr.eq(sc_i) for port in net.scan_ports]
         m.d.sync += [p_v.eq(scan_issue), p_i.eq(sc_i)]
         with m.If(scan_issue):
             m.d.sync += sc_i.eq(sc_i + 1)
-        p_end = p_v & (p_i == E - 1)
+        net.p_end = p_end = p_v & (p_i == E - 1)
         with m.If(p_end):
             m.d.sync += sc_i.eq(0)
         if grouped:
             # p_first/p_last: the expert is its group's first/last (constants for groups of one)
-            p_g = Signal(range(NG), name="p_g")
+            net.p_g = p_g = Signal(range(NG), name="p_g")
             if G > 1:
-                p_pos = Signal(range(G), name="p_pos")
+                net.p_pos = p_pos = Signal(range(G), name="p_pos")
                 p_first, p_last = p_pos == 0, p_pos == G - 1
                 with m.If(p_v):
                     m.d.sync += p_pos.eq(Mux(p_last, 0, p_pos + 1))
             else:
                 p_first = p_last = Const(1, 1)
+            net.p_first, net.p_last = p_first, p_last
             with m.If(p_v & p_last):
                 m.d.sync += p_g.eq(Mux(p_g == NG - 1, 0, p_g + 1))
 
@@ -548,266 +587,296 @@ class Router(wiring.Component):
                 return [sc_i.eq(0)]
             return [sc_i.eq(0), p_g.eq(0)] + ([p_pos.eq(0)] if G > 1 else [])
 
-        # The selection score of the expert being processed (read data, used in place).
-        if sigmoid:
-            c_bits = BIAS_BITS + 2            # SIG (unsigned 16) + bias (int32)
+        net.scan_reset = scan_reset
+
+    def _selection_score(self, m, net) -> None:
+        """``c_e`` of the expert being scanned: ``L_e``, ``SIG(L_e)`` or ``SIG(L_e) + b_e``."""
+        # read data, used in place
+        if self.routing == "sigmoid_topk":
+            net.c_bits = BIAS_BITS + 2            # SIG (unsigned 16) + bias (int32)
             if self.selection_bias:
-                total = s_rp.data + b_rp.data
-                score = Signal(total.shape(), name="score")
-                m.d.comb += score.eq(total)
+                total = net.s_rp.data + net.b_rp.data
+                net.score = Signal(total.shape(), name="score")
+                m.d.comb += net.score.eq(total)
             else:
-                score = s_rp.data
+                net.score = net.s_rp.data
         else:
-            c_bits = LOGIT_BITS
-            score = l_rp.data
+            net.c_bits = LOGIT_BITS
+            net.score = net.l_rp.data
 
-        # ---------------------------------------------------------------- group selection
-        if grouped:
-            # The group's best (and second best) score so far, including the expert at hand;
-            # g_value is the group score once the group's last expert is at hand.
-            g_bits = c_bits + 2
-            grp_regs = []
-            if G == 1:                                   # group_score "max" of one expert
-                g_value = score
-            elif self.group_score == "max":
-                b1 = Signal(signed(c_bits), name="grp_b1")
-                nb1 = Signal(signed(c_bits), name="grp_nb1")
-                m.d.comb += nb1.eq(Mux(p_first | (score > b1), score, b1))
-                grp_regs = [b1.eq(nb1)]
-                g_value = nb1
-            else:                                        # top2_sum, at least 2 per group
-                b1 = Signal(signed(c_bits), name="grp_b1")
-                b2 = Signal(signed(c_bits), name="grp_b2")
-                nb1 = Signal(signed(c_bits), name="grp_nb1")
-                nb2 = Signal(signed(c_bits), name="grp_nb2")
-                with m.If(p_first):                      # b2 is set by the second expert
-                    m.d.comb += [nb1.eq(score), nb2.eq(score)]
-                with m.Elif(score > b1):
-                    m.d.comb += [nb1.eq(score), nb2.eq(b1)]
-                with m.Elif((p_pos == 1) | (score > b2)):
-                    m.d.comb += [nb1.eq(b1), nb2.eq(score)]
-                with m.Else():
-                    m.d.comb += [nb1.eq(b1), nb2.eq(b2)]
-                grp_regs = [b1.eq(nb1), b2.eq(nb2)]
-                g_value = nb1 + nb2
-            gscore = [Signal(signed(g_bits), name=f"gscore{g}") for g in range(NG)]
-            gs_i = Signal(range(NG), name="gs_i")
-            gs_pass = Signal(range(max(2, self.topk_group)), name="gs_pass")
-            gs_best = Signal(signed(g_bits), name="gs_best")
-            gs_best_i = Signal(range(NG), name="gs_best_i")
-            gs_have = Signal(name="gs_have")
-            allowed = Signal(NG, name="allowed")                  # the chosen groups
-            gs_take = Signal(name="gs_take")
-            m.d.comb += gs_take.eq(~(allowed >> gs_i)[0] &
-                                   (~gs_have | (_pick(gscore, gs_i) > gs_best)))
-            gs_nb_i = Mux(gs_take, gs_i, gs_best_i)
-            allowed_now = (allowed >> p_g)[0]
-        else:
-            allowed_now = Const(1, 1)
+    def _group_limit(self, m, net) -> None:
+        """Group scores (``max`` or ``top2_sum``) and the ``topk_group`` passes choosing groups."""
+        G, NG, score, c_bits = self.n_experts // self.n_group, self.n_group, net.score, net.c_bits
+        # The group's best (and second best) score so far, including the expert at hand;
+        # g_value is the group score once the group's last expert is at hand.
+        g_bits = c_bits + 2
+        net.grp_regs = []
+        if G == 1:                                   # group_score "max" of one expert
+            net.g_value = score
+        elif self.group_score == "max":
+            b1 = Signal(signed(c_bits), name="grp_b1")
+            nb1 = Signal(signed(c_bits), name="grp_nb1")
+            m.d.comb += nb1.eq(Mux(net.p_first | (score > b1), score, b1))
+            net.grp_regs = [b1.eq(nb1)]
+            net.g_value = nb1
+        else:                                        # top2_sum, at least 2 per group
+            b1 = Signal(signed(c_bits), name="grp_b1")
+            b2 = Signal(signed(c_bits), name="grp_b2")
+            nb1 = Signal(signed(c_bits), name="grp_nb1")
+            nb2 = Signal(signed(c_bits), name="grp_nb2")
+            with m.If(net.p_first):                  # b2 is set by the second expert
+                m.d.comb += [nb1.eq(score), nb2.eq(score)]
+            with m.Elif(score > b1):
+                m.d.comb += [nb1.eq(score), nb2.eq(b1)]
+            with m.Elif((net.p_pos == 1) | (score > b2)):
+                m.d.comb += [nb1.eq(b1), nb2.eq(score)]
+            with m.Else():
+                m.d.comb += [nb1.eq(b1), nb2.eq(b2)]
+            net.grp_regs = [b1.eq(nb1), b2.eq(nb2)]
+            net.g_value = nb1 + nb2
+        net.gscore = gscore = [Signal(signed(g_bits), name=f"gscore{g}") for g in range(NG)]
+        net.gs_i = gs_i = Signal(range(NG), name="gs_i")
+        net.gs_pass = Signal(range(max(2, self.topk_group)), name="gs_pass")
+        net.gs_best = gs_best = Signal(signed(g_bits), name="gs_best")
+        net.gs_best_i = gs_best_i = Signal(range(NG), name="gs_best_i")
+        net.gs_have = gs_have = Signal(name="gs_have")
+        net.allowed = allowed = Signal(NG, name="allowed")                  # the chosen groups
+        net.gs_take = gs_take = Signal(name="gs_take")
+        m.d.comb += gs_take.eq(~(allowed >> gs_i)[0] &
+                               (~gs_have | (_pick(gscore, gs_i) > gs_best)))
+        net.gs_nb_i = Mux(gs_take, gs_i, gs_best_i)
+        net.allowed_now = (allowed >> net.p_g)[0]
 
-        # ---------------------------------------------------------------- top-k passes
-        orp = self.o_route.payload
-        used = Signal(E, name="used")
-        t_pass = Signal(range(max(2, k)), name="t_pass")
-        t_have = Signal(name="t_have")
-        t_best = Signal(signed(c_bits), name="t_best")
-        t_best_i = Signal(range(max(2, E)), name="t_best_i")
-        t_take = Signal(name="t_take")
-        m.d.comb += t_take.eq(p_v & ~(used >> p_i)[0] & allowed_now &
+    def _topk_registers(self, m, net) -> None:
+        """The top-k pass's best-so-far registers, and the selected experts' values for the gates."""
+        E, k, score, p_i = self.n_experts, self.top_k, net.score, net.p_i
+        net.used = used = Signal(E, name="used")
+        net.t_pass = Signal(range(max(2, k)), name="t_pass")
+        net.t_have = t_have = Signal(name="t_have")
+        net.t_best = t_best = Signal(signed(net.c_bits), name="t_best")
+        net.t_best_i = t_best_i = Signal(range(max(2, E)), name="t_best_i")
+        net.t_take = t_take = Signal(name="t_take")
+        m.d.comb += t_take.eq(net.p_v & ~(used >> p_i)[0] & net.allowed_now &
                               (~t_have | (score > t_best)))
-        t_nb_i = Mux(t_take, p_i, t_best_i)
-        if sigmoid:
-            t_best_sig = Signal(SIG_BITS, name="t_best_sig")
-            t_nb_sig = Mux(t_take, s_rp.data, t_best_sig)
+        net.t_nb_i = Mux(t_take, p_i, t_best_i)
+        if self.routing == "sigmoid_topk":
+            net.t_best_sig = t_best_sig = Signal(SIG_BITS, name="t_best_sig")
+            net.t_nb_sig = Mux(t_take, net.s_rp.data, t_best_sig)
         else:
-            t_nb = Mux(t_take, score, t_best)
-            sel_l = [Signal(signed(LOGIT_BITS), name=f"sel_l{j}") for j in range(k)]
-            ref_sel = sel_l[0] if self.routing == "topk_softmax" else ref_all
+            net.t_nb = Mux(t_take, score, t_best)
+            net.sel_l = [Signal(signed(LOGIT_BITS), name=f"sel_l{j}") for j in range(k)]
+            net.ref_sel = net.sel_l[0] if self.routing == "topk_softmax" else net.ref_all
         if self.divides:
-            ej = Signal(range(k + 1), name="ej")          # EXP feed / division counter
-            num = [Signal(SIG_BITS, name=f"num{j}") for j in range(k)]  # EXP or SIG values
-            z = Signal(den_bits, name="z")
+            net.ej = Signal(range(k + 1), name="ej")          # EXP feed / division counter
+            net.num = [Signal(SIG_BITS, name=f"num{j}") for j in range(k)]  # EXP or SIG values
+            net.z = Signal(net.den_bits, name="z")
 
-        # ---------------------------------------------------------------- shared gate
+    def _fixed_shared_gate(self, m, net) -> None:
+        """The shared gate without a sigmoid row: 32768 (always-on shared expert) or 0 (none)."""
         if self.shared_gate != "sigmoid":
-            m.d.comb += orp.shared_gate.eq(GATE_ONE if self.shared_gate == "always" else 0)
+            m.d.comb += self.o_route.payload.shared_gate.eq(
+                GATE_ONE if self.shared_gate == "always" else 0)
 
-        def start_selection():
-            """Statements entering GROUPS (or TOPK)."""
-            stmts = scan_reset() + [used.eq(0), t_pass.eq(0), t_have.eq(0)]
-            if self.divides:
-                stmts.append(z.eq(0))
-            if grouped:
-                stmts += [gs_i.eq(0), gs_pass.eq(0), gs_have.eq(0), allowed.eq(0),
-                          goto("GROUPS")]
-            else:
-                stmts.append(goto("TOPK"))
-            return stmts
+    def _start_selection(self, net) -> list:
+        """Statements entering GROUPS (or TOPK)."""
+        stmts = net.scan_reset() + [net.used.eq(0), net.t_pass.eq(0), net.t_have.eq(0)]
+        if self.divides:
+            stmts.append(net.z.eq(0))
+        if self.n_group > 1:
+            stmts += [net.gs_i.eq(0), net.gs_pass.eq(0), net.gs_have.eq(0), net.allowed.eq(0),
+                      net.goto("GROUPS")]
+        else:
+            stmts.append(net.goto("TOPK"))
+        return stmts
 
-        # ---------------------------------------------------------------- control
+    def _control(self, m, net) -> None:
+        """The state machine: the phases' states as one If/Elif chain on the state register."""
         if self.n_sig:
-            sg_r = Signal(range(R + 1), name="sig_row")
-            sg_neg = Signal(name="sig_neg")
-            sig_first = 0 if sigmoid else E
-
-        if sigmoid:
-            m.d.sync += s_wp.en.eq(0)          # a one-cycle write from SIG_DONE
+            net.sg_r = Signal(range(self.rows + 1), name="sig_row")
+            net.sg_neg = Signal(name="sig_neg")
+        if self.routing == "sigmoid_topk":
+            m.d.sync += net.s_wp.en.eq(0)          # a one-cycle write from SIG_DONE
         chain = []
 
         def in_state(name):
-            """The If/Elif chain over the states (a Switch would leave incomplete cases)."""
+            """The If/Elif chain over the states (the default, Else, is OUT)."""
             first = not chain
             chain.append(name)
-            return m.If(state == code[name]) if first else m.Elif(state == code[name])
+            cond = net.state == net.code[name]
+            return m.If(cond) if first else m.Elif(cond)
 
-        with in_state("LOAD"):
+        net.in_state = in_state
+        self._load_states(m, net)
+        if self.n_sig:
+            self._sigmoid_states(m, net)
+        if self.n_group > 1:
+            self._group_states(m, net)
+        self._topk_state(m, net)
+        if self.routing != "sigmoid_topk":
+            self._exp_states(m, net)
+        if self.divides:
+            self._gate_division_states(m, net)
+        with m.Else():                                 # OUT (and unused encodings)
+            m.d.comb += self.o_route.valid.eq(1)
+            with m.If(self.o_route.ready):
+                m.d.sync += net.goto("LOAD")
+
+    def _load_states(self, m, net) -> None:
+        """LOAD (a token's slices into the buffer) and GEMV (until the last logit is written)."""
+        it, goto = self.i_tokens, net.goto
+        with net.in_state("LOAD"):
             m.d.comb += it.ready.eq(1)
             with m.If(it.valid):
-                m.d.sync += load_s.eq(load_s + 1)
+                m.d.sync += net.load_s.eq(net.load_s + 1)
                 with m.If(it.payload.last):
-                    m.d.sync += [load_s.eq(0), goto("GEMV")] + g_start
-
-        with in_state("GEMV"):
-            with m.If(gemv_done):
+                    m.d.sync += [net.load_s.eq(0), goto("GEMV")] + net.g_start
+        with net.in_state("GEMV"):
+            with m.If(net.gemv_done):
                 if self.n_sig:
-                    m.d.sync += [sg_r.eq(sig_first), goto("SIG_RD")]
+                    sig_first = 0 if self.routing == "sigmoid_topk" else self.n_experts
+                    m.d.sync += [net.sg_r.eq(sig_first), goto("SIG_RD")]
                 else:
-                    m.d.sync += start_selection()
+                    m.d.sync += self._start_selection(net)
 
-        if self.n_sig:
-            with in_state("SIG_RD"):
-                m.d.comb += l_rp.addr.eq(sg_r)
-                m.d.sync += goto("SIG_EXP")
-            with in_state("SIG_EXP"):
-                m.d.comb += exp_of(abs(l_rp.data))
-                m.d.sync += [sg_neg.eq(l_rp.data < 0), goto("SIG_WAIT")]
-            with in_state("SIG_WAIT"):
-                with m.If(e3_v):
-                    m.d.sync += div15_operands(Mux(sg_neg, e3, GATE_ONE), GATE_ONE + e3)
-                    m.d.sync += goto("SIG_GO")
-            with in_state("SIG_GO"):
-                m.d.comb += div_op.valid.eq(1)
-                with m.If(div_op.ready):
-                    m.d.sync += goto("SIG_DONE")
-            with in_state("SIG_DONE"):
-                m.d.comb += div_res.ready.eq(1)
-                with m.If(div_res.valid):
-                    if sigmoid:
-                        m.d.sync += [s_wp.addr.eq(sg_r), s_wp.data.eq(quotient),
-                                     s_wp.en.eq(sg_r < E)]
-                    if self.shared_gate == "sigmoid":
-                        with m.If(sg_r == E):
-                            m.d.sync += orp.shared_gate.eq(quotient)
-                    m.d.sync += sg_r.eq(sg_r + 1)
-                    with m.If(sg_r == R - 1):
-                        m.d.sync += start_selection()
-                    with m.Else():
-                        m.d.sync += goto("SIG_RD")
+    @contextmanager
+    def _division(self, m, net, go: str, done: str):
+        """States `go` (until the divider takes its operands) and `done` (until its quotient is
+        valid); the body of the ``with`` runs in the cycle the quotient transfers."""
+        with net.in_state(go):
+            m.d.comb += net.div_op.valid.eq(1)
+            with m.If(net.div_op.ready):
+                m.d.sync += net.goto(done)
+        with net.in_state(done):
+            m.d.comb += net.div_res.ready.eq(1)
+            with m.If(net.div_res.valid):
+                yield
 
-        if grouped:
-            with in_state("GROUPS"):
-                m.d.comb += scan_go.eq(1)
-                with m.If(p_v):
-                    m.d.sync += grp_regs
-                    for g in range(NG):
-                        with m.If(p_last & (p_g == g)):
-                            m.d.sync += gscore[g].eq(g_value)
-                with m.If(p_end):
-                    m.d.sync += goto("GSEL")
-            with in_state("GSEL"):
-                with m.If(gs_i == NG - 1):
-                    m.d.sync += [allowed.eq(allowed | (Const(1, NG) << gs_nb_i)[:NG]),
-                                 gs_i.eq(0), gs_have.eq(0), gs_pass.eq(gs_pass + 1)]
-                    with m.If(gs_pass == self.topk_group - 1):
-                        m.d.sync += goto("TOPK")
-                with m.Else():
-                    m.d.sync += gs_i.eq(gs_i + 1)
-                    with m.If(gs_take):
-                        m.d.sync += [gs_best.eq(_pick(gscore, gs_i)), gs_best_i.eq(gs_i),
-                                     gs_have.eq(1)]
+    def _sigmoid_states(self, m, net) -> None:
+        """SIG_*: ``SIG(L) = div15(L >= 0 ? 2^15 : e, 2^15 + e)``, ``e = EXP(|L|)``, per row."""
+        E, goto, sg_r, l_rp, e3 = self.n_experts, net.goto, net.sg_r, net.l_rp, net.e3
+        with net.in_state("SIG_RD"):
+            m.d.comb += l_rp.addr.eq(sg_r)
+            m.d.sync += goto("SIG_EXP")
+        with net.in_state("SIG_EXP"):
+            m.d.comb += net.exp_of(abs(l_rp.data))
+            m.d.sync += [net.sg_neg.eq(l_rp.data < 0), goto("SIG_WAIT")]
+        with net.in_state("SIG_WAIT"):
+            with m.If(net.e3_v):
+                m.d.sync += net.div15_operands(Mux(net.sg_neg, e3, GATE_ONE), GATE_ONE + e3)
+                m.d.sync += goto("SIG_GO")
+        with self._division(m, net, "SIG_GO", "SIG_DONE"):
+            if self.routing == "sigmoid_topk":
+                s_wp = net.s_wp
+                m.d.sync += [s_wp.addr.eq(sg_r), s_wp.data.eq(net.quotient), s_wp.en.eq(sg_r < E)]
+            if self.shared_gate == "sigmoid":
+                with m.If(sg_r == E):
+                    m.d.sync += self.o_route.payload.shared_gate.eq(net.quotient)
+            m.d.sync += sg_r.eq(sg_r + 1)
+            with m.If(sg_r == self.rows - 1):
+                m.d.sync += self._start_selection(net)
+            with m.Else():
+                m.d.sync += goto("SIG_RD")
 
-        with in_state("TOPK"):
-            m.d.comb += scan_go.eq(1)
-            with m.If(p_end):
-                m.d.sync += [used.eq(used | (Const(1, E) << t_nb_i)[:E]), t_have.eq(0),
-                             t_pass.eq(t_pass + 1)]
+    def _group_states(self, m, net) -> None:
+        """GROUPS (one scan: every group's score) and GSEL (``topk_group`` passes over them)."""
+        NG, goto, gs_i = self.n_group, net.goto, net.gs_i
+        with net.in_state("GROUPS"):
+            m.d.comb += net.scan_go.eq(1)
+            with m.If(net.p_v):
+                m.d.sync += net.grp_regs
+                for g in range(NG):
+                    with m.If(net.p_last & (net.p_g == g)):
+                        m.d.sync += net.gscore[g].eq(net.g_value)
+            with m.If(net.p_end):
+                m.d.sync += goto("GSEL")
+        with net.in_state("GSEL"):
+            with m.If(gs_i == NG - 1):
+                m.d.sync += [net.allowed.eq(net.allowed | (Const(1, NG) << net.gs_nb_i)[:NG]),
+                             gs_i.eq(0), net.gs_have.eq(0), net.gs_pass.eq(net.gs_pass + 1)]
+                with m.If(net.gs_pass == self.topk_group - 1):
+                    m.d.sync += goto("TOPK")
+            with m.Else():
+                m.d.sync += gs_i.eq(gs_i + 1)
+                with m.If(net.gs_take):
+                    m.d.sync += [net.gs_best.eq(_pick(net.gscore, gs_i)), net.gs_best_i.eq(gs_i),
+                                 net.gs_have.eq(1)]
+
+    def _topk_state(self, m, net) -> None:
+        """TOPK: ``k`` scans, each taking the best allowed expert not taken yet."""
+        E, k, goto, orp = self.n_experts, self.top_k, net.goto, self.o_route.payload
+        sigmoid = self.routing == "sigmoid_topk"
+        with net.in_state("TOPK"):
+            m.d.comb += net.scan_go.eq(1)
+            with m.If(net.p_end):
+                m.d.sync += [net.used.eq(net.used | (Const(1, E) << net.t_nb_i)[:E]),
+                             net.t_have.eq(0), net.t_pass.eq(net.t_pass + 1)]
                 for j in range(k):
-                    with m.If(t_pass == j):
-                        m.d.sync += orp.experts[j].eq(t_nb_i)
+                    with m.If(net.t_pass == j):
+                        m.d.sync += orp.experts[j].eq(net.t_nb_i)
                         if sigmoid and self.divides:
-                            m.d.sync += num[j].eq(t_nb_sig)
+                            m.d.sync += net.num[j].eq(net.t_nb_sig)
                         elif sigmoid:
-                            m.d.sync += orp.gates[j].eq(scale(t_nb_sig))
+                            m.d.sync += orp.gates[j].eq(self._scale(net.t_nb_sig))
                         else:
-                            m.d.sync += sel_l[j].eq(t_nb)
+                            m.d.sync += net.sel_l[j].eq(net.t_nb)
                 if sigmoid and self.divides:
-                    m.d.sync += z.eq(z + t_nb_sig)
-                with m.If(t_pass == k - 1):
+                    m.d.sync += net.z.eq(net.z + net.t_nb_sig)
+                with m.If(net.t_pass == k - 1):
                     if self.divides:
-                        m.d.sync += ej.eq(0)
+                        m.d.sync += net.ej.eq(0)
                     if not sigmoid:
                         m.d.sync += goto("EXP_SEL")
                     elif self.divides:
                         m.d.sync += goto("DIV_LOAD")
                     else:
                         m.d.sync += goto("OUT")
-            with m.Elif(t_take):
-                m.d.sync += [t_best.eq(score), t_best_i.eq(p_i), t_have.eq(1)]
+            with m.Elif(net.t_take):
+                m.d.sync += [net.t_best.eq(net.score), net.t_best_i.eq(net.p_i), net.t_have.eq(1)]
                 if sigmoid:
-                    m.d.sync += t_best_sig.eq(s_rp.data)
+                    m.d.sync += net.t_best_sig.eq(net.s_rp.data)
 
-        if not sigmoid:
-            with in_state("EXP_SEL"):
-                with m.If(ej != k):
-                    m.d.comb += exp_of((ref_sel - _pick(sel_l, ej)).as_unsigned())
-                    m.d.comb += exp_tag.eq(ej)
-                    m.d.sync += ej.eq(ej + 1)
-                with m.If(e3_v):
-                    for j in range(k):
-                        with m.If(e3_tag == j):
-                            m.d.sync += num[j].eq(e3)
-                    if not self.z_over_all:
-                        m.d.sync += z.eq(z + e3)
-                    with m.If(e3_tag == k - 1):
-                        m.d.sync += [ej.eq(0)] + scan_reset()
-                        m.d.sync += goto("EXP_ALL" if self.z_over_all else "DIV_LOAD")
-
-            if self.z_over_all:
-                with in_state("EXP_ALL"):
-                    m.d.comb += scan_go.eq(1)
-                    with m.If(p_v):
-                        m.d.comb += exp_of((ref_all - l_rp.data).as_unsigned())
-                        m.d.comb += exp_tag.eq(p_i)
-                    with m.If(p_end):
-                        m.d.sync += sc_i.eq(E)            # one pass only
-                    with m.If(e3_v):
-                        m.d.sync += z.eq(z + e3)
-                        with m.If(e3_tag == E - 1):
-                            m.d.sync += goto("DIV_LOAD")
-
-        if self.divides:
-            with in_state("DIV_LOAD"):
-                m.d.sync += div15_operands(_pick(num, ej), z)
-                m.d.sync += goto("DIV_GO")
-            with in_state("DIV_GO"):
-                m.d.comb += div_op.valid.eq(1)
-                with m.If(div_op.ready):
-                    m.d.sync += goto("DIV_DONE")
-            with in_state("DIV_DONE"):
-                m.d.comb += div_res.ready.eq(1)
-                with m.If(div_res.valid):
-                    for j in range(k):
-                        with m.If(ej == j):
-                            m.d.sync += orp.gates[j].eq(scale(quotient))
-                    m.d.sync += ej.eq(ej + 1)
-                    with m.If(ej == k - 1):
-                        m.d.sync += goto("OUT")
-                    with m.Else():
+    def _exp_states(self, m, net) -> None:
+        """EXP_SEL (``EXP(ref − L_j)`` of the selected experts) and EXP_ALL (``Z`` over all)."""
+        E, k, goto, ej, z, e3 = self.n_experts, self.top_k, net.goto, net.ej, net.z, net.e3
+        with net.in_state("EXP_SEL"):
+            with m.If(ej != k):
+                m.d.comb += net.exp_of((net.ref_sel - _pick(net.sel_l, ej)).as_unsigned())
+                m.d.comb += net.exp_tag.eq(ej)
+                m.d.sync += ej.eq(ej + 1)
+            with m.If(net.e3_v):
+                for j in range(k):
+                    with m.If(net.e3_tag == j):
+                        m.d.sync += net.num[j].eq(e3)
+                if not self.z_over_all:
+                    m.d.sync += z.eq(z + e3)
+                with m.If(net.e3_tag == k - 1):
+                    m.d.sync += [ej.eq(0)] + net.scan_reset()
+                    m.d.sync += goto("EXP_ALL" if self.z_over_all else "DIV_LOAD")
+        if self.z_over_all:
+            with net.in_state("EXP_ALL"):
+                m.d.comb += net.scan_go.eq(1)
+                with m.If(net.p_v):
+                    m.d.comb += net.exp_of((net.ref_all - net.l_rp.data).as_unsigned())
+                    m.d.comb += net.exp_tag.eq(net.p_i)
+                with m.If(net.p_end):
+                    m.d.sync += net.sc_i.eq(E)            # one pass only
+                with m.If(net.e3_v):
+                    m.d.sync += z.eq(z + e3)
+                    with m.If(net.e3_tag == E - 1):
                         m.d.sync += goto("DIV_LOAD")
 
-        with m.Else():                                 # OUT (and unused encodings)
-            m.d.comb += self.o_route.valid.eq(1)
-            with m.If(self.o_route.ready):
-                m.d.sync += goto("LOAD")
-
-        return m
+    def _gate_division_states(self, m, net) -> None:
+        """DIV_*: each selected gate ``div15(num_j, Z)``, then routed scaling, into ``o_route``."""
+        k, goto, ej = self.top_k, net.goto, net.ej
+        with net.in_state("DIV_LOAD"):
+            m.d.sync += net.div15_operands(_pick(net.num, ej), net.z)
+            m.d.sync += goto("DIV_GO")
+        with self._division(m, net, "DIV_GO", "DIV_DONE"):
+            for j in range(k):
+                with m.If(ej == j):
+                    m.d.sync += self.o_route.payload.gates[j].eq(self._scale(net.quotient))
+            m.d.sync += ej.eq(ej + 1)
+            with m.If(ej == k - 1):
+                m.d.sync += goto("OUT")
+            with m.Else():
+                m.d.sync += goto("DIV_LOAD")
