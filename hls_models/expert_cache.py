@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from moeforge.checks import check_int
 from moeforge.config import CACHE_POLICIES, AccelConfig
 
 __all__ = ["CacheAccess", "ExpertCacheModel", "COUNT_BITS"]
@@ -44,13 +45,6 @@ class CacheAccess:
     evicted: int | None = None
 
 
-def _check_int(name: str, value, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], not {value!r}")
-
-
 def check_policy(n_experts: int, slots: int, policy: str, pinned) -> tuple[int, ...]:
     """Validate cache parameters as `AccelConfig` does; returns ``pinned`` as a tuple.
 
@@ -61,15 +55,15 @@ def check_policy(n_experts: int, slots: int, policy: str, pinned) -> tuple[int, 
     TypeError, ValueError
         Naming the parameter and the accepted range.
     """
-    _check_int("n_experts", n_experts, 1, 1024)
-    _check_int("slots", slots, 1, n_experts)
+    check_int("n_experts", n_experts, 1, 1024)
+    check_int("slots", slots, 1, n_experts)
     if policy not in CACHE_POLICIES:
         raise ValueError(f"policy must be one of {', '.join(CACHE_POLICIES)}, not {policy!r}")
     if isinstance(pinned, (str, bytes)) or not isinstance(pinned, Iterable):
         raise TypeError(f"pinned must be a sequence of expert indices, not {pinned!r}")
     pinned = tuple(pinned)
     for e in pinned:
-        _check_int("pinned expert", e, 0, n_experts - 1)
+        check_int("pinned expert", e, 0, n_experts - 1)
     if len(set(pinned)) != len(pinned):
         raise ValueError(f"pinned must not repeat an expert, not {list(pinned)!r}")
     if len(pinned) > slots - 1:
@@ -113,7 +107,7 @@ class ExpertCacheModel:
     def __init__(self, n_experts: int, slots: int, policy: str, pinned: Iterable[int] = (), *,
                  count_bits: int = COUNT_BITS):
         self.pinned = check_policy(n_experts, slots, policy, pinned)
-        _check_int("count_bits", count_bits, 1, 32)
+        check_int("count_bits", count_bits, 1, 32)
         self.count_max = (1 << count_bits) - 1
         self.n_experts, self.slots, self.policy = n_experts, slots, policy
         self.clear_counters()
@@ -150,7 +144,7 @@ class ExpertCacheModel:
 
     def access(self, expert: int) -> CacheAccess:
         """Process one request: hit, or miss with its target slot and evicted expert."""
-        _check_int("expert", expert, 0, self.n_experts - 1)
+        check_int("expert", expert, 0, self.n_experts - 1)
         self.counts[expert] = min(self.counts[expert] + 1, self.count_max)
         evicted = None
         if expert in self.resident:

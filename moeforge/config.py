@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .checks import choice_problem, int_problem
 from .errors import ConfigError
 from .spec.arith import RSF_FACTOR_MAX, ROUTER_BITS_MAX, ROUTER_BITS_MIN, WEIGHT_BITS, X_BITS
 
@@ -54,15 +55,15 @@ DISPATCH_ENTRIES_MAX = 1 << 16  # n_experts × token_buffer_depth: the dispatch 
 
 
 def _check_int(name, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"must be an integer in [{lo}, {hi}], not {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(name, f"must be in [{lo}, {hi}], not {value!r}")
+    problem = int_problem(value, lo, hi)
+    if problem is not None:
+        raise ConfigError(name, problem[1])
 
 
 def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ConfigError(name, f"must be one of {', '.join(choices)}; not {value!r}")
+    problem = choice_problem(value, choices)
+    if problem is not None:
+        raise ConfigError(name, problem)
 
 
 def _check_bool(name, value):

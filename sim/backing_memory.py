@@ -47,7 +47,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from moeforge.rtl.memory.expert_cache import pick, write_at
-from moeforge.rtl.datapath.mac_array import check_int
+from moeforge.checks import check_int
 
 __all__ = ["BackingMemory"]
 

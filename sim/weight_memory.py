@@ -12,7 +12,8 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from moeforge.rtl.datapath.mac_array import check_int, index_shape
+from moeforge.checks import check_int
+from moeforge.rtl.datapath.mac_array import index_shape
 
 __all__ = ["WeightMemoryHarness"]
 

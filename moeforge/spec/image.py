@@ -37,29 +37,15 @@ from dataclasses import dataclass
 
 from moeforge.config import ACTIVATIONS, AccelConfig
 
+from moeforge.checks import check_int
+
 from .arith import BIAS_BITS, GATE_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS, SHIFT_MAX, SHIFT_MIN
 
-__all__ = ["check_int", "PARAM_BITS", "RouterAddressMap", "HiddenAddressMap", "ExpertImageLayout",
+__all__ = ["PARAM_BITS", "RouterAddressMap", "HiddenAddressMap", "ExpertImageLayout",
            "accumulator_width", "MAX_TERMS", "router_image", "hidden_image", "expert_image"]
 
 PARAM_BITS = MULT_BITS + SHIFT_BITS     # one (M, S) pair: the multiplier, the shift above it
 MAX_TERMS = 1024                        # most products a combiner accumulator sums
-
-
-def check_int(name: str, value, lo: int, hi: int) -> None:
-    """`value` is an integer (not a bool) in ``[lo, hi]``.
-
-    Raises
-    ------
-    TypeError
-        If it is not an integer.
-    ValueError
-        If it is outside ``[lo, hi]``; the message names `name` and the range.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], not {value!r}")
 
 
 def _bits(n: int) -> int:

@@ -35,7 +35,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .mac_array import check_int
+from moeforge.checks import check_int
 
 __all__ = ["Divider", "divider_logic", "divider_op_layout", "divider_result_layout"]
 

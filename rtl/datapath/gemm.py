@@ -64,7 +64,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from .mac_array import ACC_BITS, COUNTER_BITS, MACArray, check_int, index_shape, weight_word
+from moeforge.checks import check_int
+from .mac_array import ACC_BITS, COUNTER_BITS, MACArray, index_shape, weight_word
 
 __all__ = ["GemmEngine", "gemm_image"]
 

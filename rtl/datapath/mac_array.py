@@ -65,7 +65,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from moeforge.spec.arith import ACC_BITS, PROD_BITS, WEIGHT_BITS
-from moeforge.spec.image import check_int
+from moeforge.checks import check_int
 
 __all__ = ["MACArray", "COUNTER_BITS", "check_int", "index_shape", "weight_word"]
 
@@ -148,10 +148,6 @@ class MACArray(wiring.Component):
             "busy_cycles": Out(COUNTER_BITS),
             "total_cycles": Out(COUNTER_BITS),
         })
-
-    @property
-    def macs_per_cycle(self) -> int:
-        return self.rows * self.cols
 
     def elaborate(self, platform):
         m = Module()

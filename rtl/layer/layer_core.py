@@ -100,7 +100,8 @@ from moeforge.spec.protocol import CORE_COUNTERS
 from .combiner import Combiner
 from ..routing.dispatch import Dispatch, pick
 from ..expert.expert_ffn import ExpertFFN, ExpertImageLayout
-from ..datapath.mac_array import COUNTER_BITS, check_int, index_shape, weight_word
+from moeforge.checks import check_int
+from ..datapath.mac_array import COUNTER_BITS, index_shape, weight_word
 from ..routing.router import Router
 from .token_reader import TokenReader
 

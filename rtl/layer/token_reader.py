@@ -26,7 +26,8 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..datapath.mac_array import check_int, index_shape
+from moeforge.checks import check_int
+from ..datapath.mac_array import index_shape
 
 __all__ = ["TokenReader"]
 

@@ -94,7 +94,8 @@ from moeforge.config import AccelConfig
 from moeforge.hls_models.expert_cache import COUNT_BITS, check_policy
 from moeforge.spec.protocol import CACHE_COUNTERS
 
-from ..datapath.mac_array import check_int, index_shape
+from moeforge.checks import check_int
+from ..datapath.mac_array import index_shape
 
 __all__ = ["ExpertCache", "COUNTER_BITS", "pick", "write_at"]
 

@@ -58,7 +58,7 @@ from amaranth.utils import ceil_log2
 
 from moeforge.config import AccelConfig
 from moeforge.errors import ConfigError
-from moeforge.spec.image import check_int
+from moeforge.checks import check_int
 from moeforge.spec.protocol import CommandLayout
 
 from .expert_cache import pick, write_at

@@ -41,7 +41,8 @@ from amaranth.utils import ceil_log2
 
 from moeforge.spec.arith import GATE_BITS, SHARED_GATE_BITS
 
-from ..datapath.mac_array import check_int, index_shape
+from moeforge.checks import check_int
+from ..datapath.mac_array import index_shape
 
 __all__ = ["Dispatch", "pick"]
 

@@ -107,7 +107,8 @@ from moeforge.spec.arith import (BIAS_BITS, EXP_A_LIMIT, EXP_ARG_SHIFT, EXP_HI_S
                                  ROUTER_BITS_MAX, ROUTER_BITS_MIN, RSF_FRAC, RSF_MAX, SHARED_GATE_BITS, SHIFT_BITS,
                                  SIG_BITS, X_BITS)
 
-from moeforge.spec.image import RouterAddressMap, check_int, router_image
+from moeforge.checks import check_choice, check_int
+from moeforge.spec.image import RouterAddressMap, router_image
 
 from ..datapath.arith import round_shift, saturate
 from ..datapath.divider import divider_logic, divider_op_layout, divider_result_layout
@@ -117,11 +118,6 @@ __all__ = ["Router", "RouterAddressMap", "router_image", "token_layout", "route_
 
 DEFAULT_LANES = 8
 SHARED_GATES = ("none", "always", "sigmoid")
-
-
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; not {value!r}")
 
 
 def _bits(n: int) -> int:
@@ -209,7 +205,7 @@ class Router(wiring.Component):
         check_int("d_model", d_model, 1, MAX_DIM)
         check_int("n_experts", n_experts, 1, 1024)
         check_int("top_k", top_k, 1, n_experts)
-        _check_choice("routing", routing, ROUTINGS)
+        check_choice("routing", routing, ROUTINGS)
         for name, flag in (("renormalize", renormalize), ("selection_bias", selection_bias)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, not {flag!r}")
@@ -221,7 +217,7 @@ class Router(wiring.Component):
         if top_k > topk_group * per_group:
             raise ValueError(f"top_k must be at most topk_group × experts per group = "
                              f"{topk_group * per_group}, not {top_k!r}")
-        _check_choice("group_score", group_score, GROUP_SCORES)
+        check_choice("group_score", group_score, GROUP_SCORES)
         if group_score == "top2_sum" and n_group > 1 and per_group < 2:
             raise ValueError(f"group_score 'top2_sum' needs at least 2 experts per group, "
                              f"not {per_group}")
@@ -229,7 +225,7 @@ class Router(wiring.Component):
             raise ValueError(f"selection_bias is only defined for routing 'sigmoid_topk', "
                              f"not {routing!r}")
         check_int("rsf", rsf, 0, RSF_MAX)
-        _check_choice("shared_gate", shared_gate, SHARED_GATES)
+        check_choice("shared_gate", shared_gate, SHARED_GATES)
         check_int("router_bits", router_bits, ROUTER_BITS_MIN, ROUTER_BITS_MAX)
         check_int("lanes", lanes, 1, d_model)
         if d_model % lanes:
