@@ -179,8 +179,9 @@ class Device:
         self._masked = experts is not None or not shared
 
     # --- running -------------------------------------------------------
-    def _tokens_in(self, x) -> tuple[torch.Tensor, bool, tuple]:
-        """(int8 rows, input was float, leading shape)."""
+    def tokens_in(self, x) -> tuple[torch.Tensor, bool, tuple]:
+        """(int8 rows, input was float, leading shape) of `run`'s input; `DeviceGroup` reads its
+        tokens through it too."""
         cfg = self._need_cfg()
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(x)
@@ -201,13 +202,16 @@ class Device:
     def run(self, x):
         """Tokens ``[..., d_model]`` (float: quantised with the layer's input scale; int8: as they
         are) → outputs of the same shape (float dequantised, or int8)."""
-        rows, is_float, lead = self._tokens_in(x)
-        y = self._run_int8(rows)
+        rows, is_float, lead = self.tokens_in(x)
+        y = self.run_int8(rows)
         if is_float:
             y = self._q.dequantize_output(y)
         return y.reshape(*lead, self.cfg.d_model)
 
-    def _run_int8(self, rows: torch.Tensor, *, partial: bool = False) -> torch.Tensor:
+    def run_int8(self, rows: torch.Tensor, *, partial: bool = False) -> torch.Tensor:
+        """int8 rows ``[n, d_model]`` through the device, in batches of the token buffer's depth:
+        int8 outputs, or with `partial` the sums before the output requantisation (what
+        `DeviceGroup` adds up across devices)."""
         t_max = self.cfg.token_buffer_depth
         outs = [self._batch(rows[i:i + t_max], partial) for i in range(0, rows.shape[0], t_max)]
         if not outs:
@@ -267,7 +271,7 @@ class Device:
             pool = torch.cat(rows) if rows else torch.empty(0, cfg.d_model, dtype=torch.int8)
             take = pool.shape[0] if all_of_it else pool.shape[0] // cfg.token_buffer_depth * cfg.token_buffer_depth
             if take:
-                done.append(self._run_int8(pool[:take]))
+                done.append(self.run_int8(pool[:take]))
                 ready += take
             rows[:] = [pool[take:]] if take < pool.shape[0] else []
             queued -= take
@@ -283,7 +287,7 @@ class Device:
             done[:] = [out]
 
         for x in items:
-            r, is_float, lead = self._tokens_in(x)
+            r, is_float, lead = self.tokens_in(x)
             pending.append((r.shape[0], is_float, lead))
             rows.append(r)
             queued += r.shape[0]

@@ -41,7 +41,7 @@ class DeviceGroup:
     def run(self, x):
         """Like `Device.run`: float or int8 tokens ``[..., d_model]``."""
         dev0 = self.devices[0]
-        rows, is_float, lead = dev0._tokens_in(x)
+        rows, is_float, lead = dev0.tokens_in(x)
         q = self._q
         if q is None:
             raise ValueError("load(q) the group first: the host routes with the layer's router")
@@ -54,7 +54,7 @@ class DeviceGroup:
                 hit = torch.isin(chosen, torch.tensor(experts, dtype=chosen.dtype)).any(dim=1)
                 mine = torch.nonzero(hit, as_tuple=True)[0]
             if mine.numel():
-                acc[mine] += dev._run_int8(rows[mine], partial=True)
+                acc[mine] += dev.run_int8(rows[mine], partial=True)
                 self._sent[i] += mine.numel()
         y = requantize(acc, q.out_mult, q.out_shift, Y_BITS).to(torch.int8)
         if is_float:

@@ -330,6 +330,12 @@ class StreamMonitor:
     def payloads(self) -> list[int]:
         return [b.payload for b in self.beats]
 
+    def raise_failure(self) -> None:
+        """Re-raise the protocol failure the monitor stopped on, if it stopped on one: a wait
+        for beats elsewhere calls it each cycle, so the failure is reported, not a timeout."""
+        if self._task is not None and self._task.done():
+            self._task.result()
+
     async def wait_for(self, n: int, *, max_cycles: int) -> list[Beat]:
         """Wait until `n` beats have transferred; fail if that takes over `max_cycles` cycles.
 
@@ -341,8 +347,7 @@ class StreamMonitor:
         for _ in range(max_cycles):
             if len(self.beats) >= n:
                 return self.beats[:n]
-            if self._task is not None and self._task.done():
-                self._task.result()            # re-raise a protocol failure
+            self.raise_failure()
             await RisingEdge(self.clk)
         if len(self.beats) >= n:
             return self.beats[:n]

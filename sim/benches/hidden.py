@@ -96,8 +96,7 @@ async def wait_tokens(dut, collector, sink, n, bound, what):
     for _ in range(bound):
         if collector.tokens >= n:
             return
-        if sink._task is not None and sink._task.done():
-            sink._task.result()                 # re-raise a protocol failure of the DUT
+        sink.raise_failure()                    # a protocol failure of the DUT
         await RisingEdge(dut.clk)
     raise AssertionError(f"hidden: {what}: received {collector.tokens} of {n} tokens within "
                          f"{bound} cycles")
