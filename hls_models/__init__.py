@@ -1,6 +1,10 @@
-"""Float reference layers, import from `transformers`, quantisation and the bit-exact golden model.
+"""moeforge.hls_models: the executable specification of the device's arithmetic and what it is
+judged against: float reference layers, import from `transformers`, quantisation, the bit-exact
+golden model (`QuantizedMoELayer`) with its fixed-point primitives and tables, weight images,
+the expert-cache model and the accuracy report.
 
-`transformers` is imported only inside the functions that need it.
+It reads the spec and the config only (docs/architecture.md); `transformers` is imported only
+inside the functions that need it.
 """
 
 from .golden import QuantizedMoELayer

@@ -1,4 +1,7 @@
-"""moeforge: an MoE-layer accelerator described once, elaborated, verified, measured."""
+"""moeforge: an MoE-layer accelerator described once, elaborated, verified, measured.
+
+The layers of the package and what each may import: docs/architecture.md.
+"""
 
 from .config import AccelConfig
 from .errors import ConfigError, MoeforgeError, ShapeError, WeightsError

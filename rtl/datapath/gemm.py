@@ -2,8 +2,14 @@
 
 For a batch of ``T`` tokens (``1 <= T <= t_max``), ``N`` output rows and ``K`` inputs, with int8
 ``X`` and ``W`` and exact int32 results. ``W`` is read through a synchronous **weight read port**
-(``w_rd``, one ``cols``-int8 word per cycle, latency 1: an `amaranth.lib.memory` read port, or
-the expert cache behind one) **exactly once per job**, however many tokens the job has.
+(``w_rd``, one ``cols``-int8 word per cycle, latency 1) **exactly once per job**, however many
+tokens the job has.
+
+The engine is a unit of its own (``moeforge verilog --unit gemm``), where this weight-stationary
+schedule is verified and its MAC utilisation measured; its bench serves ``w_rd`` from a plain
+memory (`sim.weight_memory.WeightMemoryHarness`). The accelerator instantiates no
+`GemmEngine`: its expert engine (`ExpertFFN`) runs its own token-major schedule on its own
+`MACArray`, and the expert cache serves that engine's weight port.
 
 Loop order and weight reuse
 ---------------------------
