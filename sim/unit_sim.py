@@ -29,7 +29,8 @@ from moeforge.config import AccelConfig
 from moeforge.errors import ConfigError
 
 __all__ = ["BENCHES", "UnitBench", "BenchRun", "run_unit", "run_bench", "run_folder", "hidden_beats",
-           "random_layer", "bench_outputs", "check_run_options", "BENCH_VARIABLES"]
+           "requantiser_bench", "random_layer", "bench_outputs", "check_run_options",
+           "BENCH_VARIABLES"]
 
 # The environment variables the bench modules read their stimulus file from.
 BENCH_VARIABLES = ("MOEFORGE_BENCH", "MOEFORGE_TEST_PARAMS", "MOEFORGE_HIDDEN_BENCH")
@@ -127,11 +128,27 @@ def _stream_prefix(component, name: str) -> str:
     return verilog_ports(component)[f"{name}.valid"].name.removesuffix("__valid")
 
 
+def requantiser_bench(dut, beats) -> dict:
+    """The requantiser bench's data (sim/benches/requantiser.py) for `beats` (``[acc lanes,
+    mult lanes, shift]`` each) through the `Requantiser` `dut`: the golden model's outputs
+    (``hls_models.fixed_point.requantize``), and the unit's widths, latency, input layout and
+    port names taken from the component itself."""
+    from moeforge.hls_models.fixed_point import requantize
+    acc = torch.tensor([a for a, _, _ in beats], dtype=torch.int64)
+    mult = torch.tensor([m for _, m, _ in beats], dtype=torch.int64)
+    shift = torch.tensor([[s] for _, _, s in beats], dtype=torch.int64).expand_as(acc)
+    return dict(beats=[[list(a), list(m), s] for a, m, s in beats],
+                expected=requantize(acc, mult, shift, dut.out_bits).tolist(),
+                in_width=dut.in_width, out_bits=dut.out_bits, lanes=dut.lanes,
+                mult_bits=dut.mult_bits, shift_bits=dut.shift_bits, latency=dut.latency,
+                in_layout=[dut.in_layout[f].offset for f in ("acc", "mult", "shift")],
+                i_stream=_stream_prefix(dut, "i_stream"), o_stream=_stream_prefix(dut, "o_stream"))
+
+
 def _requantiser_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     """The down projection's requantisation of one expert: one beat per output channel and
     group of `lanes` tokens (a beat shares its channel's multiplier and shift)."""
     from moeforge.hls_models.expert_bank import int_gemm
-    from moeforge.hls_models.fixed_point import requantize
     from moeforge.hls_models.hf_random import make_hf_input
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed)).to(torch.int64)
     e = int(torch.randint(cfg.n_experts, (1,), generator=torch.Generator().manual_seed(seed)))
@@ -140,16 +157,12 @@ def _requantiser_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     lanes = dut.lanes
     pad = (-tokens) % lanes
     acc = torch.cat([acc, torch.zeros(pad, cfg.d_model, dtype=torch.int64)])
-    beats, expected = [], []
+    beats = []
     for d in range(cfg.d_model):
         m, s = int(bank.down_mult[e, d]), int(bank.down_shift[e, d])
         for t0 in range(0, tokens + pad, lanes):
-            a = acc[t0:t0 + lanes, d]
-            beats.append([a.tolist(), [m] * lanes, s])
-            expected.append(requantize(a, m, s, dut.out_bits).tolist())
-    return dict(beats=beats, expected=expected, in_width=dut.in_width, out_bits=dut.out_bits,
-                lanes=lanes, i_stream=_stream_prefix(dut, "i_stream"),
-                o_stream=_stream_prefix(dut, "o_stream"), macs=0)
+            beats.append([acc[t0:t0 + lanes, d].tolist(), [m] * lanes, s])
+    return {**requantiser_bench(dut, beats), "macs": 0}
 
 
 def _combiner_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
@@ -296,7 +309,8 @@ def _hidden_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
 
 
 BENCHES: dict[str, UnitBench] = {
-    "requantiser": UnitBench("requantiser", "moeforge.sim.benches.requantiser", _requantiser_stimulus),
+    "requantiser": UnitBench("requantiser", "moeforge.sim.benches.requantiser", _requantiser_stimulus,
+                             testcase="requantiser_bench"),
     "combiner": UnitBench("combiner", "moeforge.sim.benches.combiner", _combiner_stimulus,
                           testcase="combiner_batches", outputs=_combiner_outputs),
     "router": UnitBench("router", "moeforge.sim.benches.router", _router_stimulus, testcase="router_batches"),

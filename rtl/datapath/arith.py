@@ -8,12 +8,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Const, Mux, signed, unsigned
 
-__all__ = ["saturate", "round_shift", "requant", "signed_width"]
-
-
-def signed_width(value) -> int:
-    """Bits of a value's shape (signedness taken from the shape)."""
-    return value.shape().width
+__all__ = ["saturate", "round_shift", "requant"]
 
 
 def saturate(value, bits: int):

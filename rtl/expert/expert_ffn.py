@@ -122,11 +122,12 @@ from amaranth.utils import ceil_log2
 
 from moeforge.config import MAX_DIM, AccelConfig
 from moeforge.spec.arith import ACC_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS
-from moeforge.spec.image import PARAM_BITS, ExpertImageLayout, check_int, expert_image
+from moeforge.checks import check_int
+from moeforge.spec.image import PARAM_BITS, ExpertImageLayout, expert_image
 
-from ..datapath.arith import round_shift, saturate
-from .hidden import HiddenUnit
 from ..datapath.mac_array import COUNTER_BITS, MACArray, index_shape, weight_word
+from ..datapath.requantiser import RequantPipeline
+from .hidden import HiddenUnit
 
 __all__ = ["ExpertFFN", "ExpertImageLayout", "expert_image"]
 
@@ -566,24 +567,24 @@ class ExpertFFN(wiring.Component):
             m.d.sync += [a_valid.eq(acc.valid & ap.tag.phase), a_tok.eq(ap.tag.token),
                          a_last.eq(ap.tag.tlast), a_jlast.eq(ap.tag.jlast)]
             m.d.sync += [a_acc[r].eq(ap.data[r]) for r in range(R)]
-        prod_bits = ACC_BITS + MULT_BITS
-        b_prod = [Signal(signed(prod_bits), name=f"rqb_prod{r}") for r in range(R)]
-        b_sh = [Signal(SHIFT_BITS, name=f"rqb_shift{r}") for r in range(R)]
+        # rq_16 in `RequantPipeline`'s three stages (B: product, C: rounding, O: saturation
+        # into o_y), each lane with its channel's M and S; token, last and job-last ride along.
+        rq = RequantPipeline(lanes=R, acc_bits=ACC_BITS, out_bits=OUT_BITS,
+                             names=("rqb_prod", "rqb_shift", "rqc_round"))
         b_tok, b_last, b_jlast = Signal(index_shape(T_max), name="rqb_token"), Signal(name="rqb_last"), Signal(name="rqb_jlast")
         with m.If(b_en):
             m.d.sync += [b_valid.eq(a_valid), b_tok.eq(a_tok), b_last.eq(a_last), b_jlast.eq(a_jlast)]
-            for r in range(R):
-                m.d.sync += [b_prod[r].eq(a_acc[r] * dr.data[r].mult), b_sh[r].eq(dr.data[r].shift)]
-        c_rnd = [Signal(signed(prod_bits), name=f"rqc_round{r}") for r in range(R)]
+            rq.product(m, a_acc, [dr.data[r].mult for r in range(R)],
+                       [dr.data[r].shift for r in range(R)])
         c_tok, c_last, c_jlast = Signal(index_shape(T_max), name="rqc_token"), Signal(name="rqc_last"), Signal(name="rqc_jlast")
         with m.If(c_en):
             m.d.sync += [c_valid.eq(b_valid), c_tok.eq(b_tok), c_last.eq(b_last), c_jlast.eq(b_jlast)]
-            m.d.sync += [c_rnd[r].eq(round_shift(b_prod[r], b_sh[r])) for r in range(R)]
+            rq.round(m)
         o_jlast = Signal(name="o_jlast")
         with m.If(o_en):
             m.d.sync += [o_y.valid.eq(c_valid), o_y.payload.token.eq(c_tok),
                          o_y.payload.last.eq(c_last), o_jlast.eq(c_jlast)]
-            m.d.sync += [o_y.payload.data[r].eq(saturate(c_rnd[r], OUT_BITS)) for r in range(R)]
+            rq.output(m, o_y.payload.data)
 
         # -- job control ----------------------------------------------------------------------
         # A job is taken when the loader has fetched the previous one's whole image and no job

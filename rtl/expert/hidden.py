@@ -95,9 +95,11 @@ from moeforge.config import ACTIVATIONS, AccelConfig
 from moeforge.hls_models.fixed_point import sigmoid_lut
 from moeforge.spec.arith import (ACC_BITS, GATE_FRAC, GATE_ONE, HIDDEN_BITS, MULT_BITS, SHIFT_BITS, SIG_LIMIT,
                                  SIG_SIZE, SIG_STEP_SHIFT, SILU_BITS, UP_BITS)
-from moeforge.spec.image import HiddenAddressMap, check_int, hidden_image
+from moeforge.checks import check_int
+from moeforge.spec.image import HiddenAddressMap, hidden_image
 
-from ..datapath.arith import round_shift, saturate
+from ..datapath.arith import round_shift
+from ..datapath.requantiser import RequantPipeline
 
 __all__ = ["HiddenUnit", "HiddenAddressMap", "hidden_image", "acc_layout", "h_layout",
            "channel_layout", "hid_layout", "sigmoid_rom", "P_BITS"]
@@ -311,7 +313,6 @@ class HiddenUnit(wiring.Component):
         swiglu = self.swiglu
         amap = self.address_map
         i_p = self.i_acc.payload
-        prod_bits = ACC_BITS + MULT_BITS
 
         # ---------------------------------------------------------- runtime state, write port
         # Verilog hygiene (Verilator -Wall with sim.toolchain.AMARANTH_LINT_WAIVERS, no waivers
@@ -397,27 +398,26 @@ class HiddenUnit(wiring.Component):
         # ---------------------------------------------------------- 2: products
         stage = new_stage("s2", stage[0], stage)
         carry_last("s2", stage[1])
-        prod_u, sh_u = regs("s2_up", signed(prod_bits)), regs("s2_up_shift", SHIFT_BITS)
-        prod_g = regs("s2_gate", signed(prod_bits)) if swiglu else []
-        sh_g = regs("s2_gate_shift", SHIFT_BITS) if swiglu else []
+        # u = rq_16(acc_u, M_u, S_u) and g = rq_24(acc_g, M_g, S_g) in stages 2-3 (products,
+        # rounding), each lane with its channel's M and S; stage 4 saturates (below).
+        rq_u = RequantPipeline(lanes=L, acc_bits=ACC_BITS, out_bits=UP_BITS,
+                               names=("s2_up", "s2_up_shift", "s3_up"))
+        rq_g = RequantPipeline(lanes=L, acc_bits=ACC_BITS, out_bits=SILU_BITS,
+                               names=("s2_gate", "s2_gate_shift", "s3_gate"))
         with m.If(stage[1]):
-            for i in range(L):
-                m.d.sync += [prod_u[i].eq(acc_u[i] * prm[i].up_mult),
-                             sh_u[i].eq(prm[i].up_shift)]
-                if swiglu:
-                    m.d.sync += [prod_g[i].eq(acc_g[i] * prm[i].gate_mult),
-                                 sh_g[i].eq(prm[i].gate_shift)]
+            rq_u.product(m, acc_u, [prm[i].up_mult for i in range(L)],
+                         [prm[i].up_shift for i in range(L)])
+            if swiglu:
+                rq_g.product(m, acc_g, [prm[i].gate_mult for i in range(L)],
+                             [prm[i].gate_shift for i in range(L)])
 
         # ---------------------------------------------------------- 3: rounding shifts
         stage = new_stage("s3", stage[0], stage)
         carry_last("s3", stage[1])
-        rnd_u = regs("s3_up", signed(prod_bits))
-        rnd_g = regs("s3_gate", signed(prod_bits)) if swiglu else []
         with m.If(stage[1]):
-            for i in range(L):
-                m.d.sync += rnd_u[i].eq(round_shift(prod_u[i], sh_u[i]))
-                if swiglu:
-                    m.d.sync += rnd_g[i].eq(round_shift(prod_g[i], sh_g[i]))
+            rq_u.round(m)
+            if swiglu:
+                rq_g.round(m)
 
         # ---------------------------------------------------------- 4: saturation (ReLU: p)
         stage = new_stage("s4", stage[0], stage)
@@ -435,9 +435,9 @@ class HiddenUnit(wiring.Component):
                 return Cat(v[SIG_STEP_SHIFT:top], ~v[top])
 
             for i in range(L):
-                g_next = saturate(rnd_g[i], SILU_BITS)
+                g_next = rq_g.saturated[i]
                 with m.If(stage[1]):
-                    m.d.sync += [u[i].eq(saturate(rnd_u[i], UP_BITS)), g[i].eq(g_next)]
+                    m.d.sync += [u[i].eq(rq_u.saturated[i]), g[i].eq(g_next)]
                 # The sigmoid LUT is read alongside: its data is always that of g[i].
                 rom = Memory(shape=unsigned(rom_bits), depth=SIG_SIZE, init=rom_data)
                 m.submodules[f"sig_rom{i}"] = rom
@@ -448,7 +448,7 @@ class HiddenUnit(wiring.Component):
             p = regs("s4_p", signed(UP_BITS))
             with m.If(stage[1]):
                 for i in range(L):
-                    us = saturate(rnd_u[i], UP_BITS)
+                    us = rq_u.saturated[i]
                     m.d.sync += p[i].eq(Mux(us < 0, 0, us))
 
         if swiglu:
@@ -556,24 +556,21 @@ class HiddenUnit(wiring.Component):
             src = q
 
         # ---------------------------------------------------------- C1-C3: h = rq_8(p', M_h, S_h)
-        h_prod_bits = pw + MULT_BITS
-        ph = regs("c1_prod", signed(h_prod_bits))
+        # (S_h is the expert's register, steady while beats are in flight: not carried along)
+        rq_h = RequantPipeline(lanes=L, acc_bits=pw, out_bits=HIDDEN_BITS,
+                               names=("c1_prod", None, "c2_round"))
         with m.If(stage[1]):
-            for i in range(L):
-                m.d.sync += ph[i].eq(src[i] * hid_mult)
+            rq_h.product(m, src, hid_mult, hid_shift)
 
         stage = new_stage("c2", stage[0], stage)
         carry_last("c2", stage[1])
-        rh = regs("c2_round", signed(h_prod_bits))
         with m.If(stage[1]):
-            for i in range(L):
-                m.d.sync += rh[i].eq(round_shift(ph[i], hid_shift))
+            rq_h.round(m)
 
         o_en = Signal(name="c3_en")
         m.d.comb += [stage[1].eq(~stage[0] | o_en),
                      o_en.eq(~self.o_h.valid | self.o_h.ready)]
         with m.If(o_en):
             m.d.sync += [self.o_h.valid.eq(stage[0]), self.o_h.payload.last.eq(last)]
-            for i in range(L):
-                m.d.sync += self.o_h.payload.data[i].eq(saturate(rh[i], HIDDEN_BITS))
+            rq_h.output(m, self.o_h.payload.data)
         return m

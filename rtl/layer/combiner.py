@@ -96,9 +96,9 @@ in memory 3 cycles after its beat was accepted.
 
 Flush: issue (address counter, and the token's touched bit) → R: memory data, zeroed for an
 untouched token → P: ``acc · M_y`` (exact, ``acc_width + 16`` bits) → Q: ``rshift(·, S_y)``
-→ O: ``sat_8``, the ``o_y`` payload register. That is ``rq_8`` as `moeforge.rtl.datapath.requantiser`
-pipelines it, built from the same `rtl.arith` expressions, with ``token``/``last`` (and ``S_y``)
-carried along each stage. Each stage loads when it is empty or the next one loads, so ``o_y``
+→ O: ``sat_8``, the ``o_y`` payload register. P, Q and O are the requantiser's own stages
+(`moeforge.rtl.datapath.requantiser.RequantPipeline`), with ``token``/``last`` (and ``S_y``)
+carried along beside them. Each stage loads when it is empty or the next one loads, so ``o_y``
 back-pressure stalls the flush without bubbles, and ``o_y.valid`` is a register.
 
 Cycles: a contribution takes ``d_model/lanes`` cycles. A flush accepted in cycle ``c`` issues its
@@ -118,9 +118,10 @@ from amaranth.lib.wiring import In, Out
 
 from moeforge.config import MAX_DIM, AccelConfig
 from moeforge.spec.arith import GATE_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS, Y_BITS
-from moeforge.spec.image import accumulator_width, check_int
+from moeforge.checks import check_int
+from moeforge.spec.image import accumulator_width
 
-from ..datapath.arith import round_shift, saturate
+from ..datapath.requantiser import RequantPipeline
 
 __all__ = ["Combiner", "contrib_layout", "flush_layout", "y_layout", "accumulator_width"]
 
@@ -398,29 +399,31 @@ class Combiner(wiring.Component):
             with m.If(~r_valid):
                 m.d.sync += flushing.eq(0)
 
-        # rq_8(acc, M_y, S_y) in three stages, as rtl.requantiser.Requantiser does it:
-        # P: acc · M (exact in acc_width + 16 signed bits), Q: rshift, O: sat_8 into o_y.
-        rq_bits = aw + MULT_BITS
-        p_prod = Signal(data.ArrayLayout(signed(rq_bits), lanes))
+        # rq_8(acc, M_y, S_y) in three stages, `RequantPipeline`'s: P: acc · M (exact in
+        # acc_width + 16 signed bits), Q: rshift, O: sat_8 into o_y; S_y, token and last ride
+        # along (S_y in a register of P: the next flush may change y_shift meanwhile).
+        rq = RequantPipeline(lanes=lanes, acc_bits=aw, out_bits=Y_BITS,
+                             names=("p_prod", None, "q_round"), packed=True)
         p_shift, p_token, p_last = Signal(SHIFT_BITS), Signal(tok_bits), Signal()
         with m.If(p_en):
             m.d.sync += p_valid.eq(r_valid)
             m.d.sync += [p_shift.eq(y_shift), p_token.eq(r_token), p_last.eq(r_last)]
+            # an untouched token's row is 0 (a loop: a comprehension would capture r_touched
+            # in a closure, which keeps Amaranth from naming r_last)
+            acc = []
             for i in range(lanes):
-                m.d.sync += p_prod[i].eq(Mux(r_touched, rp.data[i], 0) * y_mult)
+                acc.append(Mux(r_touched, rp.data[i], 0))
+            rq.product(m, acc, y_mult, p_shift)
 
-        q_round = Signal(data.ArrayLayout(signed(rq_bits), lanes))
         q_token, q_last = Signal(tok_bits), Signal()
         with m.If(q_en):
             m.d.sync += [q_valid.eq(p_valid), q_token.eq(p_token), q_last.eq(p_last)]
-            for i in range(lanes):
-                m.d.sync += q_round[i].eq(round_shift(p_prod[i], p_shift))
+            rq.round(m)
 
         with m.If(o_en):
             m.d.sync += [oy.valid.eq(q_valid), oy.payload.token.eq(q_token),
                          oy.payload.last.eq(q_last)]
-            for i in range(lanes):
-                m.d.sync += oy.payload.data[i].eq(saturate(q_round[i], Y_BITS))
+            rq.output(m, oy.payload.data)
 
         # ---------------------------------------------------------------- acc_rd
         # (its reads go through the read port above while the unit is idle)
