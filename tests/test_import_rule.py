@@ -1,6 +1,6 @@
 """The layer rule of docs/architecture.md, read off the source with `ast` (no module is imported):
-every import of a project module follows the arrows, no two modules import each other in a
-circle, and no module takes a private name (``_x``) of another.
+every import of a project module follows the arrows, nothing imports the tests, no two modules
+import each other in a circle, and no module takes a private name (``_x``) of another.
 
 Every ``.py`` of the folders pyproject.toml maps in ``package-dir`` is read; relative imports are
 resolved, and imports inside functions count as much as those at the top (an import deferred
@@ -113,6 +113,9 @@ def _project(name: str) -> bool:
     return name == "moeforge" or name.startswith("moeforge.")
 
 
+TESTS = {"tests", "testkit", "conftest"}      # what nothing of the package may import
+
+
 class _Reader(ast.NodeVisitor):
     """The project imports of one module and its uses of other modules' private names."""
 
@@ -134,8 +137,13 @@ class _Reader(ast.NodeVisitor):
         self.problems.append(f"{self._where(node)}: imports {name}, which is no module of the project")
         return None
 
+    def _tests(self, name: str, node) -> None:
+        if name.split(".")[0] in TESTS:
+            self.problems.append(f"{self._where(node)}: imports {name}: nothing imports the tests")
+
     def visit_Import(self, node: ast.Import):
         for alias in node.names:
+            self._tests(alias.name, node)
             if not _project(alias.name):
                 continue
             target = self._module(alias.name, node)
@@ -149,6 +157,7 @@ class _Reader(ast.NodeVisitor):
 
     def visit_ImportFrom(self, node: ast.ImportFrom):
         module = _absolute(self.src, node)
+        self._tests(module, node)
         if not _project(module):
             return
         if self._module(module, node) is None:
@@ -356,14 +365,14 @@ def test_the_checker_reports_exactly_the_planted_problems():
     ]
 
 
-def test_the_checker_sees_private_attributes_and_an_unplaced_module():
+def test_the_checker_sees_private_attributes_an_unplaced_module_and_the_tests():
     """A module's private name used through the module, or through an object when only another
     module defines that name (a name no project module defines is a third party's business)."""
     planted = check(_synthetic())
     problems = check(_synthetic(**{
         "moeforge.rtl.units": "import moeforge.spec.arith\nfrom moeforge.spec import arith as a\n"
                               "UNITS = {}\nZ = moeforge.spec.arith._SECRET + a._SECRET\n",
-        "moeforge.extra": "from moeforge.nothing import x\n",
+        "moeforge.extra": "from moeforge.nothing import x\nimport testkit\n",
         "moeforge.sim.stream": "class Monitor:\n    def __init__(self):\n        self._task = None\n",
         "moeforge.sim.bench": "def wait(sink, other):\n    return sink._task, other._unknown\n",
     }))
@@ -371,6 +380,7 @@ def test_the_checker_sees_private_attributes_and_an_unplaced_module():
         "moeforge/rtl/units.py:4: uses the private name _SECRET of moeforge.spec.arith",
         "moeforge/rtl/units.py:4: uses the private name _SECRET of moeforge.spec.arith",
         "moeforge/extra.py:1: imports moeforge.nothing, which is no module of the project",
+        "moeforge/extra.py:2: imports testkit: nothing imports the tests",
         "moeforge/extra.py:1: moeforge.extra belongs to no layer",
         "moeforge/sim/bench.py:2: uses the private name _task of moeforge.sim.stream",
     ]
