@@ -3,7 +3,7 @@ raises, ``import moeforge.host_runtime`` works and a whole session on a served s
 (``moeforge serve-sim`` in another process, reached through ``socket://``) loads a layer, runs
 tokens bit-exact against the golden model and reads statistics, without importing anything of
 `moeforge.rtl` or `moeforge.sim`. The device specification (`moeforge.spec`) imports neither
-torch, numpy nor Amaranth, nor anything of the project but the config and the errors.
+torch, numpy nor Amaranth, nor anything of the project but the config and the leaves below it (the errors, the checks).
 """
 
 import json
@@ -126,7 +126,7 @@ def test_the_specification_imports_only_the_config():
         capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, child.stderr[-3000:]
     modules = json.loads(child.stdout.splitlines()[-1])
-    assert modules == ["moeforge", "moeforge.config", "moeforge.errors", "moeforge.spec",
+    assert modules == ["moeforge", "moeforge.checks", "moeforge.config", "moeforge.errors", "moeforge.spec",
                        "moeforge.spec.arith", "moeforge.spec.image", "moeforge.spec.protocol"]
 
 
