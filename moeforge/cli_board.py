@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .cli_sim import terminate_as_interrupt
 from .config import AccelConfig
 from .errors import MoeforgeError
 
@@ -35,9 +36,12 @@ def cmd_build(args) -> int:
             check_build_dir(out_dir.parent)
     check_build_dir(out_dir)                       # before the minutes of work
     prepared = prepare_top(board, cfg)             # the resource check: before any tool runs
-    report = build(board, cfg, out_dir, config_name=args.config,
-                   allow_timing_fail=args.allow_timing_fail,
-                   progress_every=args.progress_every, prepared=prepared)
+    # A SIGTERM (a time-out, a CI job ended) stops the build as Ctrl-C does: the running tool's
+    # process group is killed, none is left behind.
+    with terminate_as_interrupt():
+        report = build(board, cfg, out_dir, config_name=args.config,
+                       allow_timing_fail=args.allow_timing_fail,
+                       progress_every=args.progress_every, prepared=prepared)
     sys.stdout.write(format_table(report))
     t = report["timing"]
     if not t["met"]:
