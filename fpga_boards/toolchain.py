@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from moeforge import child_process
 from moeforge.errors import MoeforgeError
 
 __all__ = ["ToolError", "tool_path", "run_tool", "NEXTPNR_PACKAGES"]
@@ -75,9 +76,12 @@ def run_tool(name: str, args: list[str], *, cwd: Path, log: Path, step: str,
     last = {"phase": "starting"}
     with open(log, "w", encoding="utf-8", errors="replace", buffering=1) as logf:   # tail -f works
         try:
-            proc = subprocess.Popen([str(exe), *args], cwd=cwd, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                                    errors="replace", start_new_session=True)
+            # Under the guard, leader of its own process group: the tool dies with this process
+            # however it ends (SIGKILL included), and `_kill` ends the group.
+            proc = child_process.spawn(
+                [sys.executable, "-c", child_process.GUARD, str(os.getpid()), str(exe), *args],
+                process_group=0, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, text=True, errors="replace")
         except OSError as exc:
             raise ToolError(f"cannot run yowasp-{name}: {exc.strerror or exc}") from None
 

@@ -22,7 +22,7 @@ leaves a half-built ``<key>`` directory, and different designs build in parallel
 build is kept in ``<cache>/<key>.failed`` for inspection.
 
 Both steps run cocotb's runner in a child Python process (``os.environ`` of this process is
-never modified), started by `sim.child_process.run`: nothing they start (Verilator, make, the
+never modified), started by `moeforge.child_process.run`: nothing they start (Verilator, make, the
 compiler, the simulator) outlives this process, whether it ends normally, by an exception,
 Ctrl-C, SIGTERM or SIGKILL. The build's environment comes from `sim.toolchain.verilator_env`;
 a test run's is this process's environment with the run's own variables over it, so a variable
@@ -51,7 +51,7 @@ from pathlib import Path
 
 from moeforge.errors import MoeforgeError
 
-from . import child_process
+from moeforge import child_process
 from .toolchain import (AMARANTH_LINT_WAIVERS, ToolchainError, check_build_tools, fst_supported,
                         verilator_env, verilator_version)
 

@@ -14,9 +14,9 @@ listen queue. ``idle_timeout`` drops a served client that stays idle too long (o
 a host may pause between batches without losing its device).
 
 The child never outlives this process: it is forked by the helper thread of
-`moeforge.sim.child_process` and asks the kernel for SIGTERM when its parent dies, so a device
+`moeforge.child_process` and asks the kernel for SIGTERM when its parent dies, so a device
 opened from a worker thread lives on when that thread ends, and dies with the process. Its
-build (Verilator, make, the compiler) runs under `moeforge.sim.child_process.run`.
+build (Verilator, make, the compiler) runs under `moeforge.child_process.run`.
 
 Cache layout (``<cache>`` is `moeforge.sim.build.cache_root`)::
 
@@ -59,7 +59,7 @@ from pathlib import Path
 from moeforge.config import AccelConfig
 from moeforge.errors import MoeforgeError
 
-from . import child_process
+from moeforge import child_process
 from .build import SimBuildError, build_once, cache_root, log_tail, tool_versions
 from .toolchain import ToolchainError, check_build_tools, verilator_bin, verilator_env
 
@@ -344,7 +344,7 @@ class SimDeviceProcess:
     Create with `start` (a config's SoC, built if needed) or `from_executable`, from any
     thread. The child gets ``--die-with-parent``: the kernel sends it SIGTERM when this process
     ends, however it ends (SIGKILL included). It is forked by the process's helper thread
-    (`moeforge.sim.child_process.spawn`), so it does not die with the thread that started it.
+    (`moeforge.child_process.spawn`), so it does not die with the thread that started it.
     A process not closed is stopped when the object is collected or the interpreter exits.
 
     Attributes

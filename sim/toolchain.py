@@ -24,7 +24,7 @@ from pathlib import Path
 
 from moeforge.errors import MoeforgeError
 
-from . import child_process
+from moeforge import child_process
 
 __all__ = [
     "ToolchainError", "verilator_root", "verilator_bin", "verilator_env", "verilator_version",

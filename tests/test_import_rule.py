@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # new top-level module gets a place here, and in docs/architecture.md, on purpose).
 LAYERS = [
     ("moeforge.checks", "leaf"),
+    ("moeforge.child_process", "leaf"),   # children that never outlive the process (sim, builds)
     ("moeforge.errors", "leaf"),
     ("moeforge.config", "config"),
     ("moeforge.hf_config", "config"),      # reads a transformers config object for AccelConfig

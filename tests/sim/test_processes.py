@@ -1,6 +1,6 @@
 """No child outlives its parent, and a run simulates what its caller asked for.
 
-Builds and cocotb runs go through `moeforge.sim.child_process`: a parent killed by any signal
+Builds and cocotb runs go through `moeforge.child_process`: a parent killed by any signal
 (SIGKILL included) takes the Verilator build (make, the compiler) or the simulator with it;
 variables left in the caller's environment do not override a run's own.
 """
@@ -20,7 +20,7 @@ import pytest
 from counter_design import Counter
 
 from moeforge.rtl.export import to_verilog
-from moeforge.sim import child_process
+from moeforge import child_process
 from moeforge.sim.build import run_cocotb
 
 pytestmark = pytest.mark.verilator
