@@ -15,9 +15,10 @@ from pathlib import Path
 from moeforge.errors import MoeforgeError
 
 from .boards import Board
+from .toolchain import NEXTPNR_PACKAGES
 
 __all__ = ["loader_path", "program_command", "program", "check_bitstream", "ProgramError",
-           "format_command"]
+           "format_command", "board_part"]
 
 
 class ProgramError(MoeforgeError):
@@ -52,7 +53,43 @@ def check_bitstream(board: Board, path: str | os.PathLike) -> Path:
                             f"file, not {p.suffix or 'one without a suffix'}")
     if p.stat().st_size == 0:
         raise MoeforgeError(f"bitstream {path}: the file is empty")
+    if board.fpga.family == "ecp5":
+        _check_ecp5_part(board, p)
     return p
+
+
+def board_part(board: Board) -> str:
+    """The ECP5 part a bitstream for `board` names in its header, as ecppack writes it
+    (e.g. ``LFE5U-25F-6CABGA381``): device, speed grade, package."""
+    platform = board.platform
+    return f"{platform.device}-{platform.speed}{NEXTPNR_PACKAGES[platform.package]}"
+
+
+def _check_ecp5_part(board: Board, path: Path) -> None:
+    """An ECP5 bitstream (its sync word in the header) built for this board's part: a
+    ULX3S-25F bitstream and an OrangeCrab 25F have the same die but not the same package or
+    pins, and loading one into the other drives the wrong pins."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if ECP5_SYNC not in head:
+        raise MoeforgeError(f"bitstream {path}: not an ECP5 bitstream (no sync word in its "
+                            f"header); build one with moeforge build --board {board.name}")
+    part = _header_part(head)
+    want = board_part(board)
+    if part is not None and part != want:
+        raise MoeforgeError(f"bitstream {path}: built for {part}, but {board.name} has {want}")
+
+
+ECP5_SYNC = b"\xff\xff\xbd\xb3"     # the preamble and sync word of an ECP5 bitstream
+
+
+def _header_part(head: bytes) -> str | None:
+    """The ``Part:`` comment of an ecppack bitstream header, if it has one."""
+    i = head.find(b"Part: ")
+    if i < 0:
+        return None
+    end = head.find(b"\x00", i)
+    return head[i + 6:end if end >= 0 else None].decode("ascii", "replace").strip()
 
 
 def program_command(board: Board, bitstream: str | os.PathLike, *, flash: bool = False) -> list[str]:

@@ -1,5 +1,6 @@
 """`moeforge program`: the exact command on --dry-run, one line and a non-zero exit without a
-board, exit 2 for a bitstream that is not there or not the board's kind."""
+board, exit 2 for a bitstream that is not there, not the board's kind, or built for another
+part. The bitstreams here are headers as ecppack writes them, never programmed."""
 
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from moeforge.fpga_boards.boards import BOARDS
-from moeforge.fpga_boards.program import loader_path
+from moeforge.fpga_boards.program import board_part, loader_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,11 +19,17 @@ def _moeforge(*args, cwd=ROOT):
                           capture_output=True, text=True, timeout=120)
 
 
+def ecp5_header(part: str) -> bytes:
+    """The start of an ecppack bitstream: a comment naming the part, the preamble, the sync
+    word (the rest is not read before programming)."""
+    return b"\xff\x00Part: " + part.encode() + b"\x00\xff\xff\xff\xbd\xb3\xff\xff" + bytes(64)
+
+
 @pytest.fixture
 def bitstream(tmp_path):
-    def make(suffix=".bit", content=b"\xff\x00LSCC not a real bitstream, never programmed"):
+    def make(suffix=".bit", content=None, board="ulx3s-85f"):
         p = tmp_path / f"top{suffix}"
-        p.write_bytes(content)
+        p.write_bytes(ecp5_header(board_part(BOARDS[board])) if content is None else content)
         return p
     return make
 
@@ -39,7 +46,7 @@ def test_the_loader_is_the_packaged_one():
     ("orangecrab-25f", ["-b", "orangeCrab"]), ("orangecrab-85f", ["-b", "orangeCrab"]),
 ])
 def test_dry_run_prints_the_exact_command(board, args, bitstream):
-    bit = bitstream()
+    bit = bitstream(board=board)
     r = _moeforge("program", "--board", board, str(bit), "--dry-run")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == " ".join([str(loader_path()), *args, str(bit)])
@@ -56,7 +63,7 @@ def test_dry_run_with_flash_writes_the_flash(bitstream):
 def test_no_board_attached_is_one_line_and_exit_1(board, bitstream):
     """There is no board on this machine's USB (nor CI's): openFPGALoader runs for real and
     finds none."""
-    r = _moeforge("program", "--board", board, str(bitstream()))
+    r = _moeforge("program", "--board", board, str(bitstream(board=board)))
     assert r.returncode == 1, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
@@ -76,20 +83,31 @@ def test_without_a_bitstream_the_default_build_folder_is_used(tmp_path):
     assert r.returncode == 2
     assert "bitstream build/ulx3s-85f/top.bit: no such file" in r.stderr
     (tmp_path / "build" / "ulx3s-85f").mkdir(parents=True)
-    (tmp_path / "build" / "ulx3s-85f" / "top.bit").write_bytes(b"\xff")
+    (tmp_path / "build" / "ulx3s-85f" / "top.bit").write_bytes(ecp5_header("LFE5U-85F-6CABGA381"))
     r = _moeforge("program", "--board", "ulx3s-85f", "--dry-run", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip().endswith(" -b ulx3s build/ulx3s-85f/top.bit")
+
+
+def test_board_parts_are_what_ecppack_writes():
+    """As in the headers of real builds (ULX3S-25F, OrangeCrab 25F, ULX3S-85F)."""
+    assert board_part(BOARDS["ulx3s-25f"]) == "LFE5U-25F-6CABGA381"
+    assert board_part(BOARDS["ulx3s-85f"]) == "LFE5U-85F-6CABGA381"
+    assert board_part(BOARDS["orangecrab-25f"]) == "LFE5U-25F-8CSFBGA285"
 
 
 @pytest.mark.parametrize("case, expect", [
     ("empty", "the file is empty"),
     ("suffix", "icebreaker takes a .bin file, not .bit"),
     ("folder", "not a file"),
+    ("not_ecp5", "not an ECP5 bitstream (no sync word in its header)"),
+    ("other_part", "built for LFE5U-25F-8CSFBGA285, but ulx3s-85f has LFE5U-85F-6CABGA381"),
 ])
 def test_a_bad_bitstream_is_one_line_and_exit_2(case, expect, bitstream, tmp_path):
     board = "icebreaker" if case == "suffix" else "ulx3s-85f"
     path = {"empty": lambda: bitstream(content=b""), "suffix": lambda: bitstream(".bit"),
-            "folder": lambda: tmp_path}[case]()
+            "folder": lambda: tmp_path,
+            "not_ecp5": lambda: bitstream(content=b"\xff\x00LSCC not a bitstream"),
+            "other_part": lambda: bitstream(board="orangecrab-25f")}[case]()
     r = _moeforge("program", "--board", board, str(path))
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and expect in r.stderr, r.stderr
