@@ -132,7 +132,7 @@ class MoEAccelerator(wiring.Component):
         self._command_input(m, net)
         self._response_bytes(m, net)
         self._output_reads(m, net)
-        self._command_table(net)
+        self._command_table(m, net)
         with m.FSM(name="decoder") as decoder:
             self._opcode_and_header(m, net)
             self._check(m, net)
@@ -173,7 +173,7 @@ class MoEAccelerator(wiring.Component):
         T_max = cfg.token_buffer_depth
         op = Signal(8)
         hdr = Signal(8 * max(HEADER_BYTES.values()))   # the longest fixed header
-        hdr_len = Signal(8)
+        hdr_len = Signal(8)             # the opcode's header length (`_command_table`)
         idx = Signal(8)                 # header byte / word byte / payload byte index
         hdr_last = Signal()             # the header's final byte ended the packet
         status = Signal(8)
@@ -217,17 +217,20 @@ class MoEAccelerator(wiring.Component):
 
     def _write_table(self, m, net) -> None:
         """The registered write ports: a word is written the cycle after its last byte, to the
-        port of the command that took it."""
+        port of the command that took it (the core has a shared image port only with a shared
+        expert; without one, WRITE_SHARED's region is empty and no word reaches the table)."""
         core, lay, C = self.core, self.layout, self.cfg.mac_cols
         wr_en = Signal()
         wr_addr = Signal(32)
         wr_data = Signal(8 * net.wbytes)
         wr_op = Signal(8)
         m.d.sync += wr_en.eq(0)
-        for port, target, width in ((core.router_wr, Op.WRITE_ROUTER, 8 * lay.router_bytes),
-                                    (self.mem_wr, Op.WRITE_MEMORY, 8 * C),
-                                    (core.shared_wr, Op.WRITE_SHARED, 8 * C),
-                                    (core.tok_wr, Op.WRITE_TOKENS, 8 * C)):
+        table = [(core.router_wr, Op.WRITE_ROUTER, 8 * lay.router_bytes),
+                 (self.mem_wr, Op.WRITE_MEMORY, 8 * C)]
+        if core.shared is not None:
+            table.append((core.shared_wr, Op.WRITE_SHARED, 8 * C))
+        table.append((core.tok_wr, Op.WRITE_TOKENS, 8 * C))
+        for port, target, width in table:
             bits = len(Value.cast(port.data))          # (a View's len() counts its elements)
             assert bits <= width, (target, bits, width)
             m.d.comb += [port.addr.eq(wr_addr), Value.cast(port.data).eq(wr_data[:bits]),
@@ -312,13 +315,17 @@ class MoEAccelerator(wiring.Component):
         vars(net).update(out_word=out_word, out_addr=out_addr, out_left=out_left,
                          part_beat=part_beat, part_byte=part_byte, part_value=part_value)
 
-    def _command_table(self, net) -> None:
+    def _command_table(self, m, net) -> None:
         """What the decoder knows of each opcode: its header length, whether it exists, a
         write's region, and what RUN needs loaded."""
         lay = self.layout
         hdr_table = header_bytes(lay)
         assert max(hdr_table.values()) < 256, hdr_table
         net.hdr_lens = Array([Const(hdr_table.get(o, 0), 8) for o in range(16)])
+        # HEADER's length is looked up from the held opcode, not registered: Yosys makes this
+        # table a ROM, and merging a register it feeds into the ROM's port left the ROM's
+        # output undriven (check -assert) until a later opt
+        m.d.comb += net.hdr_len.eq(net.hdr_lens[net.op[:4]])
         net.known = Array([Const(o in hdr_table, 1) for o in range(16)])
         net.region_end = {Op.WRITE_ROUTER: lay.router_words, Op.WRITE_MEMORY: lay.memory_words,
                           Op.WRITE_SHARED: lay.shared_image_words}
@@ -333,8 +340,7 @@ class MoEAccelerator(wiring.Component):
             m.d.comb += self.i_cmd.ready.eq(1)
             m.d.sync += net.img_run.eq(net.img_crc)
             with m.If(n_cmd):
-                m.d.sync += [net.op.eq(byte), net.hdr.eq(0), idx.eq(0),
-                             net.hdr_len.eq(net.hdr_lens[byte[:4]])]
+                m.d.sync += [net.op.eq(byte), net.hdr.eq(0), idx.eq(0)]
                 with m.If((byte >= 16) | ~net.known[byte[:4]]):
                     fail(Status.BAD_OPCODE, drain=~last)
                 with m.Elif(net.hdr_lens[byte[:4]] == 0):
