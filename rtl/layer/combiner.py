@@ -94,18 +94,21 @@ writes two or more cycles old are already in memory. The touched bit is read in 
 bypassed from stage 2 when stage 2 holds the same token's ``last`` beat. An accumulator word is
 in memory 3 cycles after its beat was accepted.
 
-Flush: issue (address counter, and the token's touched bit) → R: memory data, zeroed for an
-untouched token → P: ``acc · M_y`` (exact, ``acc_width + 16`` bits) → Q: ``rshift(·, S_y)``
-→ O: ``sat_8``, the ``o_y`` payload register. P, Q and O are the requantiser's own stages
-(`moeforge.rtl.datapath.requantiser.RequantPipeline`), with ``token``/``last`` (and ``S_y``)
-carried along beside them. Each stage loads when it is empty or the next one loads, so ``o_y``
-back-pressure stalls the flush without bubbles, and ``o_y.valid`` is a register.
+Flush: issue (address counter, and the token's touched bit) → R: memory data → A: that data in
+a register, zeroed for an untouched token → P: ``acc · M_y`` (exact, ``acc_width + 16`` bits)
+→ Q: ``rshift(·, S_y)`` → O: ``sat_8``, the ``o_y`` payload register. A keeps the block RAM's
+slow output and the wide product (several multipliers and adders) in separate cycles; together
+they were the board's longest path. P, Q and O are the requantiser's own stages
+(`moeforge.rtl.datapath.requantiser.RequantPipeline`), with ``token``/``last`` (and, from A on,
+``M_y`` and ``S_y``) carried along beside them. Each stage loads when it is empty or the next
+one loads, so ``o_y`` back-pressure stalls the flush without bubbles, and ``o_y.valid`` is a
+register.
 
 Cycles: a contribution takes ``d_model/lanes`` cycles. A flush accepted in cycle ``c`` issues its
 first read in ``c+1`` (``c+2`` or ``c+3`` if a contribution beat was accepted in ``c-1`` or
-``c``), its first ``o_y`` beat is valid `flush_latency` = 4 cycles after that first read, and
-without back-pressure the beats follow one per cycle: the last is valid ``T · d_model/lanes + 4``
-(up to ``+ 6``) cycles after the command. ``i_contrib.ready`` is low from ``c+1`` until 3 cycles
+``c``), its first ``o_y`` beat is valid `flush_latency` = 5 cycles after that first read, and
+without back-pressure the beats follow one per cycle: the last is valid ``T · d_model/lanes + 5``
+(up to ``+ 7``) cycles after the command. ``i_contrib.ready`` is low from ``c+1`` until 3 cycles
 after the last read: ``T · d_model/lanes + 2`` (up to ``+ 4``) cycles.
 """
 
@@ -188,7 +191,7 @@ class Combiner(wiring.Component):
     acc_width : int
         Signed accumulator bits, `accumulator_width` (``max_terms``).
     flush_latency : int
-        Cycles from a read issued by a flush to its ``o_y`` beat becoming valid (4).
+        Cycles from a read issued by a flush to its ``o_y`` beat becoming valid (5).
 
     Raises
     ------
@@ -198,7 +201,7 @@ class Combiner(wiring.Component):
         If a parameter is out of range or `lanes` does not divide `d_model`.
     """
 
-    flush_latency = 4
+    flush_latency = 5
 
     def __init__(self, *, d_model: int, lanes: int, t_max: int, max_terms: int,
                  src_loc_at: int = 0):
@@ -357,13 +360,14 @@ class Combiner(wiring.Component):
                 m.d.sync += f_beat.eq(0)
 
         # Stage valids and enables: a stage loads when it is empty or the next one loads.
-        r_valid, p_valid, q_valid = Signal(), Signal(), Signal()
-        r_en, p_en, q_en, o_en = Signal(), Signal(), Signal(), Signal()
+        r_valid, a_valid, p_valid, q_valid = Signal(), Signal(), Signal(), Signal()
+        r_en, a_en, p_en, q_en, o_en = Signal(), Signal(), Signal(), Signal(), Signal()
         m.d.comb += [
             o_en.eq(~oy.valid | oy.ready),
             q_en.eq(~q_valid | o_en),
             p_en.eq(~p_valid | q_en),
-            r_en.eq(~r_valid | p_en),
+            a_en.eq(~a_valid | p_en),
+            r_en.eq(~r_valid | a_en),
         ]
         drained = ~s1_valid & ~s2_valid
         issue = Signal()
@@ -399,21 +403,33 @@ class Combiner(wiring.Component):
             with m.If(~r_valid):
                 m.d.sync += flushing.eq(0)
 
+        # A: the read data in a register, an untouched token's row as 0. The block RAM's output
+        # is slow, and the product after it is wide (several multipliers and adders): apart,
+        # each fits a cycle at the board's clock; together they were the design's longest path.
+        # M_y and S_y ride along: the flush ends once its last read has left R, and the next
+        # flush may change y_mult and y_shift while o_y back-pressure still holds a beat here.
+        # (one signal a line: Amaranth names only the last of a tuple assignment)
+        a_acc = Signal(word)
+        a_mult = Signal(MULT_BITS)
+        a_shift = Signal(SHIFT_BITS)
+        a_token = Signal(tok_bits)
+        a_last = Signal()
+        with m.If(a_en):
+            m.d.sync += [a_valid.eq(r_valid), a_token.eq(r_token), a_last.eq(r_last),
+                         a_mult.eq(y_mult), a_shift.eq(y_shift)]
+            for i in range(lanes):
+                m.d.sync += a_acc[i].eq(Mux(r_touched, rp.data[i], 0))
+
         # rq_8(acc, M_y, S_y) in three stages, `RequantPipeline`'s: P: acc · M (exact in
         # acc_width + 16 signed bits), Q: rshift, O: sat_8 into o_y; S_y, token and last ride
-        # along (S_y in a register of P: the next flush may change y_shift meanwhile).
+        # along (S_y in a register of P too: A may take the next flush's values meanwhile).
         rq = RequantPipeline(lanes=lanes, acc_bits=aw, out_bits=Y_BITS,
                              names=("p_prod", None, "q_round"), packed=True)
         p_shift, p_token, p_last = Signal(SHIFT_BITS), Signal(tok_bits), Signal()
         with m.If(p_en):
-            m.d.sync += p_valid.eq(r_valid)
-            m.d.sync += [p_shift.eq(y_shift), p_token.eq(r_token), p_last.eq(r_last)]
-            # an untouched token's row is 0 (a loop: a comprehension would capture r_touched
-            # in a closure, which keeps Amaranth from naming r_last)
-            acc = []
-            for i in range(lanes):
-                acc.append(Mux(r_touched, rp.data[i], 0))
-            rq.product(m, acc, y_mult, p_shift)
+            m.d.sync += p_valid.eq(a_valid)
+            m.d.sync += [p_shift.eq(a_shift), p_token.eq(a_token), p_last.eq(a_last)]
+            rq.product(m, a_acc, a_mult, p_shift)
 
         q_token, q_last = Signal(tok_bits), Signal()
         with m.If(q_en):

@@ -127,6 +127,17 @@ def stress_contribs(rng, dut, n_tokens, count):
              [rng.randint(-2000, 2000) for _ in range(dut.d_model)]) for _ in range(count)]
 
 
+def flush_after_flush(batch, d_model, t_max):
+    """`batch` under heavy ``o_y`` back-pressure, then at once a flush without contributions
+    with other M_y and S_y (1, so that any product they scale saturates): the unit takes the
+    second flush while the first one's last beats are still in its pipeline, and those must
+    keep the first flush's M_y and S_y."""
+    assert (batch["mult"], batch["shift"]) != (65535, 1)
+    return [dict(batch, out_stall=0.9),
+            synthetic_batch([], 2, d_model, t_max, 65535, 1, out_stall=0.9,
+                            name="flush right after a flush, new M_y and S_y")]
+
+
 def batches_for(build):
     dut = make_dut(build)
     D, T = dut.d_model, dut.t_max
@@ -143,6 +154,8 @@ def batches_for(build):
             model_batch(fams["qwen2_moe"], 37, seed=12, order="random",
                         name="qwen2_moe T=37 random"),
             model_batch(fams["switch"], 1, seed=13, order="expert-major", name="switch T=1"),
+            *flush_after_flush(model_batch(fams["switch"], 2, seed=18, order="random",
+                                           name="switch T=2, o_y mostly stalled"), D, T),
             synthetic_batch([(t, GATE_MAX, [32767] * D) for t in range(3)], 0, D, T, 1 << 15, 1,
                             name="clear (n_tokens=0) with leftovers"),
             model_batch(fams["deepseek_v2"], T, seed=14, order="random",
@@ -161,6 +174,8 @@ def batches_for(build):
             model_batch(cfg, 1, seed=21, order="expert-major", name="qwen2 T=1 no stalls",
                         in_stall=0.0),
             model_batch(cfg, T, seed=22, order="expert-major", name="qwen2 T=T_max"),
+            *flush_after_flush(model_batch(cfg, 3, seed=25, order="random",
+                                           name="qwen2 T=3, o_y mostly stalled"), D, T),
             synthetic_batch(stress_contribs(rng, dut, 1, 40), 1, D, T, 40000, 26,
                             name="T=1 back-to-back stress", in_stall=0.0),
             model_batch(cfg, 1, seed=23, order="random", name="qwen2 T=1"),
