@@ -51,9 +51,8 @@ bits ``8c .. 8c+7``)
                    batches (not while ``busy``).
 ``router_wr``      in: the `Router`'s ``wr`` port (`router_image` with ``lanes = C``).
 ``shared_wr``      in ``{addr, data, en}``: the shared expert's image memory, words of ``C`` int8
-                   (`expert_image` of the shared bank, ``shared_image_words`` words). Always
-                   present so every config has the same port list; without a shared expert
-                   its address is 1 bit wide and every write is ignored.
+                   (`expert_image` of the shared bank, ``shared_image_words`` words). Only
+                   with a shared expert (without one there is nothing it could write).
 ``y_mult``, ``y_shift``  in (16, 6 bits): the combiner's ``M_y``, ``S_y`` (sampled at the flush).
 ``expert_off``     in (``E + 1`` bits, ``E`` without a shared expert): bit ``e`` set disables
                    routed expert ``e``, bit ``E`` the shared expert; 0 runs every expert. Hold it while
@@ -176,13 +175,16 @@ class LayerCore(wiring.Component):
         self.grant_layout = grant_layout(cfg, slots)
         self.run_layout = data.StructLayout({"n_tokens": unsigned(T_max.bit_length())})
         word_c, word_r = weight_word(C), weight_word(R)
-        sh_aw = max(1, ceil_log2(self.shared_image_words)) if self.shared else 1
         members = {
             "tok_wr": In(wiring.Signature({"addr": Out(index_shape(T_max * (D // C))),
                                            "data": Out(word_c), "en": Out(1)})),
             "router_wr": In(self.router.wr.signature.flip()),
-            "shared_wr": In(wiring.Signature({"addr": Out(sh_aw), "data": Out(word_c),
-                                              "en": Out(1)})),
+        }
+        if self.shared is not None:
+            sh_aw = max(1, ceil_log2(self.shared_image_words))
+            members["shared_wr"] = In(wiring.Signature({"addr": Out(sh_aw), "data": Out(word_c),
+                                                        "en": Out(1)}))
+        members.update({
             "y_mult": In(16),
             "y_shift": In(6),
             "expert_off": In(cfg.n_experts + (1 if cfg.shared_d_ff else 0)),
@@ -197,7 +199,7 @@ class LayerCore(wiring.Component):
             "release": Out(1),
             "w_rd": Out(wiring.Signature({"addr": Out(self.w_addr_width), "en": Out(1),
                                           "data": In(word_c)})),
-        }
+        })
         members.update({name: Out(COUNTER_BITS) for name in CORE_COUNTERS})
         super().__init__(members, src_loc_at=loc)
 

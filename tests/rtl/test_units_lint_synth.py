@@ -31,9 +31,7 @@ TINY = "configs/tiny.toml"
 
 # Defects the registry's checks found in the tops when they were first registered, each to be
 # fixed in the unit; strict: a fix makes the case pass, and then the entry must go.
-_SHARED_WR = ("LayerCore declares shared_wr without a shared expert (an input nothing reads); "
-              "declare it only with one, and MoEAccelerator's write table skip it then")
-_DEFECTS = {"layer_core": lambda cfg: None if cfg.shared_d_ff else _SHARED_WR}
+_DEFECTS = {}
 
 
 # Checked at every example config in `make test`; every other unit at tiny there and at the

@@ -165,21 +165,11 @@ def test_layer_core_wrong_expectation_fails(sim_build, tmp_path):
     assert int(expected) == int(actual) + 1, message
 
 
-# Inputs a core without a shared expert has but ignores (kept so every config has one port list):
-# the shared image's write port.
-UNUSED_WITHOUT_SHARED = ("Signal is not used: 'shared_wr__addr'",
-                         "Signal is not used: 'shared_wr__en'")
-
-
 @pytest.mark.parametrize("name", ["tiny", "switch", "qwen2_moe"])
 def test_layer_core_verilog_lints_clean(name):
     """Verilator -Wall: nothing but generator artefacts (`lint_problems`: the hierarchy's file
-    name, alias wires) and, without a shared expert, the unused ``shared_wr`` inputs."""
-    cfg = config(name)
-    problems = lint_problems(to_verilog(LayerCore(cfg), "layer_core"), "layer_core")
-    if not cfg.shared_d_ff:
-        problems = [p for p in problems
-                    if not any(n in p for n in UNUSED_WITHOUT_SHARED)]
+    name, alias wires); without a shared expert there is no unused ``shared_wr`` input."""
+    problems = lint_problems(to_verilog(LayerCore(config(name)), "layer_core"), "layer_core")
     assert problems == []
 
 
@@ -198,8 +188,10 @@ def test_layer_core_ports_and_sizes():
     for name in ("cycles", "router_cycles", "mac_busy", "mac_total", "shared_mac_busy",
                  "experts_run", "tokens_routed"):
         assert ports[name].width == 32 and ports[name].direction == "output"
-    tiny = LayerCore(config("tiny"))
-    assert tiny.shared_image_words == 0 and verilog_ports(tiny)["shared_wr.addr"].width == 1
+    assert ports["shared_wr.addr"].width == (core.shared_image_words - 1).bit_length()
+    tiny = LayerCore(config("tiny"))                # no shared expert: no shared image port
+    assert tiny.shared_image_words == 0 and not any(p.startswith("shared_wr")
+                                                    for p in verilog_ports(tiny))
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
