@@ -123,17 +123,15 @@ def random_layer(cfg: AccelConfig, seed: int):
     return QuantizedMoELayer.from_hf(block, cfg, calib=make_hf_input(cfg, 512, seed=seed + 7))
 
 
-def _stream_prefix(component, name: str) -> str:
-    from moeforge.rtl.export import verilog_ports
-    return verilog_ports(component)[f"{name}.valid"].name.removesuffix("__valid")
-
-
 def requantiser_bench(dut, beats) -> dict:
     """The requantiser bench's data (sim/benches/requantiser.py) for `beats` (``[acc lanes,
     mult lanes, shift]`` each) through the `Requantiser` `dut`: the golden model's outputs
     (``hls_models.fixed_point.requantize``), and the unit's widths, latency, input layout and
     port names taken from the component itself."""
     from moeforge.hls_models.fixed_point import requantize
+    from moeforge.rtl.export import verilog_ports
+    from moeforge.sim.benches.common import stream_prefix
+    ports = verilog_ports(dut)
     acc = torch.tensor([a for a, _, _ in beats], dtype=torch.int64)
     mult = torch.tensor([m for _, m, _ in beats], dtype=torch.int64)
     shift = torch.tensor([[s] for _, _, s in beats], dtype=torch.int64).expand_as(acc)
@@ -142,7 +140,7 @@ def requantiser_bench(dut, beats) -> dict:
                 in_width=dut.in_width, out_bits=dut.out_bits, lanes=dut.lanes,
                 mult_bits=dut.mult_bits, shift_bits=dut.shift_bits, latency=dut.latency,
                 in_layout=[dut.in_layout[f].offset for f in ("acc", "mult", "shift")],
-                i_stream=_stream_prefix(dut, "i_stream"), o_stream=_stream_prefix(dut, "o_stream"))
+                i_stream=stream_prefix(ports, "i_stream"), o_stream=stream_prefix(ports, "o_stream"))
 
 
 def _requantiser_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
@@ -170,6 +168,7 @@ def _combiner_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     shared expert's, gate-weighted; expected y = forward_int(x)."""
     from moeforge.hls_models.hf_random import make_hf_input
     from moeforge.rtl.export import verilog_ports
+    from moeforge.sim.benches.common import stream_prefix
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed))
     x64 = x.to(torch.int64)
     route = q.route_int(x)
@@ -185,8 +184,8 @@ def _combiner_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     batch = dict(name="cli", n_tokens=tokens, mult=q.out_mult, shift=q.out_shift, contribs=contribs,
                  expected=q.forward_int(x).tolist())
     return {"d_model": dut.d_model, "lanes": dut.lanes, "t_max": dut.t_max,
-            "flush_latency": dut.flush_latency, "i_contrib": _stream_prefix(dut, "i_contrib"),
-            "i_flush": _stream_prefix(dut, "i_flush"), "o_y": _stream_prefix(dut, "o_y"),
+            "flush_latency": dut.flush_latency, "i_contrib": stream_prefix(ports, "i_contrib"),
+            "i_flush": stream_prefix(ports, "i_flush"), "o_y": stream_prefix(ports, "o_y"),
             "y_mult": ports["y_mult"].name, "y_shift": ports["y_shift"].name,
             "perturb": None, "batches": [batch], "expected": batch["expected"]}
 
@@ -196,14 +195,15 @@ def _router_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     from moeforge.hls_models.hf_random import make_hf_input
     from moeforge.rtl.export import verilog_ports
     from moeforge.rtl.routing.router import router_image
+    from moeforge.sim.benches.common import stream_prefix
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed))
     r = q.route_int(x)
     expected = [r.indices[t].tolist() + r.gates[t].tolist() + [int(r.shared_gate[t])] for t in range(tokens)]
     ports = verilog_ports(dut)
     batch = dict(name="cli", image=router_image(q, lanes=dut.lanes), tokens=x.tolist(), expected=expected)
     return {"lanes": dut.lanes, "slices": dut.slices, "n_experts": dut.n_experts, "top_k": dut.top_k,
-            "cycles_per_token": dut.cycles_per_token(), "i_tokens": _stream_prefix(dut, "i_tokens"),
-            "o_route": _stream_prefix(dut, "o_route"), "wr_addr": ports["wr.addr"].name,
+            "cycles_per_token": dut.cycles_per_token(), "i_tokens": stream_prefix(ports, "i_tokens"),
+            "o_route": stream_prefix(ports, "o_route"), "wr_addr": ports["wr.addr"].name,
             "wr_data": ports["wr.data"].name, "wr_en": ports["wr.en"].name, "wr_stall": 0.2,
             "batches": [batch], "expected": expected}
 
@@ -293,6 +293,7 @@ def _hidden_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     from moeforge.hls_models.hf_random import make_hf_input
     from moeforge.rtl.export import verilog_ports
     from moeforge.rtl.expert.hidden import hidden_image
+    from moeforge.sim.benches.common import stream_prefix
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed)).to(torch.int64)
     e = int(torch.randint(cfg.n_experts, (1,), generator=torch.Generator().manual_seed(seed)))
     bank = q.experts
@@ -301,8 +302,8 @@ def _hidden_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     ports = verilog_ports(dut)
     batch = dict(name="cli", image=hidden_image(bank, e), beats=hidden_beats(dut, acc_g, acc_u),
                  expected=bank.hidden(e, x).tolist())
-    return {"lanes": dut.lanes, "latency": dut.latency, "i_acc": _stream_prefix(dut, "i_acc"),
-            "o_h": _stream_prefix(dut, "o_h"),
+    return {"lanes": dut.lanes, "latency": dut.latency, "i_acc": stream_prefix(ports, "i_acc"),
+            "o_h": stream_prefix(ports, "o_h"),
             "wr": {k: ports[f"wr.{k}"].name for k in ("addr", "data", "en")},
             "h_data_offset": dut.h_layout["data"].offset, "h_last_offset": dut.h_layout["last"].offset,
             "batches": [batch], "perturb": None, "expected": batch["expected"]}
