@@ -8,11 +8,13 @@ saved from real runs (``tests/fpga_boards/data``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from moeforge.errors import MoeforgeError
 
-__all__ = ["CellUsage", "unit_usage", "parse_nextpnr_report", "Timing", "CriticalPath",
+from .usage import Usage
+
+__all__ = ["unit_usage", "parse_nextpnr_report", "Timing", "CriticalPath",
            "ReportError", "format_table"]
 
 
@@ -31,31 +33,8 @@ _MULT = {"MULT18X18D", "SB_MAC16"}
 _BRAM = {"DP16KD", "PDPW16KD", "SB_RAM40_4K", "SB_RAM40_4KNR", "SB_RAM40_4KNW", "SB_RAM40_4KNRNW"}
 
 
-@dataclass
-class CellUsage:
-    luts: int = 0
-    ffs: int = 0
-    multipliers: int = 0
-    bram_blocks: int = 0
-    lutram_luts: int = 0
-    other: dict = field(default_factory=dict)
-
-    def add(self, o: "CellUsage") -> None:
-        self.luts += o.luts
-        self.ffs += o.ffs
-        self.multipliers += o.multipliers
-        self.bram_blocks += o.bram_blocks
-        self.lutram_luts += o.lutram_luts
-        for k, v in o.other.items():
-            self.other[k] = self.other.get(k, 0) + v
-
-    def as_dict(self) -> dict:
-        return {"luts": self.luts, "ffs": self.ffs, "multipliers": self.multipliers,
-                "bram_blocks": self.bram_blocks, "lutram_luts": self.lutram_luts}
-
-
-def _usage_of(cells: dict[str, int], modules: set[str]) -> CellUsage:
-    u = CellUsage()
+def _usage_of(cells: dict[str, int], modules: set[str]) -> Usage:
+    u = Usage(bram_bits=None)
     for typ, n in cells.items():
         if typ in modules or f"\\{typ}" in modules:
             continue                                    # a submodule instance
@@ -69,12 +48,10 @@ def _usage_of(cells: dict[str, int], modules: set[str]) -> CellUsage:
             u.multipliers += n
         elif typ in _BRAM:
             u.bram_blocks += n
-        elif not typ.startswith("$scopeinfo"):
-            u.other[typ] = u.other.get(typ, 0) + n
     return u
 
 
-def unit_usage(netlist: dict, top: str, paths) -> tuple[dict[str, CellUsage], dict[str, CellUsage]]:
+def unit_usage(netlist: dict, top: str, paths) -> tuple[dict[str, Usage], dict[str, Usage]]:
     """``(own, inclusive)``: the usage of each unit of a flattened netlist (Yosys
     ``write_json``), keyed by its path below `top` (``"design.soc.accel.core.router"``; ``""`` for
     the cells of no unit in `paths`): its own cells, and with every unit below it.
@@ -102,7 +79,7 @@ def unit_usage(netlist: dict, top: str, paths) -> tuple[dict[str, CellUsage], di
     own = {p: _usage_of(c, set()) for p, c in cells.items()}
     inclusive = {}
     for path in own:
-        total = CellUsage()
+        total = Usage(bram_bits=None)
         for p, u in own.items():
             if path == "" or p == path or p.startswith(path + "."):
                 total.add(u)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from moeforge.errors import MoeforgeError
 
 from .boards import FPGA, Board
+from .usage import Usage
 
 __all__ = ["Usage", "Estimate", "estimate_rtlil", "estimate_component", "check_fits",
            "ResourceShortfall", "LUT_ESTIMATE_NOTE"]
@@ -38,27 +39,6 @@ LUT_ESTIMATE_NOTE = "LUTs are a rough estimate (within about ±40% of Yosys' cou
 
 class ResourceShortfall(MoeforgeError):
     """The design needs more of some resource than the board's FPGA has."""
-
-
-@dataclass
-class Usage:
-    """Counts of one module, or of a whole design."""
-
-    luts: float = 0.0
-    ffs: int = 0
-    multipliers: int = 0
-    bram_blocks: int = 0
-    bram_bits: int = 0          # data bits of the memories placed in block RAM
-    lutram_luts: float = 0.0    # LUTs used as RAM (included in `luts`)
-
-    def add(self, other: "Usage") -> None:
-        for f in ("luts", "ffs", "multipliers", "bram_blocks", "bram_bits", "lutram_luts"):
-            setattr(self, f, getattr(self, f) + getattr(other, f))
-
-    def as_dict(self) -> dict:
-        return {"luts": round(self.luts), "ffs": self.ffs, "multipliers": self.multipliers,
-                "bram_blocks": self.bram_blocks, "bram_bits": self.bram_bits,
-                "lutram_luts": round(self.lutram_luts)}
 
 
 @dataclass
