@@ -138,11 +138,12 @@ def build(board: Board, cfg: AccelConfig, out_dir: str | os.PathLike, *, config_
         mode = "wb" if isinstance(content, bytes) else "w"
         with open(work / name, mode) as f:
             f.write(content)
-    for stale in ("top.json", "report.json", "top.config", "top.asc", "top.bit", "top.bin"):
+    for stale in ("yosys.log", "top.json", "report.json", "top.config", "top.asc", "top.bit", "top.bin"):
         (work / stale).unlink(missing_ok=True)
     steps["elaborate"] += time.monotonic() - t0
 
-    steps["synthesis"] = run_tool("yosys", ["top.ys"], cwd=work, log=logs / "synthesis.log",
+    steps["synthesis"] = run_tool("yosys", ["-l", "yosys.log", "top.ys"], cwd=work,
+                                  log=logs / "synthesis.log", own_log="yosys.log",
                                   step="synthesis (yosys)", timeout=BuildTimeouts.synthesis,
                                   progress_every=progress_every, out=out)
     pnr = "nextpnr-ecp5" if board.fpga.family == "ecp5" else "nextpnr-ice40"

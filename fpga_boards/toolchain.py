@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,11 +64,16 @@ def _phase_of(kind: str, line: str) -> str | None:
 
 
 def run_tool(name: str, args: list[str], *, cwd: Path, log: Path, step: str,
-             timeout: float, progress_every: float = 20.0, out=None) -> float:
+             timeout: float, progress_every: float = 20.0, out=None,
+             own_log: str | None = None) -> float:
     """Run ``yowasp-<name> args`` in `cwd`, its output into `log`; return seconds taken.
 
     Every `progress_every` seconds one line on `out` (stderr) says the step, the time so far
     and the tool's latest phase. A Ctrl-C or the time-out ends the tool's whole process group.
+
+    `own_log` names the log file the tool itself writes in `cwd` (Yosys' ``-l``): a tool that
+    aborts loses the output still buffered in its pipe (Yosys' ``ERROR:`` line among it), its
+    own log does not, so when the tool has ended that log replaces the pipe's copy in `log`.
     """
     out = sys.stderr if out is None else out
     exe = tool_path(name)
@@ -117,6 +123,8 @@ def run_tool(name: str, args: list[str], *, cwd: Path, log: Path, step: str,
             reader.join(timeout=10)
             proc.stdout.close()
     took = time.monotonic() - t0
+    if own_log is not None and (cwd / own_log).is_file():
+        shutil.copyfile(cwd / own_log, log)
     if proc.returncode != 0:
         text = log.read_text(errors="replace")
         errs = [ln.strip() for ln in text.splitlines() if "ERROR" in ln or "error:" in ln.lower()]
