@@ -16,6 +16,7 @@ FOLDER = ROOT / "configs" / "boards"
 # Each board config and the boards it is sized for.
 BOARD_CONFIGS = {
     "ecp5-25f.toml": ("ulx3s-25f", "orangecrab-25f"),
+    "ecp5-85f.toml": ("ulx3s-85f", "orangecrab-85f"),
 }
 
 
