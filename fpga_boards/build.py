@@ -98,6 +98,14 @@ def prepare_top(board: Board, cfg: AccelConfig, *, out=None):
     return top, estimate, time.monotonic() - t0
 
 
+# Run after reading the design, before synthesis. Yosys 0.70's ABC9 reintegration
+# (abc_ops_reintegrate) asserts on wires whose names hold brackets -- the names Amaranth gives
+# array elements, such as the dispatch table's ``counts[3]`` -- ("Assert `count_id(wire->name)
+# == 0' failed", or "GetSize(conn.first) == GetSize(conn.second)" on the whole SoC), depending on
+# the config. Such wires lose their names (they become internal); cells keep theirs.
+SCRIPT_AFTER_READ = "rename -hide w:*[*"
+
+
 def _nextpnr_args(board: Board, platform) -> list[str]:
     f = board.fpga
     pkg = NEXTPNR_PACKAGES[platform.package]
@@ -133,7 +141,8 @@ def build(board: Board, cfg: AccelConfig, out_dir: str | os.PathLike, *, config_
     platform = board.make_platform()
     synth_opts = "-dsp" if board.fpga.family == "ice40" else ""
     t0 = time.monotonic()
-    plan = platform.build(top, name="top", do_build=False, synth_opts=synth_opts)
+    plan = platform.build(top, name="top", do_build=False, synth_opts=synth_opts,
+                          script_after_read=SCRIPT_AFTER_READ)
     for name, content in plan.files.items():
         mode = "wb" if isinstance(content, bytes) else "w"
         with open(work / name, mode) as f:
