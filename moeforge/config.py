@@ -12,6 +12,7 @@ import json
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
+from fractions import Fraction
 from pathlib import Path
 
 from .checks import choice_problem, int_problem
@@ -310,6 +311,27 @@ class AccelConfig:
         """Channels per beat of the hidden unit: one per gate/up row pair of the MAC array
         (SwiGLU) or one per row (ReLU)."""
         return self.mac_rows // 2 if self.activation == "swiglu" else self.mac_rows
+
+    @property
+    def combiner_lanes(self) -> int:
+        """Values per beat of the combiner (``L``): the smallest divisor of ``mac_rows`` that
+        keeps up with the expert engines.
+
+        An engine's down projection delivers ``R = mac_rows`` outputs of one token every
+        ``d_ff / mac_cols`` cycles (one MAC-array op per slice of ``d_ff``, see
+        `moeforge.rtl.expert.expert_ffn`): ``R·C/F`` values a cycle at most, the shared engine
+        ``R·C/F_sh`` at the same time. The combiner takes ``L`` values a cycle, so it is not
+        the bottleneck while ``L >= R·C/F`` (``+ R·C/F_sh`` with a shared expert; ``L = R`` if
+        even that is too few). ``L`` divides ``R`` (and so ``d_model``): the layer core's
+        gearboxes split and join whole ``R``-lane beats. Each lane costs the combiner its
+        multipliers (``gate·o`` and the flush's ``acc·M_y``); the price of fewer lanes is the
+        flush, ``T·d_model/L`` cycles after the last contribution.
+        """
+        R, C = self.mac_rows, self.mac_cols
+        rate = Fraction(R * C, self.d_ff)
+        if self.shared_d_ff:
+            rate += Fraction(R * C, self.shared_d_ff)
+        return next(L for L in range(1, R + 1) if R % L == 0 and (L >= rate or L == R))
 
     @property
     def rotation_block(self) -> int:

@@ -118,6 +118,34 @@ def test_frozen():
         AccelConfig().d_model = 3
 
 
+@pytest.mark.parametrize("path", CONFIGS + sorted(glob.glob("configs/boards/*.toml")))
+def test_combiner_lanes_is_the_smallest_divisor_of_the_rows_that_keeps_up(path):
+    """L divides mac_rows and takes at least the values the engines' down projections deliver
+    a cycle (R·C/F, + R·C/F_sh with a shared expert); no smaller divisor does."""
+    from fractions import Fraction
+    cfg = AccelConfig.from_toml(path)
+    R, C, L = cfg.mac_rows, cfg.mac_cols, cfg.combiner_lanes
+    rate = Fraction(R * C, cfg.d_ff)
+    if cfg.shared_d_ff:
+        rate += Fraction(R * C, cfg.shared_d_ff)
+    assert R % L == 0 and cfg.d_model % L == 0
+    assert L >= rate or L == R
+    assert all(smaller < rate for smaller in range(1, L) if R % smaller == 0)
+
+
+@pytest.mark.parametrize("changes, lanes", [
+    ({}, 1),                                                    # tiny: 4·4/64 = 1/4
+    (dict(mac_cols=16), 1),                                     # 4·16/64 = 1
+    (dict(mac_cols=32), 2),                                     # 2
+    (dict(mac_cols=32, d_ff=96, d_model=96), 2),                # 4·32/96 = 4/3: L = 2 of 4
+    (dict(shared_d_ff=64), 1),                                  # 1/4 + 1/4
+    (dict(mac_cols=16, shared_d_ff=64), 2),                     # 1 + 1
+    (dict(mac_cols=64, shared_d_ff=64), 4),                     # 4 + 4 > R: every row
+])
+def test_combiner_lanes_examples(changes, lanes):
+    assert AccelConfig.from_toml("configs/tiny.toml").replace(**changes).combiner_lanes == lanes
+
+
 def test_cli_bad_config_is_one_line_exit_2(tmp_path, capsys):
     p = tmp_path / "bad.toml"
     p.write_text(AccelConfig().to_toml().replace("top_k = 2", "top_k = 99"))
