@@ -133,6 +133,17 @@ def _index_bits(t_max: int) -> int:
     return max(1, (t_max - 1).bit_length())
 
 
+def _times(value, k: int):
+    """``value · k`` for a constant ``k >= 1`` as a sum of shifted copies of `value`, one per
+    set bit of ``k``: index arithmetic such as ``token · beats_per_token``, which as a
+    ``$mul`` would take hard multipliers whenever ``k`` is not a power of two."""
+    terms = [value << i for i in range(k.bit_length()) if (k >> i) & 1]
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
 def contrib_layout(*, t_max: int, lanes: int) -> data.StructLayout:
     """``i_contrib`` payload: ``token`` (index < t_max), ``gate`` (unsigned 22),
     ``data`` (lanes × signed 16), ``last``."""
@@ -277,7 +288,7 @@ class Combiner(wiring.Component):
         def address(token, beat):
             if bpt == 1:
                 return token
-            return (token * bpt + beat)[:addr_bits]
+            return (_times(token, bpt) + beat)[:addr_bits]
 
         # ---------------------------------------------------------------- accumulate pipeline
         ic = self.i_contrib
@@ -354,7 +365,7 @@ class Combiner(wiring.Component):
         f_beat = Signal(beat_bits) if bpt > 1 else None
         f_last = (f_beat == bpt - 1) if bpt > 1 else Const(1, 1)
         with m.If(flush_accept):
-            m.d.sync += [flushing.eq(1), f_left.eq(n_eff if bpt == 1 else n_eff * bpt),
+            m.d.sync += [flushing.eq(1), f_left.eq(_times(n_eff, bpt)),
                          f_token.eq(0), y_mult.eq(self.y_mult), y_shift.eq(self.y_shift)]
             if bpt > 1:
                 m.d.sync += f_beat.eq(0)
@@ -384,7 +395,8 @@ class Combiner(wiring.Component):
             m.d.comb += [rp.addr.eq(s1_addr), rp.en.eq(1)]
         with m.Else():
             # token · bpt + beat also for bpt = 1, where beat is 0 (one beat per token)
-            m.d.comb += [rp.addr.eq((ar.token * bpt + ar.beat)[:addr_bits]), rp.en.eq(ar.en)]
+            m.d.comb += [rp.addr.eq((_times(ar.token, bpt) + ar.beat)[:addr_bits]),
+                         rp.en.eq(ar.en)]
 
         # Issue → read stage (rp.data, and the token's touched bit).
         r_touched, r_token, r_last = Signal(), Signal(tok_bits), Signal()

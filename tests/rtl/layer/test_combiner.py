@@ -9,13 +9,16 @@ imported and quantised): the router's gates and each expert's int16 outputs beco
 expected outputs are ``forward_int(x)``. They reach the cocotb side
 (sim/benches/combiner.py) as a JSON file named by ``MOEFORGE_TEST_PARAMS``.
 
-Two builds:
+Three builds:
 
-``x8``  `Combiner.from_config` of the DeepSeek-V3 config, 8 lanes: d_model 64 (8 beats per
-        token), t_max 64, max_terms 5 (k = 4 + shared), 41-bit accumulators. Every family of
-        `family_configs` has d_model 64 and t_max 64 and at most 5 terms, so this one build runs
-        the Switch, Qwen2-MoE, DeepSeek-V2 and DeepSeek-V3 batches (only the accumulator width
-        differs between their own builds, and 41 bits hold each of their sums exactly).
+``x8``  `Combiner.from_config` of the DeepSeek-V3 config, 8 lanes (``L = R = mac_rows``, one
+        lane per MAC row): d_model 64 (8 beats per token), t_max 64, max_terms 5 (k = 4 +
+        shared), 41-bit accumulators. Every family of `family_configs` has d_model 64 and
+        t_max 64 and at most 5 terms, so this one build runs the Switch, Qwen2-MoE, DeepSeek-V2
+        and DeepSeek-V3 batches (only the accumulator width differs between their own builds,
+        and 41 bits hold each of their sums exactly).
+``x4``  the same config on its ``combiner_lanes`` (4 for 8 rows, as the layer core builds it:
+        ``L < R``): 16 beats per token, the same batches.
 ``x16`` a Qwen2-MoE config shrunk to d_model 16 and t_max 8, 16 lanes: one beat per token, so
         consecutive contributions of a token hit the same address on consecutive cycles (the
         read-modify-write forwarding path); 40-bit accumulators (max_terms 3).
@@ -38,7 +41,7 @@ from moeforge.sim.toolchain import verilator_lint
 from moeforge.spec.arith import GATE_BITS
 
 COCOTB_MODULE = "moeforge.sim.benches.combiner"
-LANES = {"x8": 8, "x16": 16}
+LANES = {"x8": 8, "x4": 4, "x16": 16}
 GATE_MAX = (1 << GATE_BITS) - 1
 
 
@@ -49,7 +52,7 @@ def small_qwen2():
 
 
 def build_config(build):
-    return family_configs()["deepseek_v3"] if build == "x8" else small_qwen2()
+    return small_qwen2() if build == "x16" else family_configs()["deepseek_v3"]
 
 
 def make_dut(build):
@@ -147,7 +150,7 @@ def batches_for(build):
     # |acc| <= max_terms · 2^37 · M: with M = 65535 this S keeps y inside int8 (an overflow
     # of the accumulator would show), the second pair saturates every large lane.
     s_fit = dut.acc_width + 15 - 6
-    if build == "x8":
+    if build in ("x8", "x4"):
         out += [
             model_batch(fams["deepseek_v3"], T, seed=11, order="expert-major",
                         name="deepseek_v3 T=T_max expert-major"),
@@ -211,7 +214,7 @@ def write_params(tmp_path, dut, batches, *, perturb=None, in_stall=0.3, out_stal
 @pytest.mark.parametrize("build", LANES)
 def test_combiner_matches_golden(sim_build, tmp_path, build):
     dut = make_dut(build)
-    if build == "x8":
+    if build in ("x8", "x4"):
         # The families this build stands in for need nothing it lacks.
         for fam in ("switch", "qwen2_moe", "deepseek_v2", "deepseek_v3"):
             own = Combiner.from_config(family_configs()[fam], lanes=LANES[build])
@@ -250,6 +253,11 @@ def test_odd_shapes_lint_clean(kw):
     """Beats per token and t_max that are not powers of two; one beat per token, 9 terms."""
     result = verilator_lint(to_verilog(Combiner(**kw), "combiner"), "combiner")
     assert result.ok, result.output
+
+
+def test_builds_cover_fewer_lanes_than_rows_and_one_per_row():
+    cfg = build_config("x8")
+    assert LANES["x8"] == cfg.mac_rows and LANES["x4"] == cfg.combiner_lanes < cfg.mac_rows
 
 
 def test_accumulator_width():
