@@ -44,7 +44,8 @@ def _requantiser(cfg: AccelConfig):
 
 def _combiner(cfg: AccelConfig):
     from .layer.combiner import Combiner
-    return Combiner.from_config(cfg, lanes=cfg.mac_rows)
+    # as the layer core instantiates it: on the config's combiner_lanes
+    return Combiner.from_config(cfg, lanes=cfg.combiner_lanes)
 
 
 def _router(cfg: AccelConfig):

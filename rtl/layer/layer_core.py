@@ -32,19 +32,23 @@ phases after ``i_run``:
    shared output waits until its token is routed). The two sources are arbitrated per whole
    contribution (round robin at ``last``); the shared engine's outputs pass a FIFO of two
    contributions and one enters the arbiter only once its last beat is in, so it never holds
-   the routed engine (the critical path) for more than ``D/R`` cycles. When every expert has
-   been visited, every request granted and all their contributions are in (``Σ count[e]`` over
-   the requested experts, ``+ T`` with an enabled shared expert: ``T·(k + [shared])`` without a
-   mask), the combiner is flushed with ``n_tokens = T`` and its ``y`` is written to the output
-   buffer; then ``done`` pulses.
+   the routed engine (the critical path) for more than ``D/L`` cycles. The combiner runs on
+   ``L = cfg.combiner_lanes`` lanes (a divisor of ``R`` that keeps up with the engines' output
+   rate, see `AccelConfig.combiner_lanes`): a `Gearbox` splits each ``R``-lane contribution
+   beat into ``R/L`` beats (``last`` on the final one) and another joins its ``L``-lane ``y``
+   into the output buffer's ``R``-lane words (both are wires when ``L = R``). When every
+   expert has been visited, every request granted and all their contributions are in the
+   combiner (``Σ count[e]`` over the requested experts, ``+ T`` with an enabled shared expert:
+   ``T·(k + [shared])`` without a mask), the combiner is flushed with ``n_tokens = T``
+   (``T·D/L`` cycles) and its ``y`` is written to the output buffer; then ``done`` pulses.
 
 A disabled routed expert is skipped by the scheduler as if no token had chosen it (not
 requested, not computed, no contribution); a disabled shared expert's engine gets no job. The
 routing and the dispatch table are the same either way. ``acc_rd`` reads the combiner's
 accumulators (``Σ g·o`` of the enabled experts) of the last batch until the next ``i_run``.
 
-Ports (``C = mac_cols``, ``R = mac_rows``, ``D = d_model``; words of int8 have lane ``c`` in
-bits ``8c .. 8c+7``)
+Ports (``C = mac_cols``, ``R = mac_rows``, ``L = combiner_lanes``, ``D = d_model``; words of
+int8 have lane ``c`` in bits ``8c .. 8c+7``)
 ---------------------------------------------------------------------------------------------
 ``tok_wr``         in ``{addr, data, en}``: token buffer write, words of ``C`` int8: token ``t``
                    element ``d`` at word ``t·(D/C) + d // C``, lane ``d % C``. Write between
@@ -64,8 +68,8 @@ bits ``8c .. 8c+7``)
 ``out_rd``         in ``{addr, en}``, out ``{data}``: output buffer read, words of ``R`` int8: token
                    ``t`` element ``d`` at word ``t·(D/R) + d // R``, lane ``d % R``; latency 1.
 ``acc_rd``         in ``{token, beat, en}``, out ``{data, touched}``: the combiner's ``acc_rd``:
-                   ``R`` signed accumulators (``combiner.acc_width`` bits) of token ``token``,
-                   elements ``beat·R ..``, if ``touched`` (else 0: no enabled expert contributed
+                   ``L`` signed accumulators (``combiner.acc_width`` bits) of token ``token``,
+                   elements ``beat·L ..``, if ``touched`` (else 0: no enabled expert contributed
                    to the token); latency 1, held while ``en`` is low. Read between batches.
 ``o_req``          out stream ``{expert}`` (``max(1, ceil_log2(E))`` bits): expert wanted next.
 ``i_grant``        in stream ``{expert, slot, hit}`` (slot ``max(1, ceil_log2(slots))`` bits): an
@@ -96,10 +100,11 @@ from amaranth.utils import ceil_log2
 from moeforge.config import AccelConfig
 from moeforge.spec.protocol import CORE_COUNTERS
 
-from .combiner import Combiner
+from .combiner import Combiner, contrib_layout, y_layout
 from ..routing.dispatch import Dispatch, pick
 from ..expert.expert_ffn import ExpertFFN, ExpertImageLayout
 from moeforge.checks import check_int
+from ..datapath.gearbox import Gearbox
 from ..datapath.mac_array import COUNTER_BITS, index_shape, weight_word
 from ..routing.router import Router
 from .token_reader import TokenReader
@@ -164,7 +169,14 @@ class LayerCore(wiring.Component):
                                     rows=R, cols=C, t_max=T_max, rotation=cfg.rotation_block,
                                     src_loc_at=loc)
             self.shared_image_words = self.shared.image.words
-        self.combiner = Combiner.from_config(cfg, lanes=R, src_loc_at=loc)
+        # the combiner on L = cfg.combiner_lanes lanes (it keeps up with the engines' R-lane
+        # outputs); gearboxes split their contributions into L-lane beats and join its y into
+        # the output buffer's R-lane words (wires only when L = R)
+        self.combiner = Combiner.from_config(cfg, lanes=cfg.combiner_lanes, src_loc_at=loc)
+        self.contrib_gearbox = Gearbox(contrib_layout(t_max=T_max, lanes=R),
+                                       self.combiner.contrib_layout, src_loc_at=loc)
+        self.y_gearbox = Gearbox(self.combiner.y_layout, y_layout(t_max=T_max, lanes=R),
+                                 src_loc_at=loc)
         self.dispatch = Dispatch(n_experts=cfg.n_experts, top_k=cfg.top_k, t_max=T_max,
                                  shared=self.shared is not None, src_loc_at=loc)
         self.feed = TokenReader(slices=D // C, t_max=T_max, word=weight_word(C), src_loc_at=loc)
@@ -224,6 +236,10 @@ class LayerCore(wiring.Component):
         m.submodules.dispatch = disp = self.dispatch
         m.submodules.engine = eng = self.engine
         m.submodules.combiner = comb = self.combiner
+        m.submodules.contrib_gearbox = cgb = self.contrib_gearbox
+        m.submodules.y_gearbox = ygb = self.y_gearbox
+        wiring.connect(m, cgb.o, comb.i_contrib)
+        wiring.connect(m, comb.o_y, ygb.i)
         m.submodules.feed = feed = self.feed
         sh = self.shared
         if sh is not None:
@@ -381,7 +397,7 @@ class LayerCore(wiring.Component):
             m.d.sync += q_out.eq(q_out + 1)
 
         # -- shared engine: one job of all T tokens, from the run on ----------------------------
-        ic = comb.i_contrib
+        ic = cgb.i                                    # R-lane contributions, to the combiner's L
         if sh is not None:
             sh_on = Signal(name="shared_on")           # the batch's shared expert is enabled
             sh_job = Signal(name="shared_job")
@@ -409,11 +425,11 @@ class LayerCore(wiring.Component):
                          sfeed.i_token.payload.token.eq(st[:disp.token_shape.width])]
             wiring.connect(m, sfeed.o_x, sh.i_x)
             # outputs: through a FIFO of two contributions (2·D/R beats), so that a shared
-            # contribution enters the arbiter only once its last beat is in and then takes D/R
-            # consecutive cycles (the shared engine's beats come one per S_F cycles: unbuffered,
-            # a shared contribution would hold the routed engine's outputs, and with them its
-            # down phase, for D/R·S_F cycles). A token's contribution also waits until its
-            # shared gate is in the table.
+            # contribution enters the arbiter only once its last beat is in and then takes D/L
+            # consecutive cycles, the combiner's (the shared engine's beats come one per S_F
+            # cycles: unbuffered, a shared contribution would hold the routed engine's outputs,
+            # and with them its down phase, for D/R·S_F cycles). A token's contribution also
+            # waits until its shared gate is in the table.
             sy = sh.o_y
             y_layout = sy.payload.shape()
             per = D // R
@@ -475,7 +491,9 @@ class LayerCore(wiring.Component):
                          n_expect.eq(0 if sh is None else
                                      Mux(self.expert_off[E], 0, self.i_run.payload.n_tokens))]
         with m.Else():
-            with m.If(ic.valid & ic.ready & ic.payload.last):
+            # counted as they enter the combiner (not the gearbox): the flush must follow them
+            cin = comb.i_contrib
+            with m.If(cin.valid & cin.ready & cin.payload.last):
                 m.d.sync += n_contrib.eq(n_contrib + 1)
             with m.If(granted):
                 m.d.sync += n_expect.eq(n_expect + g_count)
@@ -484,7 +502,7 @@ class LayerCore(wiring.Component):
                      fl.payload.n_tokens.eq(n_tok)]
         with m.If(fl.valid & fl.ready):
             m.d.sync += flushed.eq(1)
-        cy = comb.o_y
+        cy = ygb.o
         o_addr = Signal(index_shape(T_max * (D // R)), name="out_addr")
         m.d.comb += [cy.ready.eq(1), owp.addr.eq(o_addr), owp.data.eq(cy.payload.data),
                      owp.en.eq(cy.valid)]

@@ -298,20 +298,22 @@ class MoEAccelerator(wiring.Component):
 
     def _output_reads(self, m, net) -> None:
         """READ_OUTPUT's output-buffer reads, and READ_PARTIAL's combiner accumulator reads:
-        token `first`, beat `part_beat`; the value of lane `idx`, sign-extended, sent byte
-        `part_byte` by byte."""
+        token `first`, beat `part_beat` (of the combiner's ``L = combiner.lanes`` values); the
+        value of lane `idx`, sign-extended, sent byte `part_byte` by byte. `out_left` counts
+        output words of ``R`` values or accumulator words of ``L``."""
         cfg, core = self.cfg, self.core
         D, R, T_max = cfg.d_model, cfg.mac_rows, cfg.token_buffer_depth
+        L = core.combiner.lanes
         out_word = Signal(8 * R)
         out_addr = Signal(range(T_max * (D // R) + 1))
-        out_left = Signal(range(T_max * (D // R) + 1))
+        out_left = Signal(range(T_max * (D // L) + 1))
         m.d.comb += core.out_rd.addr.eq(out_addr)
         PB = self.layout.partial_bytes
-        part_beat = Signal(range(max(2, D // R)))
+        part_beat = Signal(range(max(2, D // L)))
         part_byte = Signal(range(max(2, PB)))
         part_value = Signal(signed(8 * PB))
         m.d.comb += [core.acc_rd.token.eq(net.first), core.acc_rd.beat.eq(part_beat),
-                     part_value.eq(Array(core.acc_rd.data[i] for i in range(R))[net.idx])]
+                     part_value.eq(Array(core.acc_rd.data[i] for i in range(L))[net.idx])]
         vars(net).update(out_word=out_word, out_addr=out_addr, out_left=out_left,
                          part_beat=part_beat, part_byte=part_byte, part_value=part_value)
 
@@ -450,7 +452,7 @@ class MoEAccelerator(wiring.Component):
                 respond(Status.OUT_OF_RANGE)
             with m.Else():
                 m.d.sync += [net.first.eq(h_lo16), net.part_beat.eq(0),
-                             net.out_left.eq(h_hi16 * (D // R))]
+                             net.out_left.eq(h_hi16 * (D // self.core.combiner.lanes))]
                 m.next = "PART_STATUS"
         with m.Case(Op.SET_EXPERT_MASK):
             with m.If(drain):
@@ -596,10 +598,11 @@ class MoEAccelerator(wiring.Component):
             m.next = "OUT_EMIT"
 
     def _partial_states(self, m, net) -> None:
-        """READ_PARTIAL: its status byte, then per beat of the combiner's accumulators each
-        lane's value, byte by byte, low first (an untouched token's accumulator is 0)."""
+        """READ_PARTIAL: its status byte, then per beat of the combiner's accumulators (``L``
+        values) each lane's value, byte by byte, low first (an untouched token's accumulator
+        is 0)."""
         core, idx, out_left, part_byte = self.core, net.idx, net.out_left, net.part_byte
-        D, R, PB = self.cfg.d_model, self.cfg.mac_rows, self.layout.partial_bytes
+        D, L, PB = self.cfg.d_model, self.core.combiner.lanes, self.layout.partial_bytes
         rsp_valid, rsp_data, rsp_last = self.o_rsp.valid, self.o_rsp.payload.data, self.o_rsp.payload.last
         with m.State("PART_STATUS"):
             m.d.comb += [rsp_valid.eq(1), rsp_data.eq(Status.OK), rsp_last.eq(out_left == 0)]
@@ -615,7 +618,7 @@ class MoEAccelerator(wiring.Component):
 
         with m.State("PART_EMIT"):
             lane_done = part_byte == PB - 1
-            word_done = lane_done & (idx == R - 1)
+            word_done = lane_done & (idx == L - 1)
             part_bytes = Array(net.part_value[8 * j:8 * j + 8] for j in range(PB))
             m.d.comb += [rsp_valid.eq(1),       # an untouched token's accumulator is 0
                          rsp_data.eq(Mux(core.acc_rd.touched, part_bytes[part_byte], 0)),
@@ -626,7 +629,7 @@ class MoEAccelerator(wiring.Component):
                     m.d.sync += [part_byte.eq(0), idx.eq(idx + 1)]
                 with m.If(word_done):
                     m.d.sync += out_left.eq(out_left - 1)
-                    with m.If(net.part_beat == D // R - 1):
+                    with m.If(net.part_beat == D // L - 1):
                         m.d.sync += [net.part_beat.eq(0), net.first.eq(net.first + 1)]
                     with m.Else():
                         m.d.sync += net.part_beat.eq(net.part_beat + 1)
