@@ -41,7 +41,7 @@ class BatchBound:
     compute: int        # routed MAC ops / (R·C) per cycle (or the shared engine's, if larger)
     fetch: int          # missed bytes / backing-memory bytes per cycle
     router: int         # T · the router's cycles per token
-    combiner: int       # the combiner's flush: T · D/R beats + its latency
+    combiner: int       # the combiner's flush: T · D/L beats (L its lanes) + its latency
 
     @property
     def total(self) -> int:
@@ -58,7 +58,7 @@ def batch_bound(top, counts, misses: int, n_tokens: int) -> BatchBound:
     fetch = int(-(-Fraction(fetch_bytes) // top.memory.bytes_per_cycle)) if fetch_bytes else 0
     return BatchBound(compute=max(routed, shared), fetch=fetch,
                       router=n_tokens * core.router.cycles_per_token(),
-                      combiner=n_tokens * (cfg.d_model // cfg.mac_rows) + core.combiner.flush_latency)
+                      combiner=n_tokens * core.combiner.beats_per_token + core.combiner.flush_latency)
 
 
 # The modules of `moeforge.sim` that describe hardware (the simulation models and the tops on
