@@ -29,7 +29,7 @@ from moeforge.outputs import atomic_write
 from .boards import Board
 from .report import ReportError, format_table, parse_nextpnr_report, unit_usage
 from .resources import check_fits, estimate_component
-from .toolchain import NEXTPNR_PACKAGES, run_tool
+from .toolchain import NEXTPNR_PACKAGES, ROUTERS, run_tool
 
 __all__ = ["build", "check_build_dir", "TimingMissed", "prepare_top", "BuildTimeouts", "make_report"]
 
@@ -106,24 +106,22 @@ def prepare_top(board: Board, cfg: AccelConfig, *, out=None):
 SCRIPT_AFTER_READ = "rename -hide w:*[*"
 
 
-def _nextpnr_args(board: Board, platform) -> list[str]:
+def _nextpnr_args(board: Board, platform, router: str) -> list[str]:
     f = board.fpga
     pkg = NEXTPNR_PACKAGES[platform.package]
     args = [f.nextpnr_device, "--package", pkg, "--json", "top.json", "--report", "report.json",
-            "--timing-allow-fail", "--seed", "1"]
+            "--timing-allow-fail", "--seed", "1", "--router", router]
     if f.family == "ecp5":
-        # router2: nextpnr's default router (router1) did not converge on the 85F configs
-        # (23,800 arcs still unrouted after 15 minutes); router2 brought the same placement from
-        # 26,000 overused wires to 5,100 in 11 iterations of about 50 s.
-        return args + ["--speed", str(platform.speed), "--lpf", "top.lpf", "--textcfg", "top.config",
-                       "--router", "router2"]
+        return args + ["--speed", str(platform.speed), "--lpf", "top.lpf", "--textcfg", "top.config"]
     return args + ["--pcf", "top.pcf", "--asc", "top.asc"]
 
 
 def build(board: Board, cfg: AccelConfig, out_dir: str | os.PathLike, *, config_name: str,
           allow_timing_fail: bool = False, out=None,
-          progress_every: float = 30.0, prepared=None) -> dict:
+          progress_every: float = 30.0, prepared=None, router: str = "router1") -> dict:
     """Build `cfg` for `board` into `out_dir`; return the report (also written there).
+
+    `router` is nextpnr's router, one of `ROUTERS`.
 
     Raises
     ------
@@ -136,6 +134,8 @@ def build(board: Board, cfg: AccelConfig, out_dir: str | os.PathLike, *, config_
         reports are written, the bitstream is not.
     """
     out = sys.stderr if out is None else out
+    if router not in ROUTERS:
+        raise MoeforgeError(f"router {router!r}: not one of {', '.join(ROUTERS)}")
     out_dir = check_build_dir(out_dir)
     top, estimate, t_elab = prepared or prepare_top(board, cfg, out=out)
     steps = {"elaborate": t_elab}
@@ -160,13 +160,14 @@ def build(board: Board, cfg: AccelConfig, out_dir: str | os.PathLike, *, config_
                                   step="synthesis (yosys)", timeout=BuildTimeouts.synthesis,
                                   progress_every=progress_every, out=out)
     pnr = "nextpnr-ecp5" if board.fpga.family == "ecp5" else "nextpnr-ice40"
-    steps["place_and_route"] = run_tool(pnr, _nextpnr_args(board, platform), cwd=work,
+    steps["place_and_route"] = run_tool(pnr, _nextpnr_args(board, platform, router), cwd=work,
                                         log=logs / "nextpnr.log",
                                         step=f"place and route ({pnr})",
                                         timeout=BuildTimeouts.place_and_route,
                                         progress_every=progress_every, out=out)
     report = make_report(board, cfg, top, estimate, work, config_name=config_name)
     report["steps"] = {k: round(v, 1) for k, v in steps.items()}
+    report["router"] = router
     t = report["timing"]
     if t["met"] or allow_timing_fail:
         suffix = board.bitstream_suffix

@@ -41,7 +41,8 @@ def cmd_build(args) -> int:
     with terminate_as_interrupt():
         report = build(board, cfg, out_dir, config_name=args.config,
                        allow_timing_fail=args.allow_timing_fail,
-                       progress_every=args.progress_every, prepared=prepared)
+                       progress_every=args.progress_every, prepared=prepared,
+                       router=args.router)
     sys.stdout.write(format_table(report))
     t = report["timing"]
     if not t["met"]:
@@ -93,6 +94,7 @@ def _positive_seconds(text: str) -> float:
 
 
 def add_board_commands(sub) -> None:
+    from moeforge.fpga_boards.toolchain import ROUTERS
     names = board_names()
     b = sub.add_parser(
         "build", help="build a bitstream of a config for a board (Yosys, nextpnr, packer)",
@@ -108,6 +110,9 @@ def add_board_commands(sub) -> None:
                    help="output folder (default: build/BOARD)")
     b.add_argument("--allow-timing-fail", action="store_true",
                    help="write the bitstream even if the achieved clock is below the config's")
+    b.add_argument("--router", choices=ROUTERS, default="router1",
+                   help="nextpnr's router (default router1; router2 converges on the 85F "
+                        "configs, where router1 does not)")
     b.add_argument("--progress-every", type=_positive_seconds, default=30.0, metavar="S",
                    help="seconds between progress lines of the long steps (default 30)")
     b.set_defaults(func=cmd_build)

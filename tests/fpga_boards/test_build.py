@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from moeforge import AccelConfig
+from moeforge.errors import MoeforgeError
 from moeforge.fpga_boards.boards import BOARDS
 from moeforge.fpga_boards.build import TimingMissed, build
 from moeforge.fpga_boards.resources import estimate_component
@@ -86,6 +87,7 @@ def test_a_probe_build_writes_a_bitstream_and_a_report(tmp_path, capsys):
     assert saved == json.loads(json.dumps(r))
     assert saved["timing"]["met"] and saved["resources"]["multipliers"]["used"] == 7
     assert set(saved["steps"]) == {"elaborate", "synthesis", "place_and_route", "bitstream"}
+    assert saved["router"] == "router1"
     assert (tmp_path / "report.txt").read_text().startswith("moeforge build: probe on ulx3s-85f")
     for log in ("synthesis.log", "nextpnr.log"):
         assert (tmp_path / "logs" / log).stat().st_size > 0
@@ -93,6 +95,13 @@ def test_a_probe_build_writes_a_bitstream_and_a_report(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "synthesis (yosys): started" in err and "place and route (nextpnr-ecp5): done in" in err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a temporary file was left"
+
+
+def test_an_unknown_router_is_refused_before_anything(tmp_path):
+    cfg = AccelConfig.from_toml(TINY)
+    with pytest.raises(MoeforgeError, match="router 'router3': not one of router1, router2"):
+        build(BOARDS["ulx3s-85f"], cfg, tmp_path / "out", config_name="tiny", router="router3")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.synthesis
