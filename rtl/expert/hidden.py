@@ -52,12 +52,16 @@ stage valids (stream rule 4 allows it). Stages, per lane:
 
 =====  =========================================================================================
  1     ``acc_g``, ``acc_u`` in; the beat's channel parameters read (memory, one word per beat)
+ 1P    the parameters in registers (with ``acc_g``, ``acc_u``), so that the memory's slow
+       output (a block RAM's, at most sizes) and the wide products are in separate cycles
  2     ``acc·M`` (gate and up; 48-bit)
  3     ``rshift(·, S)``
- 4     ``sat_24`` → ``g``, ``sat_16`` → ``u`` (ReLU: ``p = max(0, u)``; stages 5-7 absent). The
-       sigmoid LUT is read alongside: its address is ``(g >> 6) + 512`` of the value stage 4
-       loads (or holds), so its data always belongs to stage 4's ``g``
- 5     ``g·σ``, ``σ`` = ``2^15`` / ``0`` / the LUT's value by the range of ``g``
+ 4     ``sat_24`` → ``g``, ``sat_16`` → ``u`` (ReLU: ``p = max(0, u)``; stages 4S-7 absent).
+       The sigmoid LUT is read alongside: its address is ``(g >> 6) + 512`` of the value stage
+       4 loads (or holds), so its data always belongs to stage 4's ``g``
+ 4S    ``σ`` = ``2^15`` / ``0`` / the LUT's value by the range of ``g``, in a register (with
+       ``g``, ``u``): likewise, the LUT's output (a block RAM's) and ``g·σ`` apart
+ 5     ``g·σ``
  6     ``t = rshift(g·σ, 15)`` (int24, exact)
  7     ``p = t·u`` (int40)
  R     Walsh-Hadamard butterflies inside the beat (blocks of ``min(R, lanes)`` lanes;
@@ -93,8 +97,8 @@ from amaranth.lib.wiring import In, Out
 
 from moeforge.config import ACTIVATIONS, AccelConfig
 from moeforge.hls_models.fixed_point import sigmoid_lut
-from moeforge.spec.arith import (ACC_BITS, GATE_FRAC, GATE_ONE, HIDDEN_BITS, MULT_BITS, SHIFT_BITS, SIG_LIMIT,
-                                 SIG_SIZE, SIG_STEP_SHIFT, SILU_BITS, UP_BITS)
+from moeforge.spec.arith import (ACC_BITS, GATE_FRAC, GATE_ONE, HIDDEN_BITS, MULT_BITS, SHIFT_BITS, SIG_BITS,
+                                 SIG_LIMIT, SIG_SIZE, SIG_STEP_SHIFT, SILU_BITS, UP_BITS)
 from moeforge.checks import check_int
 from moeforge.spec.image import HiddenAddressMap, hidden_image
 
@@ -294,7 +298,7 @@ class HiddenUnit(wiring.Component):
     @property
     def stages(self) -> int:
         """Register stages from ``i_acc`` to ``o_h`` (the table in the module docstring)."""
-        front = 7 if self.swiglu else 4
+        front = 9 if self.swiglu else 5
         return (front + (1 if self.inner_rotation > 1 else 0)
                 + (1 if self.block_beats > 1 else 0) + 3)
 
@@ -395,6 +399,25 @@ class HiddenUnit(wiring.Component):
                 m.d.sync += nxt.eq(last)
             last = nxt
 
+        # ---------------------------------------------------------- 1P: parameters registered
+        # A block RAM's output is slow and the products after it wide: in one cycle they were
+        # the longest path of the expert engine's down requantiser, which reads its parameters
+        # the same way; so here too each has a cycle of its own.
+        stage = new_stage("s1p", stage[0], stage)
+        carry_last("s1p", stage[1])
+        acc_u1, acc_g1 = acc_u, acc_g
+        acc_u = regs("s1p_up", signed(ACC_BITS))
+        acc_g = regs("s1p_gate", signed(ACC_BITS)) if swiglu else []
+        fields = ("up_mult", "up_shift") + (("gate_mult", "gate_shift") if swiglu else ())
+        par = {f: regs(f"s1p_{f}", channel_layout(self.activation)[f].shape) for f in fields}
+        with m.If(stage[1]):
+            for i in range(L):
+                m.d.sync += acc_u[i].eq(acc_u1[i])
+                if swiglu:
+                    m.d.sync += acc_g[i].eq(acc_g1[i])
+                for f in fields:
+                    m.d.sync += par[f][i].eq(getattr(prm[i], f))
+
         # ---------------------------------------------------------- 2: products
         stage = new_stage("s2", stage[0], stage)
         carry_last("s2", stage[1])
@@ -405,11 +428,9 @@ class HiddenUnit(wiring.Component):
         rq_g = RequantPipeline(lanes=L, acc_bits=ACC_BITS, out_bits=SILU_BITS,
                                names=("s2_gate", "s2_gate_shift", "s3_gate"))
         with m.If(stage[1]):
-            rq_u.product(m, acc_u, [prm[i].up_mult for i in range(L)],
-                         [prm[i].up_shift for i in range(L)])
+            rq_u.product(m, acc_u, par["up_mult"], par["up_shift"])
             if swiglu:
-                rq_g.product(m, acc_g, [prm[i].gate_mult for i in range(L)],
-                             [prm[i].gate_shift for i in range(L)])
+                rq_g.product(m, acc_g, par["gate_mult"], par["gate_shift"])
 
         # ---------------------------------------------------------- 3: rounding shifts
         stage = new_stage("s3", stage[0], stage)
@@ -452,6 +473,18 @@ class HiddenUnit(wiring.Component):
                     m.d.sync += p[i].eq(Mux(us < 0, 0, us))
 
         if swiglu:
+            # ------------------------------------------------------ 4S: σ registered
+            # (the LUT is a block RAM, as slow as the parameter memory: see stage 1P)
+            stage = new_stage("s4s", stage[0], stage)
+            carry_last("s4s", stage[1])
+            sig = regs("s4s_sig", unsigned(SIG_BITS))      # 0 .. 2^15
+            g4, u4 = regs("s4s_g", signed(SILU_BITS)), regs("s4s_u", signed(UP_BITS))
+            with m.If(stage[1]):
+                for i in range(L):
+                    m.d.sync += [sig[i].eq(Mux(g[i] >= SIG_LIMIT, GATE_ONE,
+                                               Mux(g[i] < -SIG_LIMIT, 0, sig4[i]))),
+                                 g4[i].eq(g[i]), u4[i].eq(u[i])]
+
             # ------------------------------------------------------ 5: g·σ
             stage = new_stage("s5", stage[0], stage)
             carry_last("s5", stage[1])
@@ -459,8 +492,7 @@ class HiddenUnit(wiring.Component):
             gs, u5 = regs("s5_gs", signed(gs_bits)), regs("s5_u", signed(UP_BITS))
             with m.If(stage[1]):
                 for i in range(L):
-                    sig = Mux(g[i] >= SIG_LIMIT, GATE_ONE, Mux(g[i] < -SIG_LIMIT, 0, sig4[i]))
-                    m.d.sync += [gs[i].eq(g[i] * sig), u5[i].eq(u[i])]
+                    m.d.sync += [gs[i].eq(g4[i] * sig[i]), u5[i].eq(u4[i])]
 
             # ------------------------------------------------------ 6: t = rshift(g·σ, 15)
             stage = new_stage("s6", stage[0], stage)
