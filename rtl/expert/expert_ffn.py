@@ -28,7 +28,10 @@ the weight port, and every token is computed over all its rows before the next t
 * the hidden unit's ``h`` goes into the **hidden buffer** (``T_max × F`` int8, words of ``C``).
 * **phase D** (down): ``for token t: for group g < D/R: for slice s < S_F``, x read from the
   hidden buffer; each group result (``R`` output channels of one token) is requantised per
-  channel and leaves on ``o_y``: ``D/R`` beats per token, in token order.
+  channel and leaves on ``o_y``: ``D/R`` beats per token, in token order. The requantiser has
+  five stages (`RQ_LATENCY`): A reads the group's ``M_d``, ``S_d`` from the parameter memory
+  (a block RAM), P holds them in registers (the RAM's slow output and the product apart),
+  then B ``acc·M_d``, C the rounding shift, O the saturation, which is ``o_y``'s payload.
 
 **Weight reuse**: the weight buffer is read ``T`` times (once per token) for every word the
 weight port delivered once: each weight word crosses the weight port exactly once per job. The
@@ -276,7 +279,8 @@ class ExpertFFN(wiring.Component):
         """Cycles of one job on an idle engine without stalls (`schedule`)."""
         return self.schedule([n_tokens])[0][1]
 
-    RQ_LATENCY = 4          # o_acc → o_y: param read, product, rounding, saturation
+    RQ_LATENCY = 5          # o_acc → o_y: param read, params registered, product,
+    #                         rounding, saturation
 
     # ------------------------------------------------------------------ elaboration
     def elaborate(self, platform):
@@ -548,16 +552,18 @@ class ExpertFFN(wiring.Component):
             else:
                 m.d.comb += i_acc.payload.up[i].eq(ap.data[i])
 
-        # down requantiser: 4 stages (param read, product, rounding, saturation = o_y)
+        # down requantiser: 5 stages (A: param read, P: params in a register, B: product,
+        # C: rounding, O: saturation = o_y)
         dr = dprm.read_port()
-        a_valid, b_valid, c_valid = Signal(name="rqa_valid"), Signal(name="rqb_valid"), Signal(name="rqc_valid")
-        a_en, b_en, c_en, o_en = (Signal(name=f"rq{x}_en") for x in "abco")
+        a_valid, pm_valid, b_valid, c_valid = (Signal(name=f"rq{x}_valid") for x in "apbc")
+        a_en, pm_en, b_en, c_en, o_en = (Signal(name=f"rq{x}_en") for x in "apbco")
         o_y = self.o_y
         m.d.comb += [
             o_en.eq(~o_y.valid | o_y.ready),
             c_en.eq(~c_valid | o_en),
             b_en.eq(~b_valid | c_en),
-            a_en.eq(~a_valid | b_en),
+            pm_en.eq(~pm_valid | b_en),
+            a_en.eq(~a_valid | pm_en),
             acc.ready.eq(Mux(ap.tag.phase, a_en, i_acc.ready)),
             dr.addr.eq(Mux(ap.tag.bank, G_D, 0) + ap.tag.group), dr.en.eq(a_en),
         ]
@@ -567,15 +573,27 @@ class ExpertFFN(wiring.Component):
             m.d.sync += [a_valid.eq(acc.valid & ap.tag.phase), a_tok.eq(ap.tag.token),
                          a_last.eq(ap.tag.tlast), a_jlast.eq(ap.tag.jlast)]
             m.d.sync += [a_acc[r].eq(ap.data[r]) for r in range(R)]
+        # P: the beat's M and S in registers. The block RAM's output is slow and the product
+        # after it wide: apart, each fits a cycle at the board's clock; together they were the
+        # design's longest path. (The read port holds A's data while A holds its beat; from P on
+        # the values are registers, so the next job's loader may rewrite this bank meanwhile.)
+        pm_acc = [Signal(signed(ACC_BITS), name=f"rqp_acc{r}") for r in range(R)]
+        pm_mult = [Signal(MULT_BITS, name=f"rqp_mult{r}") for r in range(R)]
+        pm_shift = [Signal(SHIFT_BITS, name=f"rqp_shift{r}") for r in range(R)]
+        pm_tok, pm_last, pm_jlast = Signal(index_shape(T_max), name="rqp_token"), Signal(name="rqp_last"), Signal(name="rqp_jlast")
+        with m.If(pm_en):
+            m.d.sync += [pm_valid.eq(a_valid), pm_tok.eq(a_tok), pm_last.eq(a_last), pm_jlast.eq(a_jlast)]
+            for r in range(R):
+                m.d.sync += [pm_acc[r].eq(a_acc[r]), pm_mult[r].eq(dr.data[r].mult),
+                             pm_shift[r].eq(dr.data[r].shift)]
         # rq_16 in `RequantPipeline`'s three stages (B: product, C: rounding, O: saturation
         # into o_y), each lane with its channel's M and S; token, last and job-last ride along.
         rq = RequantPipeline(lanes=R, acc_bits=ACC_BITS, out_bits=OUT_BITS,
                              names=("rqb_prod", "rqb_shift", "rqc_round"))
         b_tok, b_last, b_jlast = Signal(index_shape(T_max), name="rqb_token"), Signal(name="rqb_last"), Signal(name="rqb_jlast")
         with m.If(b_en):
-            m.d.sync += [b_valid.eq(a_valid), b_tok.eq(a_tok), b_last.eq(a_last), b_jlast.eq(a_jlast)]
-            rq.product(m, a_acc, [dr.data[r].mult for r in range(R)],
-                       [dr.data[r].shift for r in range(R)])
+            m.d.sync += [b_valid.eq(pm_valid), b_tok.eq(pm_tok), b_last.eq(pm_last), b_jlast.eq(pm_jlast)]
+            rq.product(m, pm_acc, pm_mult, pm_shift)
         c_tok, c_last, c_jlast = Signal(index_shape(T_max), name="rqc_token"), Signal(name="rqc_last"), Signal(name="rqc_jlast")
         with m.If(c_en):
             m.d.sync += [c_valid.eq(b_valid), c_tok.eq(b_tok), c_last.eq(b_last), c_jlast.eq(b_jlast)]

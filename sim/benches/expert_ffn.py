@@ -22,6 +22,9 @@ bench/mac_util.py and `moeforge sim --unit expert_ffn`.
     starts a new group and busy period);
 ``in_stall``, ``out_stall``
     stall probabilities of ``i_x``/``i_job`` valid and ``o_y`` ready;
+``out_ready_every`` (optional): ``null`` or ``N``
+    ``expert_ffn_jobs``: ``o_y`` ready in one cycle of every ``N`` instead (``out_stall``
+    unused), so that a beat waits in the engine's output stages for ``N - 1`` cycles at a time;
 ``perturb``: ``null`` or ``[job, beat, lane]``
     add one to that expected value, to prove the check can fail;
 ``summary``: ``null`` or a path
@@ -50,7 +53,7 @@ from moeforge.sim.benches.common import (amaranth_write, engine_streams, expect_
                                          job_payloads, load_params, start_weight_memory, token_beats,
                                          write_summary)
 from moeforge.sim.scoreboard import Scoreboard
-from moeforge.sim.stream import StreamMonitor, unpack_layout
+from moeforge.sim.stream import StreamMonitor, StreamSink, unpack_layout
 
 P = load_params()
 
@@ -157,10 +160,12 @@ def amaranth_jobs(eng, harness, image, jobs, *, max_cycles: int = 100_000) -> Am
 
 # ---------------------------------------------------------------- the cocotb side
 
-async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None, sb=None):
+async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None, sb=None,
+                   out_every=None):
     """Run `jobs`: each presented as soon as the engine takes it (it prefetches the next job
     while one computes), or, if the job says ``after_previous``, once the previous one ended.
-    The outputs go to `sb` (a counting `Scoreboard` by default).
+    The outputs go to `sb` (a counting `Scoreboard` by default). ``o_y`` is ready with
+    probability ``1 - out_stall``, or, given `out_every`, in one cycle of every `out_every`.
 
     Returns ``(periods, spans)``: ``periods`` the ``(busy_cycles, total_cycles)`` of each busy
     period (the counters restart when a job finds the engine idle); ``spans`` per job the
@@ -183,6 +188,10 @@ async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None, sb=Non
     expect_jobs(sb, jobs, perturb)
     sink, job_drv, x_drv = engine_streams(dut, P["ports"], in_stall=in_stall, out_stall=out_stall,
                                           seed=seed, callback=received)
+    if out_every is not None:                     # replaces the random sink (not started)
+        sink = StreamSink(dut, P["ports"]["o_y"], dut.clk, callback=received,
+                          pause=itertools.cycle([True] * (out_every - 1) + [False]))
+        out_stall = 0.0
     job_mon = StreamMonitor(dut, P["ports"]["i_job"], dut.clk).start()
     x_mon = StreamMonitor(dut, P["ports"]["i_x"], dut.clk).start()
     sink.start()
@@ -213,6 +222,8 @@ async def run_jobs(dut, jobs, *, in_stall, out_stall, seed, perturb=None, sb=Non
 
     watcher = cocotb.start_soon(watch())
     bound = int(sum(job["cycles"] for job in jobs) / max(0.05, (1 - in_stall) * (1 - out_stall))) + 500
+    if out_every is not None:
+        bound += sb.expected_total * out_every
     await sink.wait_for(sb.expected_total, max_cycles=bound)
     await expect_quiet(dut, P["ports"]["o_y"])
     watcher.cancel()
@@ -237,7 +248,8 @@ async def expert_ffn_jobs(dut):
     periods = None
     try:
         periods, _ = await run_jobs(dut, P["jobs"], in_stall=P["in_stall"], out_stall=P["out_stall"],
-                                    seed=cocotb.RANDOM_SEED, perturb=P.get("perturb"), sb=sb)
+                                    seed=cocotb.RANDOM_SEED, perturb=P.get("perturb"), sb=sb,
+                                    out_every=P.get("out_ready_every"))
     finally:                          # `moeforge sim --unit expert_ffn` reads it
         write_summary(P, [sb], periods=periods, sim_cycles=(get_sim_time("ns") - sim_ns) / 10,
                       wall_s=time.perf_counter() - wall)
