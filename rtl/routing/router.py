@@ -58,7 +58,7 @@ after: that is the throughput, one token per `cycles_per_token` cycles. With ``Q
 bits of ``div15``)::
 
     cycles_per_token = S                         LOAD: one slice per cycle
-                     + R·S + 6                   GEMV
+                     + R·S + 7                   GEMV
                      + n_sig · (Q + 7)           SIG
                      + [E + 1 + topk_group·n_group]   GROUPS, GSEL (n_group > 1)
                      + k · (E + 1)               TOPK
@@ -66,12 +66,12 @@ bits of ``div15``)::
                      + [k · (Q + 3)]             DIV: unless sigmoid_topk without renormalisation
                      + 1                         OUT (plus o_route back-pressure)
 
-e.g. 140 cycles for Mixtral-style d_model 64, E 8, k 2, 8 lanes; 680 for the DeepSeek-V3 family
+e.g. 141 cycles for Mixtral-style d_model 64, E 8, k 2, 8 lanes; 681 for the DeepSeek-V3 family
 config (d_model 64, E 16, k 4, 16 sigmoids).
 
 * GEMV: one weight word per cycle (``lanes`` int8 × int(rb) products, registered), an adder
   tree, the ``8 + rb + ceil(log2 D)``-bit accumulator, ``acc · M_r``, ``sat_32(rshift(·, S_r))``
-  and the logit memory write: 6 pipeline stages after the first read. The largest routed logit
+  and the logit memory write: 7 pipeline stages after the first read. The largest routed logit
   (``softmax_topk``'s reference) is tracked as the logits are written.
 * SIG (``n_sig = E`` with ``sigmoid_topk``, +1 for Qwen2's shared gate; 0 otherwise): per row,
   read ``L``, ``EXP(|L|)`` (3 stages: ROM addresses, ROM data, rounded ``HI·LO``),
@@ -110,8 +110,9 @@ from moeforge.spec.arith import (BIAS_BITS, EXP_A_LIMIT, EXP_ARG_SHIFT, EXP_HI_S
 from moeforge.checks import check_choice, check_int
 from moeforge.spec.image import RouterAddressMap, router_image
 
-from ..datapath.arith import round_shift, saturate
+from ..datapath.arith import round_shift
 from ..datapath.divider import divider_logic, divider_op_layout, divider_result_layout
+from ..datapath.requantiser import RequantPipeline
 from .router_tables import exp_hi_rom, exp_lo_rom
 
 __all__ = ["Router", "RouterAddressMap", "router_image", "token_layout", "route_layout", "DEFAULT_LANES"]
@@ -307,7 +308,7 @@ class Router(wiring.Component):
     def cycles_per_token(self) -> int:
         """Cycles per token without stalls (see the module docstring's table)."""
         E, k, S, R, q = self.n_experts, self.top_k, self.slices, self.rows, QUO_BITS
-        cycles = S + R * S + 6 + self.n_sig * (q + 7) + k * (E + 1) + 1
+        cycles = S + R * S + 7 + self.n_sig * (q + 7) + k * (E + 1) + 1
         if self.n_group > 1:
             cycles += E + 1 + self.topk_group * self.n_group
         if self.routing != "sigmoid_topk":
@@ -529,13 +530,19 @@ class Router(wiring.Component):
         with m.If(g3_v):
             m.d.sync += acc.eq(Mux(g3_first, g3_dot, acc + g3_dot))
         m.d.sync += [g4_v.eq(g3_v & g3_last), g4_row.eq(g3_row)]
-        # stage 4: acc · M_r (exact)
+        # stages 4-6: sat_32(rshift(acc · M_r, S_r)) in `RequantPipeline`'s three stages (product,
+        # rounding shift, saturation into the logit memory's write port registers): the shift and
+        # the saturation in one cycle were the ECP5-25F's critical path (r_shift -> l_wp data).
+        # S_r is a register the host holds steady between tokens, so it is not registered again.
+        rq = RequantPipeline(lanes=1, acc_bits=aw, out_bits=LOGIT_BITS,
+                             names=("g5_prod", None, "g6_round"))
         g5_v, g5_row = Signal(name="g5_v"), Signal(row_shape, name="g5_row")
-        g5_prod = Signal(signed(aw + MULT_BITS), name="g5_prod")
-        m.d.sync += [g5_v.eq(g4_v), g5_row.eq(g4_row), g5_prod.eq(acc * net.r_mult)]
-        # stage 5: sat_32(rshift(·, S_r)); the logit memory's write port registers are stage 6
-        m.d.sync += [l_wp.en.eq(g5_v), l_wp.addr.eq(g5_row),
-                     l_wp.data.eq(saturate(round_shift(g5_prod, net.r_shift), LOGIT_BITS))]
+        g6_v, g6_row = Signal(name="g6_v"), Signal(row_shape, name="g6_row")
+        m.d.sync += [g5_v.eq(g4_v), g5_row.eq(g4_row), g6_v.eq(g5_v), g6_row.eq(g5_row)]
+        rq.product(m, [acc], net.r_mult, net.r_shift)
+        rq.round(m)
+        m.d.sync += [l_wp.en.eq(g6_v), l_wp.addr.eq(g6_row)]
+        rq.output(m, [l_wp.data])
         logit = l_wp.data
         net.gemv_done = l_wp.en & (l_wp.addr == R - 1)
         if self.routing == "softmax_topk":
