@@ -58,7 +58,7 @@ after: that is the throughput, one token per `cycles_per_token` cycles. With ``Q
 bits of ``div15``)::
 
     cycles_per_token = S                         LOAD: one slice per cycle
-                     + R·S + 7                   GEMV
+                     + R·S + 8                   GEMV
                      + n_sig · (Q + 7)           SIG
                      + [E + 1 + topk_group·n_group]   GROUPS, GSEL (n_group > 1)
                      + k · (E + 1)               TOPK
@@ -66,12 +66,12 @@ bits of ``div15``)::
                      + [k · (Q + 3)]             DIV: unless sigmoid_topk without renormalisation
                      + 1                         OUT (plus o_route back-pressure)
 
-e.g. 141 cycles for Mixtral-style d_model 64, E 8, k 2, 8 lanes; 681 for the DeepSeek-V3 family
+e.g. 142 cycles for Mixtral-style d_model 64, E 8, k 2, 8 lanes; 682 for the DeepSeek-V3 family
 config (d_model 64, E 16, k 4, 16 sigmoids).
 
 * GEMV: one weight word per cycle (``lanes`` int8 × int(rb) products, registered), an adder
   tree, the ``8 + rb + ceil(log2 D)``-bit accumulator, ``acc · M_r``, ``sat_32(rshift(·, S_r))``
-  and the logit memory write: 7 pipeline stages after the first read. The largest routed logit
+  and the logit memory write: 8 pipeline stages after the first read. The largest routed logit
   (``softmax_topk``'s reference) is tracked as the logits are written.
 * SIG (``n_sig = E`` with ``sigmoid_topk``, +1 for Qwen2's shared gate; 0 otherwise): per row,
   read ``L``, ``EXP(|L|)`` (3 stages: ROM addresses, ROM data, rounded ``HI·LO``),
@@ -308,7 +308,7 @@ class Router(wiring.Component):
     def cycles_per_token(self) -> int:
         """Cycles per token without stalls (see the module docstring's table)."""
         E, k, S, R, q = self.n_experts, self.top_k, self.slices, self.rows, QUO_BITS
-        cycles = S + R * S + 7 + self.n_sig * (q + 7) + k * (E + 1) + 1
+        cycles = S + R * S + 8 + self.n_sig * (q + 7) + k * (E + 1) + 1
         if self.n_group > 1:
             cycles += E + 1 + self.topk_group * self.n_group
         if self.routing != "sigmoid_topk":
@@ -509,11 +509,20 @@ class Router(wiring.Component):
         else:
             m.d.sync += [g1_first.eq(g_s == 0), g1_last.eq(slice_last)]
         m.d.sync += [g1_v.eq(g_issue), g1_row.eq(g_r)]
+        # stage 1r: the memories' read data registered, so that no block RAM output drives a
+        # multiplier in the same cycle (w_mem DOB -> g2_prod was the ECP5-25F's critical path)
+        g1r_v, g1r_first = Signal(name="g1r_v"), Signal(name="g1r_first")
+        g1r_last, g1r_row = Signal(name="g1r_last"), Signal(row_shape, name="g1r_row")
+        g1r_x = [Signal(signed(X_BITS), name=f"g1r_x{i}") for i in range(lanes)]
+        g1r_w = [Signal(signed(rb), name=f"g1r_w{i}") for i in range(lanes)]
+        m.d.sync += [g1r_v.eq(g1_v), g1r_first.eq(g1_first), g1r_last.eq(g1_last), g1r_row.eq(g1_row)]
+        m.d.sync += [g1r_x[i].eq(x_rp.data[i]) for i in range(lanes)]
+        m.d.sync += [g1r_w[i].eq(w_rp.data[i]) for i in range(lanes)]
         g2_v, g2_first = Signal(name="g2_v"), Signal(name="g2_first")
         g2_last, g2_row = Signal(name="g2_last"), Signal(row_shape, name="g2_row")
         g2_prod = [Signal(signed(8 + rb), name=f"g2_prod{i}") for i in range(lanes)]
-        m.d.sync += [g2_v.eq(g1_v), g2_first.eq(g1_first), g2_last.eq(g1_last), g2_row.eq(g1_row)]
-        m.d.sync += [g2_prod[i].eq(x_rp.data[i] * w_rp.data[i]) for i in range(lanes)]
+        m.d.sync += [g2_v.eq(g1r_v), g2_first.eq(g1r_first), g2_last.eq(g1r_last), g2_row.eq(g1r_row)]
+        m.d.sync += [g2_prod[i].eq(g1r_x[i] * g1r_w[i]) for i in range(lanes)]
         # stage 2: adder tree → dot
         terms = list(g2_prod)
         while len(terms) > 1:
