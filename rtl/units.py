@@ -48,6 +48,15 @@ def _combiner(cfg: AccelConfig):
     return Combiner.from_config(cfg, lanes=cfg.combiner_lanes)
 
 
+def _gearbox(cfg: AccelConfig):
+    from .datapath.gearbox import Gearbox
+    from .layer.combiner import contrib_layout
+    # as the layer core splits the expert outputs' R-lane beats into the combiner's lanes
+    T = cfg.token_buffer_depth
+    return Gearbox(contrib_layout(t_max=T, lanes=cfg.mac_rows),
+                   contrib_layout(t_max=T, lanes=cfg.combiner_lanes))
+
+
 def _router(cfg: AccelConfig):
     from .routing.router import Router
     return Router.from_config(cfg, lanes=cfg.mac_rows)
@@ -168,6 +177,7 @@ def _soc(phy: str):
 _TABLE = [
     Unit("requantiser", _requantiser, "int32 → int8/int16 with multiplier, shift, rounding"),
     Unit("combiner", _combiner, "gate-weighted sum of expert outputs per token, then int8"),
+    Unit("gearbox", _gearbox, "R-lane beats as the combiner's L-lane beats (and back)"),
     Unit("router", _router, "gating GEMV, top-k, softmax/sigmoid gates, shared-expert gate"),
     Unit("hidden", _hidden, "gate/up requantisation, SiLU or ReLU, t·u, Hadamard rotation, int8 h"),
     Unit("expert_ffn", _expert_ffn, "one expert over its tokens on the R×C int8 MAC array"),
