@@ -31,11 +31,17 @@ ops, ``first`` on the first and ``last`` on the final one.
 Pipeline (every stage its own valid and enable, so bubbles are squeezed out; only ``o_acc``
 back-pressure stalls the array)::
 
-    op ──▶ [1] weight + x memory read ──▶ [2] rows×cols products (int16) ──▶ [3] row sums
-          ──▶ [4] accumulators; on ``last`` the output register (= ``o_acc.payload``)
+    op ──▶ [1] weight + x memory read ──▶ [1b] operand registers ──▶ [2] rows×cols products
+          (int16) ──▶ [3] row sums ──▶ [4] accumulators; on ``last`` the output register
+          (= ``o_acc.payload``)
 
-An op transferred in cycle ``c`` has its products in stage 2 in ``c+2``; a ``last`` op's result is
-valid on ``o_acc`` from cycle ``c + latency`` (``latency = 4``). ``i_op.ready`` is combinational
+Stage 1b copies the block RAMs' read data into registers, so a multiplier's inputs come from
+flip-flops placed beside it rather than from a block RAM's slow clock-to-output across the
+fabric (the path ``xbuf DOB -> s2_p`` was the ECP5 board builds' critical path). An op
+transferred in cycle ``c`` has its products in stage 2 in ``c+3``; a ``last`` op's result is
+valid on ``o_acc`` from cycle ``c + latency`` (``latency = 5``). The data registers (operands,
+products, sums, tags) have no reset: only the valid bits do, and a stage's data counts only
+when its valid bit is set, so the reset net reaches a handful of flip-flops, not thousands. ``i_op.ready`` is combinational
 from ``o_acc.ready`` through the stage valids (stream rule 4 allows it); ``o_acc.valid`` is a
 register. Non-``last`` ops keep flowing while ``o_acc`` waits; a ``last`` op waits in stage 3.
 
@@ -110,7 +116,7 @@ class MACArray(wiring.Component):
         High during a job: the counters run (and restart when it rises).
     busy_cycles, total_cycles : ``Out(32)``
     latency : int
-        Cycles from an op's transfer to its result on ``o_acc`` (4).
+        Cycles from an op's transfer to its result on ``o_acc`` (5).
 
     Raises
     ------
@@ -118,7 +124,7 @@ class MACArray(wiring.Component):
         For a parameter of the wrong type or out of range, naming it and its value.
     """
 
-    latency = 4
+    latency = 5
 
     def __init__(self, *, rows: int, cols: int, depth: int, x_addr_width: int,
                  tag_shape=unsigned(1)):
@@ -157,16 +163,21 @@ class MACArray(wiring.Component):
 
         # Stage enables: a stage loads when it is empty or the next one loads. Stage 4 (the
         # accumulators) takes every op except a `last` one while the output register is full.
-        v1, v2, v3 = Signal(name="s1_valid"), Signal(name="s2_valid"), Signal(name="s3_valid")
-        en1, en2, en3, en4 = (Signal(name=f"s{i}_en") for i in (1, 2, 3, 4))
-        last3 = Signal(name="s3_last")
+        v1, v1b = Signal(name="s1_valid"), Signal(name="s1b_valid")
+        v2, v3 = Signal(name="s2_valid"), Signal(name="s3_valid")
+        en1, en1b, en2, en3, en4 = (Signal(name=f"s{i}_en") for i in ("1", "1b", "2", "3", "4"))
+        last3 = Signal(name="s3_last", reset_less=True)
         m.d.comb += [
             en4.eq(~(v3 & last3) | ~out.valid | out.ready),
             en3.eq(~v3 | en4),
             en2.eq(~v2 | en3),
-            en1.eq(~v1 | en2),
+            en1b.eq(~v1b | en2),
+            en1.eq(~v1 | en1b),
             op.ready.eq(en1),
         ]
+
+        def data_reg(shape, name):
+            return Signal(shape, name=name, reset_less=True)
 
         # Stage 1: the weight buffer (one memory per row) and the x memory, read at the op's
         # addresses; the read data registers are this stage's registers.
@@ -183,33 +194,47 @@ class MACArray(wiring.Component):
             ]
             w_data.append(rp.data)
         m.d.comb += [self.x_rd.addr.eq(op.payload.xaddr), self.x_rd.en.eq(en1)]
-        first1, last1 = Signal(name="s1_first"), Signal(name="s1_last")
-        tag1 = Signal(self.tag_shape, name="s1_tag")
+        first1, last1 = data_reg(1, "s1_first"), data_reg(1, "s1_last")
+        tag1 = data_reg(self.tag_shape, "s1_tag")
         with m.If(en1):
-            m.d.sync += [v1.eq(op.valid), first1.eq(op.payload.first), last1.eq(op.payload.last),
+            m.d.sync += v1.eq(op.valid)
+            m.d.sync += [first1.eq(op.payload.first), last1.eq(op.payload.last),
                          tag1.eq(op.payload.tag)]
 
+        # Stage 1b: the operands in flip-flops.
+        w_q = [data_reg(weight_word(C), f"s1b_w{r}") for r in range(R)]
+        x_q = data_reg(weight_word(C), "s1b_x")
+        first1b, last1b = data_reg(1, "s1b_first"), data_reg(1, "s1b_last")
+        tag1b = data_reg(self.tag_shape, "s1b_tag")
+        with m.If(en1b):
+            m.d.sync += v1b.eq(v1)
+            m.d.sync += [first1b.eq(first1), last1b.eq(last1), tag1b.eq(tag1), x_q.eq(self.x_rd.data)]
+            m.d.sync += [w_q[r].eq(w_data[r]) for r in range(R)]
+
         # Stage 2: rows × cols products.
-        prod = [[Signal(signed(PROD_BITS), name=f"s2_p{r}_{c}") for c in range(C)] for r in range(R)]
-        first2, last2 = Signal(name="s2_first"), Signal(name="s2_last")
-        tag2 = Signal(self.tag_shape, name="s2_tag")
+        prod = [[data_reg(signed(PROD_BITS), f"s2_p{r}_{c}") for c in range(C)] for r in range(R)]
+        first2, last2 = data_reg(1, "s2_first"), data_reg(1, "s2_last")
+        tag2 = data_reg(self.tag_shape, "s2_tag")
         with m.If(en2):
-            m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), tag2.eq(tag1)]
+            m.d.sync += v2.eq(v1b)
+            m.d.sync += [first2.eq(first1b), last2.eq(last1b), tag2.eq(tag1b)]
             for r in range(R):
                 for c in range(C):
-                    m.d.sync += prod[r][c].eq(w_data[r][c] * self.x_rd.data[c])
+                    m.d.sync += prod[r][c].eq(w_q[r][c] * x_q[c])
 
         # Stage 3: per-row sums (balanced adder tree).
-        sums = [Signal(signed(self.sum_bits), name=f"s3_sum{r}") for r in range(R)]
-        first3 = Signal(name="s3_first")
-        tag3 = Signal(self.tag_shape, name="s3_tag")
+        sums = [data_reg(signed(self.sum_bits), f"s3_sum{r}") for r in range(R)]
+        first3 = data_reg(1, "s3_first")
+        tag3 = data_reg(self.tag_shape, "s3_tag")
         with m.If(en3):
-            m.d.sync += [v3.eq(v2), first3.eq(first2), last3.eq(last2), tag3.eq(tag2)]
+            m.d.sync += v3.eq(v2)
+            m.d.sync += [first3.eq(first2), last3.eq(last2), tag3.eq(tag2)]
             for r in range(R):
                 m.d.sync += sums[r].eq(_tree_sum(prod[r]))
 
-        # Stage 4: accumulate; a `last` op also loads the output register.
-        acc = [Signal(signed(ACC_BITS), name=f"acc{r}") for r in range(R)]
+        # Stage 4: accumulate (from 0 on a `first` op, so the accumulators need no reset); a
+        # `last` op also loads the output register.
+        acc = [data_reg(signed(ACC_BITS), f"acc{r}") for r in range(R)]
         acc_next = [Signal(signed(ACC_BITS), name=f"acc_next{r}") for r in range(R)]
         for r in range(R):
             m.d.comb += acc_next[r].eq((sums[r] + Mux(first3, 0, acc[r]))[:ACC_BITS])
@@ -225,7 +250,7 @@ class MACArray(wiring.Component):
         # Utilisation counters.
         was_active = Signal(name="was_active")
         m.d.sync += was_active.eq(self.active)
-        busy = v1 & en2
+        busy = v1b & en2
         with m.If(self.active & ~was_active):
             m.d.sync += [self.total_cycles.eq(1), self.busy_cycles.eq(busy)]
         with m.Elif(self.active):
