@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
@@ -259,7 +259,19 @@ class BoardTop(Elaboratable):
         platform.add_clock_constraint(clk, self.pll.fout)
         requested = {}
         button = self._pin(m, platform, board.reset, requested, "i")
-        m.submodules.reset_sync = ResetSynchronizer(~lock | button.i, domain="sync")
+        if self.pll.family == "ecp5":
+            # The reset reaches most of the design's flip-flops: on ECP5 it leaves its
+            # synchroniser through a clock buffer (DCCA) onto a global line, as the clock does,
+            # rather than through thousands of arcs of general routing.
+            m.domains.reset_src = ClockDomain("reset_src", local=True)
+            m.d.comb += ClockSignal("reset_src").eq(clk)
+            m.submodules.reset_sync = ResetSynchronizer(~lock | button.i, domain="reset_src")
+            rst = Signal(name="reset_global")
+            m.submodules.reset_buf = Instance("DCCA", i_CLKI=ResetSignal("reset_src"), i_CE=1,
+                                              o_CLKO=rst)
+            m.d.comb += ResetSignal("sync").eq(rst)
+        else:
+            m.submodules.reset_sync = ResetSynchronizer(~lock | button.i, domain="sync")
 
         m.submodules.design = design = self.design
         rx = self._pin(m, platform, (*board.uart, "rx"), requested, "i")
