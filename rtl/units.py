@@ -57,6 +57,13 @@ def _gearbox(cfg: AccelConfig):
                    contrib_layout(t_max=T, lanes=cfg.combiner_lanes))
 
 
+def _skid(cfg: AccelConfig):
+    from .datapath.skid import SkidBuffer
+    from .expert.expert_ffn import output_layout
+    # as the layer core buffers the expert engine's outputs
+    return SkidBuffer(output_layout(rows=cfg.mac_rows, t_max=cfg.token_buffer_depth))
+
+
 def _router(cfg: AccelConfig):
     from .routing.router import Router
     return Router.from_config(cfg, lanes=cfg.mac_rows)
@@ -178,6 +185,7 @@ _TABLE = [
     Unit("requantiser", _requantiser, "int32 → int8/int16 with multiplier, shift, rounding"),
     Unit("combiner", _combiner, "gate-weighted sum of expert outputs per token, then int8"),
     Unit("gearbox", _gearbox, "R-lane beats as the combiner's L-lane beats (and back)"),
+    Unit("skid", _skid, "a stream register slice whose valid and ready are both registers"),
     Unit("router", _router, "gating GEMV, top-k, softmax/sigmoid gates, shared-expert gate"),
     Unit("hidden", _hidden, "gate/up requantisation, SiLU or ReLU, t·u, Hadamard rotation, int8 h"),
     Unit("expert_ffn", _expert_ffn, "one expert over its tokens on the R×C int8 MAC array"),

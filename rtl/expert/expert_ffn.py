@@ -132,7 +132,14 @@ from ..datapath.mac_array import COUNTER_BITS, MACArray, index_shape, weight_wor
 from ..datapath.requantiser import RequantPipeline
 from .hidden import HiddenUnit
 
-__all__ = ["ExpertFFN", "ExpertImageLayout", "expert_image"]
+__all__ = ["ExpertFFN", "ExpertImageLayout", "expert_image", "output_layout"]
+
+
+def output_layout(*, rows: int, t_max: int) -> data.StructLayout:
+    """``o_y``'s payload: ``rows`` int16 outputs of one token, its index, the token's last beat."""
+    return data.StructLayout({"data": data.ArrayLayout(signed(OUT_BITS), rows),
+                              "token": index_shape(t_max), "last": 1})
+
 
 class ExpertFFN(wiring.Component):
     """One expert's FFN over a batch of tokens; see the module docstring.
@@ -203,8 +210,7 @@ class ExpertFFN(wiring.Component):
         self.job_layout = data.StructLayout({"n_tokens": unsigned(ceil_log2(t_max + 1)),
                                              "w_base": unsigned(w_addr_width)})
         self.x_layout = data.StructLayout({"data": weight_word(cols), "last": 1})
-        self.y_layout = data.StructLayout({"data": data.ArrayLayout(signed(OUT_BITS), rows),
-                                           "token": index_shape(t_max), "last": 1})
+        self.y_layout = output_layout(rows=rows, t_max=t_max)
         super().__init__({
             "i_job": In(stream.Signature(self.job_layout)),
             "i_x": In(stream.Signature(self.x_layout)),

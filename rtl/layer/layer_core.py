@@ -105,6 +105,7 @@ from ..routing.dispatch import Dispatch, pick
 from ..expert.expert_ffn import ExpertFFN, ExpertImageLayout
 from moeforge.checks import check_int
 from ..datapath.gearbox import Gearbox
+from ..datapath.skid import SkidBuffer
 from ..datapath.mac_array import COUNTER_BITS, index_shape, weight_word
 from ..routing.router import Router
 from .token_reader import TokenReader
@@ -382,7 +383,12 @@ class LayerCore(wiring.Component):
         ]
 
         # -- routed outputs → contributions (token and gate from the job's list) ---------------
-        oy = eng.o_y
+        # the engine's outputs through a skid buffer: its o_y.ready is then a register, so the
+        # combiner's ready (through the gearbox and the r stage) does not run on into the
+        # engine's requantiser and MAC pipeline in the same cycle
+        m.submodules.engine_out = eng_out = SkidBuffer(eng.o_y.payload.shape())
+        wiring.connect(m, eng.o_y, eng_out.i)
+        oy = eng_out.o
         o_e = pick(jq_e, q_out[:qb - 1])
         o_n = pick(jq_n, q_out[:qb - 1])
         r_v, r_en, r_take = Signal(name="r_valid"), Signal(name="r_en"), Signal(name="r_take")
