@@ -59,14 +59,14 @@ bits of ``div15``)::
 
     cycles_per_token = S                         LOAD: one slice per cycle
                      + R·S + 8                   GEMV
-                     + n_sig · (Q + 7)           SIG
+                     + n_sig · (Q + 8)           SIG
                      + [E + 1 + topk_group·n_group]   GROUPS, GSEL (n_group > 1)
                      + k · (E + 1)               TOPK
-                     + [k + 3 (+ E + 4)]         EXP_SEL (+ EXP_ALL): softmax routings
+                     + [k + 4 (+ E + 5)]         EXP_SEL (+ EXP_ALL): softmax routings
                      + [k · (Q + 3)]             DIV: unless sigmoid_topk without renormalisation
                      + 1                         OUT (plus o_route back-pressure)
 
-e.g. 142 cycles for Mixtral-style d_model 64, E 8, k 2, 8 lanes; 682 for the DeepSeek-V3 family
+e.g. 143 cycles for Mixtral-style d_model 64, E 8, k 2, 8 lanes; 698 for the DeepSeek-V3 family
 config (d_model 64, E 16, k 4, 16 sigmoids).
 
 * GEMV: one weight word per cycle (``lanes`` int8 × int(rb) products, registered), an adder
@@ -74,7 +74,8 @@ config (d_model 64, E 16, k 4, 16 sigmoids).
   and the logit memory write: 8 pipeline stages after the first read. The largest routed logit
   (``softmax_topk``'s reference) is tracked as the logits are written.
 * SIG (``n_sig = E`` with ``sigmoid_topk``, +1 for Qwen2's shared gate; 0 otherwise): per row,
-  read ``L``, ``EXP(|L|)`` (3 stages: ROM addresses, ROM data, rounded ``HI·LO``),
+  read ``L``, ``EXP(|L|)`` (4 stages: ROM addresses, ROM data, the data registered, rounded
+  ``HI·LO``),
   ``div15(L >= 0 ? 2^15 : e, 2^15 + e)`` on the divider (``Q + 1`` cycles).
 * GROUPS: one scan of the scores (memory reads, one per cycle) keeping each group's best (and
   second best) score; GSEL: ``topk_group`` passes over the group scores (registers).
@@ -308,11 +309,11 @@ class Router(wiring.Component):
     def cycles_per_token(self) -> int:
         """Cycles per token without stalls (see the module docstring's table)."""
         E, k, S, R, q = self.n_experts, self.top_k, self.slices, self.rows, QUO_BITS
-        cycles = S + R * S + 8 + self.n_sig * (q + 7) + k * (E + 1) + 1
+        cycles = S + R * S + 8 + self.n_sig * (q + 8) + k * (E + 1) + 1
         if self.n_group > 1:
             cycles += E + 1 + self.topk_group * self.n_group
         if self.routing != "sigmoid_topk":
-            cycles += k + 3 + (E + 4 if self.z_over_all else 0)
+            cycles += k + 4 + (E + 5 if self.z_over_all else 0)
         if self.divides:
             cycles += k * (q + 3)
         return cycles
@@ -446,28 +447,37 @@ class Router(wiring.Component):
         return round_shift(g * self.rsf, RSF_FRAC)
 
     def _exp_pipeline(self, m, net) -> None:
-        """``EXP(d)`` in three stages: ROM addresses, ROM data, the rounded product."""
-        # In (comb, from the states): exp_v, exp_a = rshift(d, 4), exp_tag. Out three cycles
+        """``EXP(d)`` in four stages: ROM addresses, ROM data, the data registered, the rounded
+        product."""
+        # In (comb, from the states): exp_v, exp_a = rshift(d, 4), exp_tag. Out four cycles
         # later: e3_v, e3 = EXP(d), e3_tag. Stage 1 registers the ROM addresses, stage 2 has the
-        # ROM data, stage 3 the rounded product (0 for a >= 16.0).
+        # ROM data, stage 2r the data in flip-flops (a block RAM's output does not feed the
+        # multiplier in the same cycle: hi_rom -> e3 was the ECP5 builds' critical path), stage
+        # 3 the rounded product (0 for a >= 16.0).
         hi_rp, lo_rp = net.hi_rp, net.lo_rp
         tag_bits = _bits(max(self.n_experts, self.top_k) + 1)
         exp_v = Signal(name="exp_v")
         exp_a = Signal(LOGIT_BITS + 2 - EXP_ARG_SHIFT, name="exp_a")   # d < 2^33
         e1_v, e1_in = Signal(name="e1_v"), Signal(name="e1_in")
         e2_v, e2_in = Signal(name="e2_v"), Signal(name="e2_in")
+        e2r_v, e2r_in = Signal(name="e2r_v"), Signal(name="e2r_in")
+        e2r_hi = Signal(EXP_ROM_BITS, name="e2r_hi", reset_less=True)
+        e2r_lo = Signal(EXP_ROM_BITS, name="e2r_lo", reset_less=True)
         net.e3_v, net.e3 = e3_v, e3 = Signal(name="e3_v"), Signal(SIG_BITS, name="e3")
         m.d.sync += [
             hi_rp.addr.eq(exp_a[EXP_HI_SHIFT:]), lo_rp.addr.eq(exp_a[:EXP_HI_SHIFT]),
             e1_v.eq(exp_v), e1_in.eq(exp_a < EXP_A_LIMIT),
             e2_v.eq(e1_v), e2_in.eq(e1_in),
-            e3_v.eq(e2_v), e3.eq(Mux(e2_in, round_shift(hi_rp.data * lo_rp.data, GATE_FRAC), 0)),
+            e2r_v.eq(e2_v), e2r_in.eq(e2_in), e2r_hi.eq(hi_rp.data), e2r_lo.eq(lo_rp.data),
+            e3_v.eq(e2r_v), e3.eq(Mux(e2r_in, round_shift(e2r_hi * e2r_lo, GATE_FRAC), 0)),
         ]
         if self.routing != "sigmoid_topk":                  # softmax routings tag their values
             net.exp_tag = exp_tag = Signal(tag_bits, name="exp_tag")
             e1_tag, e2_tag = Signal(tag_bits, name="e1_tag"), Signal(tag_bits, name="e2_tag")
+            e2r_tag = Signal(tag_bits, name="e2r_tag")
             net.e3_tag = e3_tag = Signal(tag_bits, name="e3_tag")
-            m.d.sync += [e1_tag.eq(exp_tag), e2_tag.eq(e1_tag), e3_tag.eq(e2_tag)]
+            m.d.sync += [e1_tag.eq(exp_tag), e2_tag.eq(e1_tag), e2r_tag.eq(e2_tag),
+                         e3_tag.eq(e2r_tag)]
 
         def exp_of(d):
             """Statements feeding d (>= 0, units 2^-16) into the EXP pipeline."""
