@@ -28,9 +28,10 @@ NEXTPNR_PACKAGES = {"BG256": "CABGA256", "MG285": "CSFBGA285", "BG381": "CABGA38
                     "BG554": "CABGA554", "BG756": "CABGA756", "SG48": "sg48"}
 
 # nextpnr's routers. router1 (its default) gave the better clock where both finished (the probe
-# design: 50 MHz met with router1, 48.03 MHz with router2); router2 converges where router1 does
-# not: on the 85F config router1 left 23,800 arcs unrouted after 15 minutes, router2 took the
-# same placement from 26,000 overused wires to 5,100 in 11 iterations of about 50 s.
+# design: 50 MHz met with router1, 48.03 MHz with router2) and routes every shipped config;
+# router2 is the other to try where router1 stalls (on the 85F config before the MAC array's
+# operand registers and the global reset, router1 left 23,800 arcs unrouted after 15 minutes
+# and router2 stalled at about 1,600 overused wires).
 ROUTERS = ("router1", "router2")
 
 

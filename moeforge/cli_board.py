@@ -111,8 +111,8 @@ def add_board_commands(sub) -> None:
     b.add_argument("--allow-timing-fail", action="store_true",
                    help="write the bitstream even if the achieved clock is below the config's")
     b.add_argument("--router", choices=ROUTERS, default="router1",
-                   help="nextpnr's router (default router1; router2 converges on the 85F "
-                        "configs, where router1 does not)")
+                   help="nextpnr's router (default router1, which routes every shipped "
+                        "config; router2 is the other to try where router1 stalls)")
     b.add_argument("--progress-every", type=_positive_seconds, default=30.0, metavar="S",
                    help="seconds between progress lines of the long steps (default 30)")
     b.set_defaults(func=cmd_build)
