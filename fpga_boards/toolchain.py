@@ -28,10 +28,10 @@ NEXTPNR_PACKAGES = {"BG256": "CABGA256", "MG285": "CSFBGA285", "BG381": "CABGA38
                     "BG554": "CABGA554", "BG756": "CABGA756", "SG48": "sg48"}
 
 # nextpnr's routers. router1 (its default) gave the better clock where both finished (the probe
-# design: 50 MHz met with router1, 48.03 MHz with router2) and routes every shipped config;
-# router2 is the other to try where router1 stalls (on the 85F config before the MAC array's
-# operand registers and the global reset, router1 left 23,800 arcs unrouted after 15 minutes
-# and router2 stalled at about 1,600 overused wires).
+# design: 50 MHz met with router1, 48.03 MHz with router2); router2 is the other to try where
+# router1 stalls. Neither is sure to finish on a crowded device: the 85F config with the router's
+# EXP register stage left router1 at about 110,000 unrouted arcs after 70 minutes, and router2's
+# overuse grew again after its seventh iteration (21,000 -> 37,000 overused wires by the 22nd).
 ROUTERS = ("router1", "router2")
 
 

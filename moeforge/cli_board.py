@@ -42,7 +42,7 @@ def cmd_build(args) -> int:
         report = build(board, cfg, out_dir, config_name=args.config,
                        allow_timing_fail=args.allow_timing_fail,
                        progress_every=args.progress_every, prepared=prepared,
-                       router=args.router)
+                       router=args.router, seed=args.seed)
     sys.stdout.write(format_table(report))
     t = report["timing"]
     if not t["met"]:
@@ -93,6 +93,11 @@ def _positive_seconds(text: str) -> float:
     return float_in(1.0, 3600.0)(text)
 
 
+def _seed(text: str) -> int:
+    from .cli_args import int_in
+    return int_in(1, 2**31 - 1)(text)
+
+
 def add_board_commands(sub) -> None:
     from moeforge.fpga_boards.toolchain import ROUTERS
     names = board_names()
@@ -111,8 +116,11 @@ def add_board_commands(sub) -> None:
     b.add_argument("--allow-timing-fail", action="store_true",
                    help="write the bitstream even if the achieved clock is below the config's")
     b.add_argument("--router", choices=ROUTERS, default="router1",
-                   help="nextpnr's router (default router1, which routes every shipped "
-                        "config; router2 is the other to try where router1 stalls)")
+                   help="nextpnr's router (default router1; router2 is the other to try "
+                        "where router1 stalls)")
+    b.add_argument("--seed", type=_seed, default=1, metavar="N",
+                   help="nextpnr's placer seed (default 1); placement, and with it routing "
+                        "congestion and the clock reached, changes with it")
     b.add_argument("--progress-every", type=_positive_seconds, default=30.0, metavar="S",
                    help="seconds between progress lines of the long steps (default 30)")
     b.set_defaults(func=cmd_build)

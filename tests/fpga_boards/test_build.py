@@ -49,6 +49,14 @@ def test_output_in_a_missing_folder_is_refused(tmp_path):
     assert "does not exist" in _one_error_line(r)
 
 
+def test_a_seed_below_one_is_a_usage_error(tmp_path):
+    r = _moeforge("build", "--board", "ulx3s-85f", "--config", str(TINY), "--seed", "0",
+                  "-o", str(tmp_path / "o"))
+    assert r.returncode == 2
+    assert "--seed: must be in [1, 2147483647], not 0" in _one_error_line(r)
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_bad_config_is_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(TINY.read_text().replace("mac_rows = 4", "mac_rows = 0"))
@@ -87,7 +95,7 @@ def test_a_probe_build_writes_a_bitstream_and_a_report(tmp_path, capsys):
     assert saved == json.loads(json.dumps(r))
     assert saved["timing"]["met"] and saved["resources"]["multipliers"]["used"] == 7
     assert set(saved["steps"]) == {"elaborate", "synthesis", "place_and_route", "bitstream"}
-    assert saved["router"] == "router1"
+    assert saved["router"] == "router1" and saved["seed"] == 1
     assert (tmp_path / "report.txt").read_text().startswith("moeforge build: probe on ulx3s-85f")
     for log in ("synthesis.log", "nextpnr.log"):
         assert (tmp_path / "logs" / log).stat().st_size > 0
@@ -101,6 +109,14 @@ def test_an_unknown_router_is_refused_before_anything(tmp_path):
     cfg = AccelConfig.from_toml(TINY)
     with pytest.raises(MoeforgeError, match="router 'router3': not one of router1, router2"):
         build(BOARDS["ulx3s-85f"], cfg, tmp_path / "out", config_name="tiny", router="router3")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("seed", [0, -3, 1.5, True])
+def test_a_seed_that_is_not_a_positive_integer_is_refused_before_anything(tmp_path, seed):
+    cfg = AccelConfig.from_toml(TINY)
+    with pytest.raises(MoeforgeError, match=f"seed {seed!r}: must be a positive integer"):
+        build(BOARDS["ulx3s-85f"], cfg, tmp_path / "out", config_name="tiny", seed=seed)
     assert not (tmp_path / "out").exists()
 
 
