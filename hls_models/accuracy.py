@@ -33,6 +33,7 @@ class AccuracyReport:
     route_match: float         # same expert set as the float router, on the device's input
     rel_l2_float_input: float  # the same two figures with the float block on the raw float tokens
     route_match_float_input: float
+    knobs: str = ""            # the precision knobs in force (input width, smoothing)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,7 +51,7 @@ def measure_accuracy(cfg: AccelConfig, *, seed: int = 0, calib_tokens: int = 204
     x = make_hf_input(cfg, eval_tokens, seed=2 * seed + 1)
     q = QuantizedMoELayer.from_hf(block, cfg, calib=calib)
     x_int = q.quantize_input(x)
-    x_hat = x_int.to(torch.float32) * q.x_scale
+    x_hat = q.dequantize_input(x_int)
     y_q = q.dequantize_output(q.forward_int(x_int))
     with torch.no_grad():
         y_hat, y_raw = (block(v[None]).reshape(v.shape) for v in (x_hat, x))
@@ -59,7 +60,13 @@ def measure_accuracy(cfg: AccelConfig, *, seed: int = 0, calib_tokens: int = 204
     dev = _expert_sets(q.route_int(x_int).indices)
     match_hat = (dev == _expert_sets(ref.route(x_hat)[0])).all(dim=-1).float().mean().item()
     match_raw = (dev == _expert_sets(ref.route(x)[0])).all(dim=-1).float().mean().item()
-    return AccuracyReport(cfg.family, eval_tokens, _rel(y_q, y_hat), match_hat, _rel(y_q, y_raw), match_raw)
+    return AccuracyReport(cfg.family, eval_tokens, _rel(y_q, y_hat), match_hat, _rel(y_q, y_raw),
+                          match_raw, knobs(cfg))
+
+
+def knobs(cfg: AccelConfig) -> str:
+    """The precision knobs that decide the float-input error, as a report shows them."""
+    return f"int{cfg.input_bits} input, smoothing {cfg.input_smoothing:g}"
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

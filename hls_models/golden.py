@@ -15,10 +15,10 @@ import torch
 from moeforge.config import AccelConfig
 from moeforge.errors import ShapeError
 
-from moeforge.spec.arith import GATE_ONE, LOGIT_BITS, X_BITS, Y_BITS
+from moeforge.spec.arith import GATE_ONE, LOGIT_BITS, X_BITS, X_SHIFT_MAX, X_SHIFT_MIN, X_WIDE_BITS, Y_BITS
 
 from .expert_bank import ExpertBank, int_gemm
-from .fixed_point import quantize_symmetric, requantize, sigmoid_exact
+from .fixed_point import quantize_symmetric, requantize, round_shift, saturate, sigmoid_exact
 from .hf_import import float_weights_from_hf
 from .quantize import quantize_layer
 from .routing import RouteResult, route_from_logits
@@ -50,7 +50,8 @@ class QuantizedMoELayer:
 
     def __init__(self, cfg: AccelConfig, *, router_weight, router_mult, router_shift, selection_bias,
                  experts: ExpertBank, shared: ExpertBank | None, out_mult, out_shift,
-                 x_scale: float, y_scale: float, o_scale: float):
+                 x_scale: float, y_scale: float, o_scale: float, x_shift: int = 0,
+                 x_smooth: torch.Tensor | None = None):
         self.cfg = cfg
         self.router_weight = router_weight      # [R, D] int16: E experts (+ Qwen2 shared gate row)
         self.router_mult = int(router_mult)     # acc → logit in units 2^-16
@@ -60,7 +61,15 @@ class QuantizedMoELayer:
         self.shared = shared
         self.out_mult = int(out_mult)           # Σ gate·o → int8 y
         self.out_shift = int(out_shift)
-        self.x_scale = float(x_scale)
+        self.x_scale = float(x_scale)           # the device's input tokens (int16 or int8)
+        self.x_shift = int(x_shift)             # S_x: wide token → the experts' int8 (0: int8 input)
+        wide = cfg.input_bits == X_WIDE_BITS
+        if (wide and not X_SHIFT_MIN <= self.x_shift <= X_SHIFT_MAX) or (not wide and self.x_shift):
+            raise ValueError(f"x_shift {self.x_shift} does not suit input_bits={cfg.input_bits} "
+                             f"({X_SHIFT_MIN}..{X_SHIFT_MAX} with 16, 0 with 8)")
+        # host side only: the float token is divided by it per channel before quantisation
+        self.x_smooth = (torch.ones(cfg.d_model) if x_smooth is None
+                         else x_smooth.detach().to(torch.float32).reshape(cfg.d_model))
         self.y_scale = float(y_scale)
         self.o_scale = float(o_scale)
 
@@ -76,22 +85,39 @@ class QuantizedMoELayer:
         return cls.from_float(float_weights_from_hf(block, cfg), cfg, calib=calib)
 
     # --- integer path ---------------------------------------------------
-    def _check_int_input(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The device's input tokens: int16 with ``input_bits = 16``, else int8."""
+        return torch.int16 if self.cfg.input_bits == X_WIDE_BITS else torch.int8
+
+    def _check_int_input(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = dtype or self.input_dtype
         if not isinstance(x, torch.Tensor):
             raise ShapeError(f"input must be a torch.Tensor, not {type(x).__name__}")
-        if x.dtype != torch.int8:
-            raise ShapeError(f"forward_int takes int8 tokens, not {x.dtype}")
+        if x.dtype != dtype:
+            raise ShapeError(f"the device takes {dtype} tokens (input_bits={self.cfg.input_bits}), "
+                             f"not {x.dtype}")
         if x.dim() != 2 or x.shape[1] != self.cfg.d_model:
             raise ShapeError(f"input shape {list(x.shape)} is not [tokens, d_model={self.cfg.d_model}]")
         return x.to(torch.int64)
 
+    def _narrow(self, x: torch.Tensor) -> torch.Tensor:
+        """The experts' int8 tokens (int64 values) from the device's input tokens (int64 values)."""
+        return saturate(round_shift(x, self.x_shift), X_BITS) if self.x_shift else x
+
+    def expert_input(self, x_in: torch.Tensor) -> torch.Tensor:
+        """The int8 tokens the experts take from the device's input tokens: with a wide input
+        ``sat_8(rshift(x_in, S_x))`` (docs/arithmetic.md §2), else the tokens themselves."""
+        return self._narrow(self._check_int_input(x_in)).to(torch.int8)
+
     def router_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of every router row [T, R], int32 range, units 2^-16."""
+        """Logits of every router row [T, R], int32 range, units 2^-16, of the input tokens."""
         acc = int_gemm(x, self.router_weight)
         return requantize(acc, self.router_mult, self.router_shift, LOGIT_BITS)
 
-    def route_int(self, x_int8: torch.Tensor) -> RouteResult:
-        x = self._check_int_input(x_int8)
+    def route_int(self, x_in: torch.Tensor) -> RouteResult:
+        """The router's result for the device's input tokens (`input_dtype`)."""
+        x = self._check_int_input(x_in)
         return self._route(x)
 
     def _route(self, x: torch.Tensor) -> RouteResult:
@@ -110,10 +136,11 @@ class QuantizedMoELayer:
         return RouteResult(routed, indices, gates, shared_gate)
 
     def expert_int(self, e: int, x_int8: torch.Tensor) -> torch.Tensor:
-        """int16 output of routed expert e for every given token (used by unit-level checks)."""
-        return self.experts.forward(e, self._check_int_input(x_int8))
+        """int16 output of routed expert e for every given expert token (`expert_input`'s int8;
+        used by unit-level checks)."""
+        return self.experts.forward(e, self._check_int_input(x_int8, torch.int8))
 
-    def partial_int(self, x_int8: torch.Tensor, experts=None, shared: bool = True) -> torch.Tensor:
+    def partial_int(self, x_in: torch.Tensor, experts=None, shared: bool = True) -> torch.Tensor:
         """The combiner's accumulator ``Σ g·o`` [T, d_model] (int64, before requantisation) over
         the contributions of the routed experts in `experts` (None: all) that the tokens chose,
         plus the shared expert's if `shared` (and the layer has one). Routing is unchanged: a
@@ -127,11 +154,11 @@ class QuantizedMoELayer:
         Raises
         ------
         ShapeError
-            If `x_int8` is not an int8 tensor [T, d_model].
+            If `x_in` is not a tensor [T, d_model] of `input_dtype`.
         ValueError
             If `experts` names an expert outside ``0 .. n_experts-1``.
         """
-        x = self._check_int_input(x_int8)
+        x = self._check_int_input(x_in)
         keep = None
         if experts is not None:
             keep = {int(e) for e in experts}
@@ -139,6 +166,7 @@ class QuantizedMoELayer:
             if bad:
                 raise ValueError(f"experts must be in 0..{self.cfg.n_experts - 1}, not {bad}")
         route = self._route(x)
+        x = self._narrow(x)                      # the experts take int8
         T = x.shape[0]
         acc = torch.zeros(T, self.cfg.d_model, dtype=torch.int64)
         for e in torch.unique(route.indices).tolist():   # expert-major, as the device schedules
@@ -151,14 +179,16 @@ class QuantizedMoELayer:
             acc += route.shared_gate[:, None] * self.shared.forward(0, x)
         return acc
 
-    def forward_int(self, x_int8: torch.Tensor) -> torch.Tensor:
-        """int8 tokens [T, d_model] → int8 outputs [T, d_model], exactly as the device computes:
+    def forward_int(self, x_in: torch.Tensor) -> torch.Tensor:
+        """The device's input tokens [T, d_model] (`input_dtype`: int16 with ``input_bits = 16``,
+        else int8) → int8 outputs [T, d_model], exactly as the device computes:
         ``rq_8(partial_int(x), M_y, S_y)``."""
-        return requantize(self.partial_int(x_int8), self.out_mult, self.out_shift, Y_BITS).to(torch.int8)
+        return requantize(self.partial_int(x_in), self.out_mult, self.out_shift, Y_BITS).to(torch.int8)
 
     # --- float convenience ----------------------------------------------
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Float tokens → the device's int8 tokens (round half to even, saturated).
+        """Float tokens → the device's input tokens (`input_dtype`): each channel divided by
+        its smoothing factor, then round half to even at `x_scale`, saturated.
 
         Raises
         ------
@@ -170,7 +200,11 @@ class QuantizedMoELayer:
             bad = ~torch.isfinite(x)
             if bad.any():
                 raise ShapeError(_first_non_finite(x, bad))
-        return quantize_symmetric(x, self.x_scale, X_BITS).to(torch.int8)
+        return quantize_symmetric(x / self.x_smooth, self.x_scale, self.cfg.input_bits).to(self.input_dtype)
+
+    def dequantize_input(self, x_in: torch.Tensor) -> torch.Tensor:
+        """The float tokens the device's input tokens stand for (smoothing undone)."""
+        return x_in.to(torch.float32) * self.x_scale * self.x_smooth
 
     def dequantize_output(self, y: torch.Tensor) -> torch.Tensor:
         return y.to(torch.float32) * self.y_scale
@@ -178,7 +212,7 @@ class QuantizedMoELayer:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Float tokens [..., d_model] → quantise → forward_int → dequantise."""
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
-            raise ShapeError("the layer takes a float tensor; use forward_int for int8 tokens")
+            raise ShapeError("the layer takes a float tensor; use forward_int for the device's integer tokens")
         if x.shape[-1] != self.cfg.d_model:
             raise ShapeError(f"input shape {list(x.shape)} does not end in d_model={self.cfg.d_model}")
         x_int = self.quantize_input(x)    # before flattening: a bad element is named by the caller's index
@@ -187,12 +221,15 @@ class QuantizedMoELayer:
 
     # --- weight image ---------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Every integer tensor of the layer by name: the device's weight image."""
+        """Every tensor of the layer by name: the device's weight image (integers) and the
+        host's input smoothing (``input.smooth``, float, never sent to the device)."""
         t = {"router.weight": self.router_weight,
              "router.mult": torch.tensor(self.router_mult, dtype=torch.int32),
              "router.shift": torch.tensor(self.router_shift, dtype=torch.int32),
              "combiner.mult": torch.tensor(self.out_mult, dtype=torch.int32),
-             "combiner.shift": torch.tensor(self.out_shift, dtype=torch.int32)}
+             "combiner.shift": torch.tensor(self.out_shift, dtype=torch.int32),
+             "input.shift": torch.tensor(self.x_shift, dtype=torch.int32),
+             "input.smooth": self.x_smooth}
         if self.selection_bias is not None:
             t["router.selection_bias"] = self.selection_bias
         t.update(self.experts.tensors("experts"))

@@ -3,9 +3,13 @@
 Weights: symmetric int8 per output channel (router: one scale, `router_bits`).
 Activations: symmetric per tensor, scales chosen on the calibration tokens
 (MSE-optimal clipping for int8 tensors, max-abs with margin for int16 ones).
+Input: optionally smoothed per channel (SmoothQuant, `input_smoothing`), then int16 for the
+router with the experts' int8 derived by a shift (`input_bits = 16`), or int8 for both.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -13,11 +17,11 @@ import torch.nn.functional as F
 from moeforge.config import AccelConfig
 from moeforge.errors import ShapeError
 from moeforge.spec.arith import (GATE_FRAC, HIDDEN_BITS, LOGIT_FRAC, OUT_BITS, SILU_FRAC, UP_BITS, WEIGHT_BITS,
-                                 X_BITS, Y_BITS)
+                                 X_BITS, X_SHIFT_MAX, X_SHIFT_MIN, X_WIDE_BITS, Y_BITS)
 
 from .calibration import maxabs_scale, mse_scale, per_channel_weight_scale
 from .expert_bank import ExpertBank
-from .fixed_point import fwht_blocks, multiplier_shift, quantize_symmetric
+from .fixed_point import fwht_blocks, multiplier_shift, quantize_symmetric, round_shift, saturate
 from .reference import FloatMoELayer
 from .weights import FloatMoEWeights
 
@@ -48,6 +52,46 @@ def _stack(pairs):
 def _rotate(v: torch.Tensor, block: int) -> torch.Tensor:
     """Orthonormal block Walsh-Hadamard rotation of the last dim (float, host side)."""
     return fwht_blocks(v, block) / block ** 0.5
+
+
+# A channel whose calibration maximum (or weight maximum) is 0 smooths as if it were this small.
+SMOOTH_FLOOR = 1e-6
+
+
+def smoothing_factors(w: FloatMoEWeights, calib: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SmoothQuant's per-channel factors ``s_c = max|x_c|^alpha / max|W_c|^(1-alpha)`` [D]
+    (all ones for alpha 0), ``W_c`` every weight that reads input channel ``c``: the router
+    rows and the first layer of every routed and shared expert."""
+    D = calib.shape[1]
+    if alpha == 0:
+        return torch.ones(D)
+    first = [w.router, w.w_up.reshape(-1, D)]
+    first += [t.reshape(-1, D) for t in (w.w_gate, w.shared_up, w.shared_gate_proj) if t is not None]
+    if w.shared_expert_gate is not None:
+        first.append(w.shared_expert_gate[None])
+    w_max = torch.cat(first).abs().amax(dim=0).to(torch.float64).clamp_min(SMOOTH_FLOOR)
+    x_max = calib.abs().amax(dim=0).to(torch.float64).clamp_min(SMOOTH_FLOOR)
+    return (x_max ** alpha / w_max ** (1 - alpha)).to(torch.float32)
+
+
+def _smoothed(w: FloatMoEWeights, s: torch.Tensor) -> FloatMoEWeights:
+    """`w` with every weight that reads the input scaled by `s` per input channel: ``W·diag(s)``
+    on ``x / s`` is ``W`` on ``x``."""
+    out = w.float()
+    for name in ("router", "w_up", "w_gate", "shared_up", "shared_gate_proj", "shared_expert_gate"):
+        t = getattr(out, name)
+        if t is not None:
+            setattr(out, name, t * s)
+    return out
+
+
+def input_shift(x_scale8: float, calib_max: float) -> int:
+    """S_x for a wide input: the largest shift whose int16 range, ``2^S_x`` steps per int8 step
+    of `x_scale8`, still covers `INT16_MARGIN` times the calibration maximum (within
+    ``X_SHIFT_MIN .. X_SHIFT_MAX``)."""
+    room = ((1 << (X_WIDE_BITS - 1)) - 1) * x_scale8 / (INT16_MARGIN * calib_max) if calib_max else 0
+    shift = math.floor(math.log2(room)) if room >= 1 else X_SHIFT_MIN
+    return max(X_SHIFT_MIN, min(X_SHIFT_MAX, shift))
 
 
 def _bank(w_gate, w_up, w_down, activation: str, rotation: int, x_hat: torch.Tensor, x_scale: float):
@@ -101,15 +145,32 @@ def quantize_layer(weights: FloatMoEWeights, cfg: AccelConfig, calib: torch.Tens
     ShapeError
         If `calib` is not a float tensor [N > 0, d_model], or a scale cannot be encoded.
     """
-    w = weights.float().check(cfg)
+    w_raw = weights.float().check(cfg)
     if not isinstance(calib, torch.Tensor) or not torch.is_floating_point(calib):
         raise ShapeError("calib must be a float tensor of tokens [N, d_model]")
     calib = calib.detach().to(torch.float32).reshape(-1, calib.shape[-1])
     if calib.shape[1] != cfg.d_model or calib.shape[0] == 0:
         raise ShapeError(f"calib shape {list(calib.shape)} is not [N > 0, d_model={cfg.d_model}]")
 
-    x_scale = mse_scale(calib, X_BITS)
-    x_hat = (quantize_symmetric(calib, x_scale).to(torch.float64) * x_scale).to(torch.float32)
+    if not torch.isfinite(calib).all():
+        raise ShapeError("calib holds NaN or ±Inf: calibration takes finite tokens")
+
+    # Smoothing: the device sees x / s and weights W·diag(s) (host side, once).
+    x_smooth = smoothing_factors(w_raw, calib, cfg.input_smoothing)
+    w = _smoothed(w_raw, x_smooth)
+    calib = calib / x_smooth
+
+    # The experts' int8 scale; a wide input token is 2^S_x finer, and the experts take
+    # sat_8(rshift(x_in, S_x)) of it, exactly what the device derives.
+    x_scale8 = mse_scale(calib, X_BITS)
+    if cfg.input_bits == X_WIDE_BITS:
+        x_shift = input_shift(x_scale8, calib.abs().max().item())
+        x_scale = x_scale8 / 2 ** x_shift
+        x8 = saturate(round_shift(quantize_symmetric(calib, x_scale, X_WIDE_BITS), x_shift), X_BITS)
+    else:
+        x_shift, x_scale = 0, x_scale8
+        x8 = quantize_symmetric(calib, x_scale8, X_BITS)
+    x_hat = (x8.to(torch.float64) * x_scale8).to(torch.float32)
 
     # Router: one scale over every row, so logits of all experts share a fixed point.
     rows = w.router if w.shared_expert_gate is None else torch.cat([w.router, w.shared_expert_gate[None]])
@@ -122,12 +183,12 @@ def quantize_layer(weights: FloatMoEWeights, cfg: AccelConfig, calib: torch.Tens
         sel_bias = torch.round(w.selection_bias.to(torch.float64) * 2 ** GATE_FRAC).to(torch.int32)
 
     R = cfg.rotation_block
-    bank, hid_s, down_s, outs = _bank(w.w_gate, w.w_up, w.w_down, cfg.activation, R, x_hat, x_scale)
+    bank, hid_s, down_s, outs = _bank(w.w_gate, w.w_up, w.w_down, cfg.activation, R, x_hat, x_scale8)
     sh = None
     if cfg.shared_d_ff:
         sh_gate = None if w.shared_gate_proj is None else w.shared_gate_proj[None]
         sh, sh_hid_s, sh_down_s, sh_outs = _bank(sh_gate, w.shared_up[None], w.shared_down[None],
-                                                 cfg.activation, R, x_hat, x_scale)
+                                                 cfg.activation, R, x_hat, x_scale8)
         outs = torch.cat([outs, sh_outs])
     o_scale = maxabs_scale(outs, OUT_BITS, INT16_MARGIN)
     experts = _finish_bank(bank, hid_s, down_s, o_scale, cfg.activation)
@@ -139,4 +200,4 @@ def quantize_layer(weights: FloatMoEWeights, cfg: AccelConfig, calib: torch.Tens
 
     return dict(router_weight=router_weight, router_mult=router_mult, router_shift=router_shift,
                 selection_bias=sel_bias, experts=experts, shared=shared, out_mult=out_mult, out_shift=out_shift,
-                x_scale=x_scale, y_scale=y_scale, o_scale=o_scale)
+                x_scale=x_scale, y_scale=y_scale, o_scale=o_scale, x_shift=x_shift, x_smooth=x_smooth)

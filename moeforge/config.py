@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .checks import choice_problem, int_problem
 from .errors import ConfigError
-from .spec.arith import RSF_FACTOR_MAX, ROUTER_BITS_MAX, ROUTER_BITS_MIN, WEIGHT_BITS, X_BITS
+from .spec.arith import RSF_FACTOR_MAX, ROUTER_BITS_MAX, ROUTER_BITS_MIN, WEIGHT_BITS, X_BITS, X_WIDE_BITS
 
 __all__ = ["AccelConfig", "SECTIONS"]
 
@@ -26,6 +26,7 @@ ROUTINGS = ("softmax_topk", "topk_softmax", "sigmoid_topk")
 GROUP_SCORES = ("max", "top2_sum")
 SHARED_GATES = ("none", "sigmoid")
 CACHE_POLICIES = ("lru", "lfu", "pinned")
+INPUT_BITS_CHOICES = (X_BITS, X_WIDE_BITS)   # `input_bits`: the token on the wire
 FAMILIES = ("custom", "switch", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3")
 
 # TOML section of each field; also the order fields are written in.
@@ -34,7 +35,7 @@ SECTIONS = {
               "shared_d_ff", "shared_gate"),
     "routing": ("routing", "renormalize", "n_group", "topk_group", "group_score",
                 "selection_bias", "routed_scaling_factor"),
-    "precision": ("weight_bits", "act_bits", "router_bits", "hidden_rotation"),
+    "precision": ("input_bits", "input_smoothing", "weight_bits", "act_bits", "router_bits", "hidden_rotation"),
     "hardware": ("mac_rows", "mac_cols", "cache_slots", "cache_policy", "pinned_experts",
                  "token_buffer_depth", "clock_mhz"),
 }
@@ -101,6 +102,14 @@ class AccelConfig:
 
     Parameters (precision)
     ----------------------
+    input_bits : the token the host sends, 8 (default) or 16. With 16 the router reads the
+        int16 token whole and the experts take an int8 derived from it on the device
+        (docs/arithmetic.md §2): routing then follows the float router on float input.
+        8 is the int8-only input, router and experts on the same int8 token.
+    input_smoothing : SmoothQuant's migration strength alpha in [0, 1] (0, the default: off):
+        the host divides each input channel by ``s_c = max|x_c|^alpha / max|W_c|^(1-alpha)``
+        and folds ``s_c`` into the router and first-layer expert weights, so outlier
+        channels no longer set the int8 input scale. Host side only; the device is unchanged.
     weight_bits, act_bits : expert weights and activations (8).
     router_bits : router weight precision, 8 to 16 bits.
     hidden_rotation : block size of the Walsh-Hadamard rotation applied to each expert's
@@ -158,6 +167,8 @@ class AccelConfig:
     selection_bias: bool = False
     routed_scaling_factor: float = 1.0
     # precision
+    input_bits: int = 8
+    input_smoothing: float = 0.0
     weight_bits: int = 8
     act_bits: int = 8
     router_bits: int = 16
@@ -209,6 +220,12 @@ class AccelConfig:
             raise ConfigError("routed_scaling_factor", f"must be a number in (0, {RSF_FACTOR_MAX}], not {rsf!r}")
         object.__setattr__(self, "routed_scaling_factor", float(rsf))
 
+        if self.input_bits not in INPUT_BITS_CHOICES or isinstance(self.input_bits, bool):
+            raise ConfigError("input_bits", f"must be one of {list(INPUT_BITS_CHOICES)}, not {self.input_bits!r}")
+        alpha = self.input_smoothing
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+            raise ConfigError("input_smoothing", f"must be a number in [0, 1], not {alpha!r}")
+        object.__setattr__(self, "input_smoothing", float(alpha))
         _check_int("weight_bits", self.weight_bits, WEIGHT_BITS, WEIGHT_BITS)   # what the device does
         _check_int("act_bits", self.act_bits, X_BITS, X_BITS)
         _check_int("router_bits", self.router_bits, ROUTER_BITS_MIN, ROUTER_BITS_MAX)

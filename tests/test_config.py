@@ -36,7 +36,7 @@ def test_hash_is_stable_and_sensitive():
     assert len(a.content_hash()) == 64
     assert a.replace(mac_rows=4).content_hash() != a.content_hash()
     # known value: the hash is over canonical JSON, so it must not drift between releases
-    assert AccelConfig.from_toml("configs/tiny.toml").short_hash == "54adebd4a72b"
+    assert AccelConfig.from_toml("configs/tiny.toml").short_hash == "dcaecaf1b73f"
 
 
 BAD = [
@@ -59,6 +59,11 @@ BAD = [
     (dict(shared_gate="sigmoid"), "shared_gate", "shared_d_ff > 0"),
     (dict(shared_gate="softmax", shared_d_ff=32), "shared_gate", "none, sigmoid"),
     (dict(shared_d_ff=-1), "shared_d_ff", "[0, 65536]"),
+    (dict(input_bits=12), "input_bits", "[8, 16]"),
+    (dict(input_bits=True), "input_bits", "[8, 16]"),
+    (dict(input_smoothing=1.5), "input_smoothing", "[0, 1]"),
+    (dict(input_smoothing=float("nan")), "input_smoothing", "[0, 1]"),
+    (dict(input_smoothing="0.5"), "input_smoothing", "[0, 1]"),
     (dict(weight_bits=4), "weight_bits", "[8, 8]"),
     (dict(act_bits=16), "act_bits", "[8, 8]"),
     (dict(router_bits=32), "router_bits", "[8, 16]"),
@@ -162,7 +167,7 @@ def test_cli_subprocess_exit_codes(tmp_path):
     assert "not valid TOML" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "moeforge.cli", "config", "configs/tiny.toml"],
                        capture_output=True, text=True)
-    assert r.returncode == 0 and "54adebd4a72b" in r.stdout
+    assert r.returncode == 0 and "dcaecaf1b73f" in r.stdout
     r = subprocess.run([sys.executable, "-m", "moeforge.cli", "frobnicate"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
 

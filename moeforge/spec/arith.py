@@ -9,7 +9,8 @@ Plain Python: no torch, no Amaranth, nothing of the project.
 from __future__ import annotations
 
 __all__ = [
-    "X_BITS", "WEIGHT_BITS", "PROD_BITS", "ACC_BITS", "UP_BITS", "HIDDEN_BITS", "OUT_BITS", "Y_BITS",
+    "X_BITS", "X_WIDE_BITS", "X_SHIFT_MIN", "X_SHIFT_MAX", "X_SHIFT_BITS",
+    "WEIGHT_BITS", "PROD_BITS", "ACC_BITS", "UP_BITS", "HIDDEN_BITS", "OUT_BITS", "Y_BITS",
     "MULT_BITS", "SHIFT_BITS", "SHIFT_MIN", "SHIFT_MAX",
     "ROUTER_BITS_MIN", "ROUTER_BITS_MAX", "LOGIT_BITS", "LOGIT_FRAC", "GATE_FRAC", "GATE_ONE", "RSF_FRAC", "RSF_FACTOR_MAX", "RSF_MAX",
     "GATE_BITS", "SHARED_GATE_BITS", "SIG_BITS", "QUO_BITS", "BIAS_BITS",
@@ -19,7 +20,12 @@ __all__ = [
 ]
 
 # --- tensors (§2, §4, §5) ---------------------------------------------------------------
-X_BITS = 8             # the device's input tokens x: int8
+X_BITS = 8             # the experts' input tokens x: int8
+X_WIDE_BITS = 16       # the wide input token x_in (`input_bits = 16`): the router reads it whole,
+                       # the experts take x = sat_8(rshift(x_in, S_x)) derived on the device
+X_SHIFT_MIN = 1        # S_x, with a wide input: rshift needs s >= 1 ...
+X_SHIFT_MAX = 8        # ... and past 8 the int16 range would be narrower than the int8 one
+X_SHIFT_BITS = 4       # S_x as stored (SET_SCALE's third byte)
 WEIGHT_BITS = 8        # expert weights: int8 per output channel
 PROD_BITS = X_BITS + WEIGHT_BITS   # one int8 · int8 product fits signed 16 bits (-128 · -128 = 16384)
 ACC_BITS = 32          # GEMM accumulators: int32 (|acc| <= 127 · 128 · d_model < 2^31)

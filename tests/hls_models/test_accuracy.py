@@ -6,6 +6,11 @@ routing target holds and the error is 2.2–4% (median ≈ 2.6%): the 3% target 
 for most seeds, not all — asserted here is the bound that does hold, 5%. Against raw
 float tokens both targets are missed (see the README): int8 input quantisation flips
 1–2.5% of near-tied routes, which no router precision can recover.
+
+The float-faithful input (``input_bits = 16``, ``input_smoothing = 0.5``: the router reads
+the int16 token, the experts an int8 derived on the device) meets the routing target on the
+float input for every family; its relative L2 error there is 2.6–3.8% over seeds 0 and 1
+(the int8 experts' own error): asserted is 4%, and that it beats the int8 input.
 """
 
 import pytest
@@ -33,3 +38,18 @@ def test_router_precision_knob_matters():
     r8 = measure_accuracy(cfg.replace(router_bits=8), seed=0, eval_tokens=4096)
     assert r8.route_match < r16.route_match
     assert r8.rel_l2 > r16.rel_l2
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_float_faithful_input_bounds(family, seed):
+    int8 = measure_accuracy(FAMILIES[family], seed=seed, eval_tokens=2048)
+    wide = measure_accuracy(FAMILIES[family].replace(input_bits=16, input_smoothing=0.5),
+                            seed=seed, eval_tokens=2048)
+    assert wide.knobs == "int16 input, smoothing 0.5"
+    assert wide.route_match_float_input >= 0.995, \
+        f"{family}: same expert set for {wide.route_match_float_input:.4f} of float tokens"
+    assert wide.rel_l2_float_input <= 0.04, \
+        f"{family}: relative L2 error on float tokens {wide.rel_l2_float_input:.4f}"
+    assert wide.rel_l2_float_input < int8.rel_l2_float_input
+    assert wide.route_match_float_input >= int8.route_match_float_input

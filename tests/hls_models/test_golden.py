@@ -31,7 +31,10 @@ def test_integer_dtypes_and_shape(layer):
     r = layer.route_int(x)
     assert r.indices.dtype == torch.int64 and r.indices.shape == (17, layer.cfg.top_k)
     assert r.gates.dtype == torch.int64 and (r.gates >= 0).all()
-    for t in layer.tensors().values():
+    tensors = layer.tensors()
+    smooth = tensors.pop("input.smooth")        # the host's smoothing, never sent to the device
+    assert smooth.dtype == torch.float32 and (smooth > 0).all()
+    for t in tensors.values():
         assert not torch.is_floating_point(t)
 
 
