@@ -130,8 +130,8 @@ def layer_program(cfg: AccelConfig, q, x: torch.Tensor):
         xb = x[b0:b0 + T_max]
         n = xb.shape[0]
         batches.append(dict(first=b0, n=n, run_step=len(steps) + 1, counters_step=len(steps) + 3))
-        steps.append(dict(name=f"batch {len(batches) - 1}: tokens", status=0, max_cycles=80 * n * cfg.d_model + 2000,
-                          packet=_hex(encode(Op.WRITE_TOKENS, 0, xb.tolist()))))
+        steps.append(dict(name=f"batch {len(batches) - 1}: tokens", status=0, max_cycles=160 * n * cfg.d_model + 2000,
+                          packet=_hex(encode(Op.WRITE_TOKENS, 0, xb.tolist(), x.element_size()))))
         steps.append(dict(name=f"batch {len(batches) - 1}: run", status=0, max_cycles=5_000_000,
                           packet=_hex(encode(Op.RUN, n))))
         steps.append(dict(name=f"batch {len(batches) - 1}: outputs", status=0,

@@ -201,7 +201,8 @@ def _router_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     expected = [r.indices[t].tolist() + r.gates[t].tolist() + [int(r.shared_gate[t])] for t in range(tokens)]
     ports = verilog_ports(dut)
     batch = dict(name="cli", image=router_image(q, lanes=dut.lanes), tokens=x.tolist(), expected=expected)
-    return {"lanes": dut.lanes, "slices": dut.slices, "n_experts": dut.n_experts, "top_k": dut.top_k,
+    return {"lanes": dut.lanes, "input_bits": dut.input_bits, "slices": dut.slices,
+            "n_experts": dut.n_experts, "top_k": dut.top_k,
             "cycles_per_token": dut.cycles_per_token(), "i_tokens": stream_prefix(ports, "i_tokens"),
             "o_route": stream_prefix(ports, "o_route"), "wr_addr": ports["wr.addr"].name,
             "wr_data": ports["wr.data"].name, "wr_en": ports["wr.en"].name, "wr_stall": 0.2,

@@ -50,7 +50,9 @@ accumulators (``Σ g·o`` of the enabled experts) of the last batch until the ne
 Ports (``C = mac_cols``, ``R = mac_rows``, ``L = combiner_lanes``, ``D = d_model``; words of
 int8 have lane ``c`` in bits ``8c .. 8c+7``)
 ---------------------------------------------------------------------------------------------
-``tok_wr``         in ``{addr, data, en}``: token buffer write, words of ``C`` int8: token ``t``
+``tok_wr``         in ``{addr, data, en}``: token buffer write, words of ``C`` input values
+                   (int8, or int16 with ``input_bits = 16``, lane ``c`` in bits
+                   ``c·ib .. c·ib + ib - 1``): token ``t``
                    element ``d`` at word ``t·(D/C) + d // C``, lane ``d % C``. Write between
                    batches (not while ``busy``).
 ``router_wr``      in: the `Router`'s ``wr`` port (`router_image` with ``lanes = C``).
@@ -58,6 +60,9 @@ int8 have lane ``c`` in bits ``8c .. 8c+7``)
                    (`expert_image` of the shared bank, ``shared_image_words`` words). Only
                    with a shared expert (without one there is nothing it could write).
 ``y_mult``, ``y_shift``  in (16, 6 bits): the combiner's ``M_y``, ``S_y`` (sampled at the flush).
+``x_shift``        in (4 bits), only with ``input_bits = 16``: ``S_x`` (1..8); the router takes the
+                   int16 tokens whole, the expert engines ``sat_8(rshift(x, S_x))`` of each
+                   element, derived on the way out of the token buffer. Hold it while ``busy``.
 ``expert_off``     in (``E + 1`` bits, ``E`` without a shared expert): bit ``e`` set disables
                    routed expert ``e``, bit ``E`` the shared expert; 0 runs every expert. Hold it while
                    ``busy``.
@@ -90,7 +95,7 @@ shared expert), ``slots``, and the layouts ``req_layout``, ``grant_layout``, ``r
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Shape, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -98,12 +103,14 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from moeforge.config import AccelConfig
+from moeforge.spec.arith import X_BITS, X_SHIFT_BITS, X_SHIFT_MAX, X_WIDE_BITS
 from moeforge.spec.protocol import CORE_COUNTERS
 
 from .combiner import Combiner, contrib_layout, y_layout
 from ..routing.dispatch import Dispatch, pick
 from ..expert.expert_ffn import ExpertFFN, ExpertImageLayout
 from moeforge.checks import check_int
+from ..datapath.arith import round_shift, saturate
 from ..datapath.gearbox import Gearbox
 from ..datapath.skid import SkidBuffer
 from ..datapath.mac_array import COUNTER_BITS, index_shape, weight_word
@@ -180,8 +187,10 @@ class LayerCore(wiring.Component):
                                  src_loc_at=loc)
         self.dispatch = Dispatch(n_experts=cfg.n_experts, top_k=cfg.top_k, t_max=T_max,
                                  shared=self.shared is not None, src_loc_at=loc)
-        self.feed = TokenReader(slices=D // C, t_max=T_max, word=weight_word(C), src_loc_at=loc)
-        self.shared_feed = (TokenReader(slices=D // C, t_max=T_max, word=weight_word(C),
+        self.wide = cfg.input_bits == X_WIDE_BITS
+        self.token_word = data.ArrayLayout(signed(cfg.input_bits), C)
+        self.feed = TokenReader(slices=D // C, t_max=T_max, word=self.token_word, src_loc_at=loc)
+        self.shared_feed = (TokenReader(slices=D // C, t_max=T_max, word=self.token_word,
                                         src_loc_at=loc) if self.shared is not None else None)
 
         self.req_layout = request_layout(cfg)
@@ -190,7 +199,7 @@ class LayerCore(wiring.Component):
         word_c, word_r = weight_word(C), weight_word(R)
         members = {
             "tok_wr": In(wiring.Signature({"addr": Out(index_shape(T_max * (D // C))),
-                                           "data": Out(word_c), "en": Out(1)})),
+                                           "data": Out(self.token_word), "en": Out(1)})),
             "router_wr": In(self.router.wr.signature.flip()),
         }
         if self.shared is not None:
@@ -200,6 +209,7 @@ class LayerCore(wiring.Component):
         members.update({
             "y_mult": In(16),
             "y_shift": In(6),
+            **({"x_shift": In(X_SHIFT_BITS)} if self.wide else {}),
             "expert_off": In(cfg.n_experts + (1 if cfg.shared_d_ff else 0)),
             "i_run": In(stream.Signature(self.run_layout)),
             "done": Out(1),
@@ -227,6 +237,15 @@ class LayerCore(wiring.Component):
         (``Σ_e T_e · 3FD/(R·C)`` for SwiGLU, ``2FD/(R·C)`` for ReLU): the exact ``mac_busy``."""
         return sum(self.engine.busy(int(n)) for n in counts)
 
+    def _expert_word(self, word):
+        """The expert engines' int8 word of a token-buffer word: ``sat_8(rshift(x, S_x))`` per
+        lane with a wide input (docs/arithmetic.md §2), the word itself otherwise."""
+        if not self.wide:
+            return word
+        # each lane saturated to the int8 range, so its low 8 bits are the value
+        return Cat(*(saturate(round_shift(word[i], self.x_shift, max_shift=X_SHIFT_MAX), X_BITS)[:X_BITS]
+                     for i in range(self.cfg.mac_cols)))
+
     # ------------------------------------------------------------------ elaboration
     def elaborate(self, platform):
         m = Module()
@@ -248,7 +267,7 @@ class LayerCore(wiring.Component):
             m.submodules.shared_feed = sfeed = self.shared_feed
 
         # -- buffers ----------------------------------------------------------------------------
-        m.submodules.tok_buf = tbuf = Memory(shape=weight_word(C), depth=max(2, T_max * (D // C)),
+        m.submodules.tok_buf = tbuf = Memory(shape=self.token_word, depth=max(2, T_max * (D // C)),
                                              init=[])
         twp = tbuf.write_port()
         m.d.comb += [twp.addr.eq(self.tok_wr.addr), twp.data.eq(self.tok_wr.data),
@@ -379,7 +398,8 @@ class LayerCore(wiring.Component):
             feed.o_x.ready.eq(Mux(routing, router.i_tokens.ready, eng.i_x.ready)),
             router.i_tokens.payload.data.eq(feed.o_x.payload.data),
             router.i_tokens.payload.last.eq(feed.o_x.payload.last),
-            eng.i_x.payload.eq(feed.o_x.payload),
+            eng.i_x.payload.data.eq(self._expert_word(feed.o_x.payload.data)),
+            eng.i_x.payload.last.eq(feed.o_x.payload.last),
         ]
 
         # -- routed outputs → contributions (token and gate from the job's list) ---------------
@@ -429,7 +449,9 @@ class LayerCore(wiring.Component):
                 m.d.sync += st.eq(st + 1)
             m.d.comb += [sfeed.i_token.valid.eq(self.busy & sh_on & (st != n_tok)),
                          sfeed.i_token.payload.token.eq(st[:disp.token_shape.width])]
-            wiring.connect(m, sfeed.o_x, sh.i_x)
+            m.d.comb += [sh.i_x.valid.eq(sfeed.o_x.valid), sfeed.o_x.ready.eq(sh.i_x.ready),
+                         sh.i_x.payload.data.eq(self._expert_word(sfeed.o_x.payload.data)),
+                         sh.i_x.payload.last.eq(sfeed.o_x.payload.last)]
             # outputs: through a FIFO of two contributions (2·D/R beats), so that a shared
             # contribution enters the arbiter only once its last beat is in and then takes D/L
             # consecutive cycles, the combiner's (the shared engine's beats come one per S_F

@@ -1,4 +1,5 @@
-"""The router: int8 tokens → top-k experts, their gate weights and the shared-expert gate.
+"""The router: input tokens (int8, or int16 with ``input_bits = 16``) → top-k experts, their gate
+weights and the shared-expert gate.
 
 Per token it computes exactly what ``QuantizedMoELayer.route_int`` (docs/arithmetic.md §3) gives
 as ``indices``, ``gates`` and ``shared_gate``:
@@ -13,7 +14,7 @@ as ``indices``, ``gates`` and ``shared_gate``:
 
 Interface
 ---------
-``i_tokens`` (in stream, `token_layout`): ``{data: lanes × int8, last}``. A token is
+``i_tokens`` (in stream, `token_layout`): ``{data: lanes × int(input_bits), last}``. A token is
 ``d_model / lanes`` consecutive slices, element ``s·lanes + i`` in lane ``i`` of slice ``s``,
 ``last`` set on its final slice (and only there: the token ends at ``last``).
 
@@ -50,7 +51,7 @@ reset to 0).
 
 Datapath and cycles
 -------------------
-A token is buffered (``S`` words of ``lanes`` int8), then a state machine runs the phases below
+A token is buffered (``S`` words of ``lanes`` input values), then a state machine runs the phases below
 while ``i_tokens.ready`` is low; the next token is accepted once the route beat has transferred.
 Without stalls a token takes `Router.cycles_per_token` cycles from its first slice to the cycle
 its route beat transfers (both counted), and the next token's first slice is taken in the cycle
@@ -69,8 +70,8 @@ bits of ``div15``)::
 e.g. 143 cycles for Mixtral-style d_model 64, E 8, k 2, 8 lanes; 698 for the DeepSeek-V3 family
 config (d_model 64, E 16, k 4, 16 sigmoids).
 
-* GEMV: one weight word per cycle (``lanes`` int8 × int(rb) products, registered), an adder
-  tree, the ``8 + rb + ceil(log2 D)``-bit accumulator, ``acc · M_r``, ``sat_32(rshift(·, S_r))``
+* GEMV: one weight word per cycle (``lanes`` int(ib) × int(rb) products, ``ib = input_bits``,
+  registered), an adder tree, the ``ib + rb + ceil(log2 D)``-bit accumulator, ``acc · M_r``, ``sat_32(rshift(·, S_r))``
   and the logit memory write: 8 pipeline stages after the first read. The largest routed logit
   (``softmax_topk``'s reference) is tracked as the logits are written.
 * SIG (``n_sig = E`` with ``sigmoid_topk``, +1 for Qwen2's shared gate; 0 otherwise): per row,
@@ -86,7 +87,7 @@ config (d_model 64, E 16, k 4, 16 sigmoids).
 * DIV: ``div15(e_j, Z)`` (or ``div15(s_j, Σ s)``) per selected expert, then routed scaling
   ``rshift(g · RSF, 12)`` (a constant multiplier; none for a factor of 1.0).
 
-The memories: token buffer (``S × lanes·8`` bits), router weights (``R·S × lanes·rb``), logits
+The memories: token buffer (``S × lanes·ib`` bits), router weights (``R·S × lanes·rb``), logits
 (``R × 32``), ``SIG`` values (``E × 16``, ``sigmoid_topk``), selection bias (``E × 32``), the two
 ``EXP`` ROMs (512 and 128 × 16, `router_tables`); all read synchronously. Group scores, the
 ``k`` selected experts and their gates are registers; the divider is `divider_logic`, inlined.
@@ -102,7 +103,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from moeforge.config import GROUP_SCORES, MAX_DIM, ROUTINGS, AccelConfig
+from moeforge.config import GROUP_SCORES, INPUT_BITS_CHOICES, MAX_DIM, ROUTINGS, AccelConfig
 from moeforge.spec.arith import (BIAS_BITS, EXP_A_LIMIT, EXP_ARG_SHIFT, EXP_HI_SHIFT, EXP_HI_SIZE, EXP_LO_SIZE,
                                  EXP_ROM_BITS, GATE_BITS, GATE_FRAC, GATE_ONE, LOGIT_BITS, MULT_BITS, QUO_BITS,
                                  ROUTER_BITS_MAX, ROUTER_BITS_MIN, RSF_FRAC, RSF_MAX, SHARED_GATE_BITS, SHIFT_BITS,
@@ -135,9 +136,9 @@ def _pick(values, index):
     return Array(values)[index]
 
 
-def token_layout(*, lanes: int) -> data.StructLayout:
-    """``i_tokens`` payload: ``data`` (lanes × signed 8, lane 0 in the low bits), ``last``."""
-    return data.StructLayout({"data": data.ArrayLayout(signed(X_BITS), lanes), "last": unsigned(1)})
+def token_layout(*, lanes: int, input_bits: int = X_BITS) -> data.StructLayout:
+    """``i_tokens`` payload: ``data`` (lanes × signed `input_bits`, lane 0 in the low bits), ``last``."""
+    return data.StructLayout({"data": data.ArrayLayout(signed(input_bits), lanes), "last": unsigned(1)})
 
 
 def route_layout(*, n_experts: int, top_k: int) -> data.StructLayout:
@@ -179,8 +180,10 @@ class Router(wiring.Component):
         router row, ``SIG`` of its logit).
     router_bits : int
         Router weight width, in [8, 16].
+    input_bits : int
+        Token element width, 8 or 16 (`AccelConfig.input_bits`).
     lanes : int
-        int8 values per ``i_tokens`` slice and weights per word; divides `d_model`.
+        Token values per ``i_tokens`` slice and weights per word; divides `d_model`.
 
     Attributes
     ----------
@@ -203,7 +206,7 @@ class Router(wiring.Component):
                  routing: str = "softmax_topk", renormalize: bool = False, n_group: int = 1,
                  topk_group: int = 1, group_score: str = "max", selection_bias: bool = False,
                  rsf: int = 1 << RSF_FRAC, shared_gate: str = "none", router_bits: int = 16,
-                 lanes: int = DEFAULT_LANES, src_loc_at: int = 0):
+                 input_bits: int = X_BITS, lanes: int = DEFAULT_LANES, src_loc_at: int = 0):
         check_int("d_model", d_model, 1, MAX_DIM)
         check_int("n_experts", n_experts, 1, 1024)
         check_int("top_k", top_k, 1, n_experts)
@@ -229,6 +232,7 @@ class Router(wiring.Component):
         check_int("rsf", rsf, 0, RSF_MAX)
         check_choice("shared_gate", shared_gate, SHARED_GATES)
         check_int("router_bits", router_bits, ROUTER_BITS_MIN, ROUTER_BITS_MAX)
+        check_choice("input_bits", input_bits, INPUT_BITS_CHOICES)
         check_int("lanes", lanes, 1, d_model)
         if d_model % lanes:
             raise ValueError(f"lanes must divide d_model={d_model}, not {lanes!r}")
@@ -245,13 +249,14 @@ class Router(wiring.Component):
         self.rsf = rsf
         self.shared_gate = shared_gate
         self.router_bits = router_bits
+        self.input_bits = input_bits
         self.lanes = lanes
         self.slices = d_model // lanes
         self.rows = n_experts + (1 if shared_gate == "sigmoid" else 0)
         self.address_map = RouterAddressMap(rows=self.rows, slices=self.slices, lanes=lanes,
                                             router_bits=router_bits,
                                             n_bias=n_experts if selection_bias else 0)
-        self.token_layout = token_layout(lanes=lanes)
+        self.token_layout = token_layout(lanes=lanes, input_bits=input_bits)
         self.route_layout = route_layout(n_experts=n_experts, top_k=top_k)
         amap = self.address_map
         super().__init__({
@@ -282,7 +287,8 @@ class Router(wiring.Component):
                    routing=cfg.routing, renormalize=cfg.renormalize, n_group=cfg.n_group,
                    topk_group=cfg.topk_group, group_score=cfg.group_score,
                    selection_bias=cfg.selection_bias, rsf=rsf_fixed(cfg), shared_gate=shared,
-                   router_bits=cfg.router_bits, lanes=lanes, src_loc_at=1 + src_loc_at)
+                   router_bits=cfg.router_bits, input_bits=cfg.input_bits, lanes=lanes,
+                   src_loc_at=1 + src_loc_at)
 
     # ------------------------------------------------------------------ derived properties
     @property
@@ -303,8 +309,8 @@ class Router(wiring.Component):
 
     @property
     def acc_width(self) -> int:
-        """GEMV accumulator: ``8 + router_bits + ceil(log2 d_model)`` signed bits (exact)."""
-        return 8 + self.router_bits + (self.d_model - 1).bit_length()
+        """GEMV accumulator: ``input_bits + router_bits + ceil(log2 d_model)`` signed bits (exact)."""
+        return self.input_bits + self.router_bits + (self.d_model - 1).bit_length()
 
     def cycles_per_token(self) -> int:
         """Cycles per token without stalls (see the module docstring's table)."""
@@ -371,7 +377,7 @@ class Router(wiring.Component):
     def _memories(self, m, net) -> None:
         """Token buffer, router weights, logits, SIG values, selection bias and the EXP ROMs."""
         E, R, S, lanes, rb = self.n_experts, self.rows, self.slices, self.lanes, self.router_bits
-        m.submodules.x_mem = x_mem = Memory(shape=data.ArrayLayout(signed(X_BITS), lanes),
+        m.submodules.x_mem = x_mem = Memory(shape=data.ArrayLayout(signed(self.input_bits), lanes),
                                             depth=max(2, S), init=[])
         m.submodules.w_mem = w_mem = Memory(shape=data.ArrayLayout(signed(rb), lanes),
                                             depth=max(2, R * S), init=[])
@@ -523,14 +529,15 @@ class Router(wiring.Component):
         # multiplier in the same cycle (w_mem DOB -> g2_prod was the ECP5-25F's critical path)
         g1r_v, g1r_first = Signal(name="g1r_v"), Signal(name="g1r_first")
         g1r_last, g1r_row = Signal(name="g1r_last"), Signal(row_shape, name="g1r_row")
-        g1r_x = [Signal(signed(X_BITS), name=f"g1r_x{i}") for i in range(lanes)]
+        ib = self.input_bits
+        g1r_x = [Signal(signed(ib), name=f"g1r_x{i}") for i in range(lanes)]
         g1r_w = [Signal(signed(rb), name=f"g1r_w{i}") for i in range(lanes)]
         m.d.sync += [g1r_v.eq(g1_v), g1r_first.eq(g1_first), g1r_last.eq(g1_last), g1r_row.eq(g1_row)]
         m.d.sync += [g1r_x[i].eq(x_rp.data[i]) for i in range(lanes)]
         m.d.sync += [g1r_w[i].eq(w_rp.data[i]) for i in range(lanes)]
         g2_v, g2_first = Signal(name="g2_v"), Signal(name="g2_first")
         g2_last, g2_row = Signal(name="g2_last"), Signal(row_shape, name="g2_row")
-        g2_prod = [Signal(signed(8 + rb), name=f"g2_prod{i}") for i in range(lanes)]
+        g2_prod = [Signal(signed(ib + rb), name=f"g2_prod{i}") for i in range(lanes)]
         m.d.sync += [g2_v.eq(g1r_v), g2_first.eq(g1r_first), g2_last.eq(g1r_last), g2_row.eq(g1r_row)]
         m.d.sync += [g2_prod[i].eq(g1r_x[i] * g1r_w[i]) for i in range(lanes)]
         # stage 2: adder tree → dot
@@ -540,7 +547,7 @@ class Router(wiring.Component):
                      for i in range(0, len(terms), 2)]
         g3_v, g3_first = Signal(name="g3_v"), Signal(name="g3_first")
         g3_last, g3_row = Signal(name="g3_last"), Signal(row_shape, name="g3_row")
-        g3_dot = Signal(signed(8 + rb + (lanes - 1).bit_length()), name="g3_dot")
+        g3_dot = Signal(signed(ib + rb + (lanes - 1).bit_length()), name="g3_dot")
         m.d.sync += [g3_v.eq(g2_v), g3_first.eq(g2_first), g3_last.eq(g2_last), g3_row.eq(g2_row),
                      g3_dot.eq(terms[0])]
         # stage 3: accumulate the row's slices

@@ -54,7 +54,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from moeforge.config import AccelConfig
-from moeforge.spec.arith import MULT_BITS, SHIFT_BITS, SHIFT_MAX, SHIFT_MIN
+from moeforge.spec.arith import MULT_BITS, SHIFT_BITS, SHIFT_MAX, SHIFT_MIN, X_SHIFT_BITS, X_SHIFT_MAX, X_SHIFT_MIN
 from moeforge.spec.protocol import (CACHE_COUNTERS, CORE_COUNTERS, COUNTER_BYTES, HEADER_BYTES,
                                     LOADED_FLAGS, PROTOCOL_VERSION, RESPONSE_BYTES, CommandLayout,
                                     Op, Status, config_hash, header_bytes)
@@ -178,7 +178,7 @@ class MoEAccelerator(wiring.Component):
         hdr_last = Signal()             # the header's final byte ended the packet
         status = Signal(8)
         payload = Signal(range(5))      # 0 none, 1 INFO, 2 RUN cycles, 3 counters, 4 image CRC
-        wbytes = max(cfg.mac_cols, lay.router_bytes)
+        wbytes = max(cfg.mac_cols, lay.router_bytes, lay.token_bytes)
         word = Signal(8 * wbytes)
         waddr = Signal(33)
         remaining = Signal(33)
@@ -189,7 +189,10 @@ class MoEAccelerator(wiring.Component):
                                                       for n in LOADED_FLAGS)
         tokens_valid = Signal(range(T_max + 1))
         y_mult, y_shift = Signal(MULT_BITS), Signal(SHIFT_BITS)
+        x_shift = Signal(X_SHIFT_BITS)  # S_x (wide input only; 0 otherwise)
         run_n = Signal(range(T_max + 1))
+        if core.wide:
+            m.d.comb += core.x_shift.eq(x_shift)
         m.d.comb += [self.error.eq(error), core.y_mult.eq(y_mult), core.y_shift.eq(y_shift),
                      self.loaded.eq(Cat(ld_router, ld_scale, ld_experts, ld_shared))]
         n_mask = cfg.n_experts + (1 if cfg.shared_d_ff else 0)    # the shared bit only with one
@@ -201,7 +204,7 @@ class MoEAccelerator(wiring.Component):
             payload=payload, wbytes=wbytes, word=word, waddr=waddr, remaining=remaining, end=end,
             first=first, error=error, ld_router=ld_router, ld_scale=ld_scale,
             ld_experts=ld_experts, ld_shared=ld_shared, tokens_valid=tokens_valid,
-            y_mult=y_mult, y_shift=y_shift, run_n=run_n, n_mask=n_mask, expert_on=expert_on,
+            y_mult=y_mult, y_shift=y_shift, x_shift=x_shift, run_n=run_n, n_mask=n_mask, expert_on=expert_on,
             mask_in=mask_in)
 
     def _image_crc(self, net) -> None:
@@ -229,7 +232,7 @@ class MoEAccelerator(wiring.Component):
                  (self.mem_wr, Op.WRITE_MEMORY, 8 * C)]
         if core.shared is not None:
             table.append((core.shared_wr, Op.WRITE_SHARED, 8 * C))
-        table.append((core.tok_wr, Op.WRITE_TOKENS, 8 * C))
+        table.append((core.tok_wr, Op.WRITE_TOKENS, 8 * lay.token_bytes))
         for port, target, width in table:
             bits = len(Value.cast(port.data))          # (a View's len() counts its elements)
             assert bits <= width, (target, bits, width)
@@ -419,8 +422,12 @@ class MoEAccelerator(wiring.Component):
                 fail(Status.BAD_LENGTH, drain=True)
             with m.Elif((hdr[16:24] < SHIFT_MIN) | (hdr[16:24] > SHIFT_MAX)):
                 respond(Status.OUT_OF_RANGE)
+            with m.Elif(((hdr[24:32] < X_SHIFT_MIN) | (hdr[24:32] > X_SHIFT_MAX)) if self.core.wide
+                        else (hdr[24:32] != 0)):
+                respond(Status.OUT_OF_RANGE)
             with m.Else():
                 m.d.sync += [net.y_mult.eq(h_lo16), net.y_shift.eq(hdr[16:22]),
+                             net.x_shift.eq(hdr[24:24 + X_SHIFT_BITS]),
                              net.ld_scale.eq(1), net.img_crc.eq(net.img_run)]
                 respond(Status.OK)
         with m.Case(Op.RUN):
@@ -469,7 +476,8 @@ class MoEAccelerator(wiring.Component):
         with m.State("DATA"):
             m.d.comb += self.i_cmd.ready.eq(1)
             nbytes = Signal(8)
-            m.d.comb += nbytes.eq(Mux(op == Op.WRITE_ROUTER, lay.router_bytes, C))
+            m.d.comb += nbytes.eq(Mux(op == Op.WRITE_ROUTER, lay.router_bytes,
+                                      Mux(op == Op.WRITE_TOKENS, lay.token_bytes, C)))
             with m.If(net.n_cmd):
                 m.d.sync += [word.word_select(idx[:ceil_log2(wbytes) or 1], 8).eq(byte),
                              idx.eq(idx + 1)]

@@ -5,13 +5,13 @@
 
 ``ports``
     Verilog names by signature path (``tok_wr.addr``, ``i_run.valid``, ``cycles``, ...);
-``cols``, ``rows``, ``d_model``, ``image_words``
-    the core's geometry (token words of ``cols`` int8, output words of ``rows`` int8);
+``cols``, ``rows``, ``d_model``, ``image_words``, ``input_bits``
+    the core's geometry (token words of ``cols`` input values, output words of ``rows`` int8);
 ``router_image``, ``expert_image``, ``shared_image``
     ``[[addr, word], ...]`` for ``router_wr``, the fixture's ``w_wr`` and ``shared_wr``
     (written concurrently, one word per cycle each, before the first batch);
-``y_mult``, ``y_shift``
-    the combiner's requantiser;
+``y_mult``, ``y_shift``, ``x_shift``
+    the combiner's requantiser; ``S_x`` (set only where the core has the port: a wide input);
 ``batches``
     each ``{name, x: [[D ints] × T], expected: [[D ints] × T], experts_run, mac_busy,
     shared_mac_busy, grant_delay, requests_first, req_stall, max_cycles}``: ``expected =
@@ -58,6 +58,8 @@ async def start(dut):
         sig(dut, path).value = 0
     sig(dut, "y_mult").value = P["y_mult"]
     sig(dut, "y_shift").value = P["y_shift"]
+    if "x_shift" in P["ports"]:                                  # only with a wide input
+        sig(dut, "x_shift").value = P["x_shift"]
     for _ in range(3):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
@@ -83,7 +85,7 @@ async def load_weights(dut):
 
 def token_words(x):
     C = P["cols"]
-    return [(t * (P["d_model"] // C) + s, pack_signed(row[s * C:(s + 1) * C], 8))
+    return [(t * (P["d_model"] // C) + s, pack_signed(row[s * C:(s + 1) * C], P["input_bits"]))
             for t, row in enumerate(x) for s in range(P["d_model"] // C)]
 
 

@@ -41,7 +41,8 @@ P = load_params()
 
 def token_slices(tokens):
     """Packed i_tokens payloads: each token as `slices` beats, `last` on its final one."""
-    return token_beats(token_layout(lanes=P["lanes"]), tokens, P["lanes"], P["slices"])
+    return token_beats(token_layout(lanes=P["lanes"], input_bits=P["input_bits"]), tokens, P["lanes"],
+                       P["slices"])
 
 
 def route_values(payload):

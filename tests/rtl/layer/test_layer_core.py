@@ -43,8 +43,15 @@ CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 
 
+# "<config>-wide": the config with the 16-bit input (the router reads int16 tokens, the engines
+# the int8 derived on the way out of the token buffer) and input smoothing.
+WIDE = ["tiny-wide", "qwen2_moe-wide"]
+
+
 def config(name):
-    return AccelConfig.from_toml(CONFIG_DIR / f"{name}.toml")
+    base, wide = name.removesuffix("-wide"), name.endswith("-wide")
+    cfg = AccelConfig.from_toml(CONFIG_DIR / f"{base}.toml")
+    return cfg.replace(name=name, input_bits=16, input_smoothing=0.5) if wide else cfg
 
 
 _LAYERS = {}
@@ -58,9 +65,9 @@ def layer(cfg):
 
 def extremes(cfg):
     """Tied logits (all-zero tokens: every logit 0, ties to the lower index), all-max, all-min."""
-    D = cfg.d_model
-    rows = [torch.zeros(D), torch.full((D,), 127), torch.full((D,), -128)]
-    return torch.stack(rows).to(torch.int8)
+    D, top = cfg.d_model, 1 << (cfg.input_bits - 1)
+    rows = [torch.zeros(D), torch.full((D,), top - 1), torch.full((D,), -top)]
+    return torch.stack(rows).to(torch.int16 if cfg.input_bits == 16 else torch.int8)
 
 
 def batch(core, q, name, x, *, grant_delay=0, req_stall=0, requests_first=False):
@@ -86,7 +93,7 @@ def batches_for(name, core, q):
     out = [batch(core, q, f"{name} T=3 calibrated, grant delays", calib[:3], grant_delay=400,
                  requests_first=True),
            batch(core, q, f"{name} tied/max/min, request stalls", extremes(cfg), req_stall=30)]
-    if name == "tiny":
+    if name in ("tiny", "tiny-wide"):
         T = cfg.token_buffer_depth
         out += [batch(core, q, "tiny T=1", calib[3:4], grant_delay=2000),
                 batch(core, q, "tiny T=t_max", torch.cat([extremes(cfg), calib[4:T + 1]]),
@@ -110,7 +117,8 @@ def params_env(tmp_path, harness, name, *, perturb=None, summary=None, batches=N
         "ports": ports, "cols": cfg.mac_cols, "rows": cfg.mac_rows, "d_model": cfg.d_model,
         "image_words": W, "router_image": router_image(q, lanes=cfg.mac_cols),
         "expert_image": experts, "shared_image": shared, "y_mult": q.out_mult,
-        "y_shift": q.out_shift, "batches": todo, "perturb": perturb,
+        "y_shift": q.out_shift, "x_shift": q.x_shift, "input_bits": cfg.input_bits,
+        "batches": todo, "perturb": perturb,
         "summary": None if summary is None else str(summary),
     }))
     return {"MOEFORGE_TEST_PARAMS": str(path)}
@@ -124,7 +132,7 @@ SLOW = {"mixtral", "olmoe", "qwen3_moe", "deepseek_v2", "deepseek_v3"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
-                                  for n in CONFIGS])
+                                  for n in CONFIGS + WIDE])
 def test_layer_core_matches_golden(sim_build, tmp_path, name):
     """Every batch's y == forward_int, exact counters (experts run, MAC ops, tokens routed),
     every grant released once and no read outside a held slot; cycle figures printed."""
@@ -143,9 +151,10 @@ def test_layer_core_matches_golden(sim_build, tmp_path, name):
               f"MAC busy {s['mac_busy']} of {s['mac_total']}, {s['experts_run']} experts")
 
 
-def test_layer_core_wrong_expectation_fails(sim_build, tmp_path):
+@pytest.mark.parametrize("name", ["tiny", "tiny-wide"])
+def test_layer_core_wrong_expectation_fails(sim_build, tmp_path, name):
     """One expected y value off by one must fail the run and name the token and element."""
-    cfg = config("tiny")
+    cfg = config(name)
     harness = LayerCoreHarness(cfg)
     handle = sim_build(harness, "layer_core")
     q = layer(cfg)
@@ -154,7 +163,7 @@ def test_layer_core_wrong_expectation_fails(sim_build, tmp_path):
             batch(harness.core, q, "second", calib[2:5])]
     token, element = 1, 5
     results = run_cocotb(handle, COCOTB_MODULE, test_dir=tmp_path, check=False,
-                         extra_env=params_env(tmp_path, harness, "tiny", batches=todo,
+                         extra_env=params_env(tmp_path, harness, name, batches=todo,
                                               perturb=[1, token, element]))
     assert not results.ok
     assert (results.tests, results.failed) == (1, 1), results.summary()

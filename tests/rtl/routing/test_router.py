@@ -9,7 +9,7 @@ logits, extreme selection biases). Each batch is an image for the write port (`r
 tokens and the expected ``[experts..., gates..., shared_gate]`` of each token; they reach the
 cocotb side (sim/benches/router.py) as a JSON file named by ``MOEFORGE_TEST_PARAMS``.
 
-Four builds, one per routing family:
+Five builds, one per routing family and one with the float-faithful input:
 
 ``qwen2``        softmax_topk, renormalised, Qwen2's sigmoid shared-expert gate (9 rows);
                  d_model 64, 8 lanes.
@@ -18,6 +18,7 @@ Four builds, one per routing family:
                  renormalised, routed scaling 2.5, always-on shared expert.
 ``deepseek_v2``  softmax_topk without renormalisation (Z over every expert), 4 groups (max,
                  2 kept), routed scaling 2.0; d_model 32 in one 32-lane slice per token.
+``qwen2_wide``   qwen2_moe with ``input_bits = 16``: int16 tokens on 8 lanes, the whole range.
 
 Elaboration variants no build covers (one expert, groups of one, lanes 1, router_bits 8, k = E,
 un-normalised sigmoid gates with Qwen2's shared gate, rsf 64 ...) run in Amaranth's simulator
@@ -42,7 +43,7 @@ from moeforge.sim.benches import router as router_bench
 from moeforge.sim.benches.common import stream_prefix
 from moeforge.sim.build import run_cocotb
 from moeforge.sim.toolchain import verilator_lint
-from moeforge.spec.arith import GATE_BITS
+from moeforge.spec.arith import GATE_BITS, X_SHIFT_MAX, X_WIDE_BITS
 
 COCOTB_MODULE = "moeforge.sim.benches.router"
 
@@ -57,6 +58,9 @@ BUILDS = {
     "mixtral": (lambda: _fam("mixtral", name="mixtral-rb12", router_bits=12), 16),
     "deepseek_v3": (lambda: _fam("deepseek_v3"), 8),
     "deepseek_v2": (lambda: _fam("deepseek_v2", name="deepseek-v2-d32", d_model=32), 32),
+    # the float-faithful input: int16 tokens on the router's lanes
+    "qwen2_wide": (lambda: _fam("qwen2_moe", name="qwen2-wide", input_bits=16,
+                                input_smoothing=0.5), 8),
 }
 
 
@@ -86,7 +90,8 @@ def synthetic_layer(cfg, seed):
             if cfg.selection_bias else None)
     return QuantizedMoELayer(cfg, router_weight=w, router_mult=mult, router_shift=shift,
                              selection_bias=bias, experts=None, shared=None, out_mult=0,
-                             out_shift=1, x_scale=1.0, y_scale=1.0, o_scale=1.0)
+                             out_shift=1, x_scale=1.0, y_scale=1.0, o_scale=1.0,
+                             x_shift=X_SHIFT_MAX if cfg.input_bits == X_WIDE_BITS else 0)
 
 
 def variant(q, **router):
@@ -98,22 +103,31 @@ def variant(q, **router):
     return v
 
 
+def _token_range(cfg):
+    """The device token's dtype and its two's-complement bounds (int8, or int16 when wide)."""
+    top = 1 << (cfg.input_bits - 1)
+    return (torch.int16 if cfg.input_bits == 16 else torch.int8), -top, top - 1
+
+
 def random_tokens(cfg, n, seed):
+    dtype, lo, hi = _token_range(cfg)
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(-128, 128, (n, cfg.d_model), generator=g).to(torch.int8)
+    return torch.randint(lo, hi + 1, (n, cfg.d_model), generator=g).to(dtype)
 
 
 def extreme_tokens(cfg):
-    return torch.stack([torch.full((cfg.d_model,), 127), torch.full((cfg.d_model,), -128)]) \
-        .to(torch.int8)
+    dtype, lo, hi = _token_range(cfg)
+    return torch.stack([torch.full((cfg.d_model,), hi), torch.full((cfg.d_model,), lo)]) \
+        .to(dtype)
 
 
-def aligned_tokens(w_row, n, seed):
+def aligned_tokens(cfg, w_row, n, seed):
     """Tokens along a weight row (its logit large and positive), slightly perturbed."""
+    dtype, lo, hi = _token_range(cfg)
     g = torch.Generator().manual_seed(seed)
-    base = w_row.to(torch.float64) / max(1, int(w_row.abs().max())) * 127
-    noise = torch.randint(-20, 21, (n, w_row.numel()), generator=g)
-    return (base + noise).round().clamp(-128, 127).to(torch.int8)
+    base = w_row.to(torch.float64) / max(1, int(w_row.abs().max())) * hi
+    noise = torch.randint(-20, 21, (n, w_row.numel()), generator=g) * ((hi + 1) // 128)
+    return (base + noise).round().clamp(lo, hi).to(dtype)
 
 
 def expected_routes(q, x):
@@ -150,7 +164,7 @@ def edge_batches(cfg, q, lanes, seed):
         w2[a] = w2[b] = strong
         twin = variant(q, router_weight=w2.to(torch.int16))
         out.append(make_batch(f"rows {a} and {b} identical", twin,
-                              torch.cat([aligned_tokens(strong, 6, seed + 2),
+                              torch.cat([aligned_tokens(cfg, strong, 6, seed + 2),
                                          random_tokens(cfg, 4, seed + 3)]), lanes))
     if cfg.n_group > 1:
         # Every group a copy of group 0 (bias too): all group scores tie, lowest groups win.
@@ -204,8 +218,8 @@ def write_params(tmp_path, dut, batches, *, in_stall=0.3, out_stall=0.3, wr_stal
     ports = verilog_ports(dut)
     path = tmp_path / "router_params.json"
     path.write_text(json.dumps({
-        "lanes": dut.lanes, "slices": dut.slices, "n_experts": dut.n_experts,
-        "top_k": dut.top_k, "cycles_per_token": dut.cycles_per_token(),
+        "lanes": dut.lanes, "input_bits": dut.input_bits, "slices": dut.slices,
+        "n_experts": dut.n_experts, "top_k": dut.top_k, "cycles_per_token": dut.cycles_per_token(),
         "i_tokens": stream_prefix(ports, "i_tokens"), "o_route": stream_prefix(ports, "o_route"),
         "wr_addr": ports["wr.addr"].name, "wr_data": ports["wr.data"].name,
         "wr_en": ports["wr.en"].name,

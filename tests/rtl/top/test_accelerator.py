@@ -85,9 +85,12 @@ def test_bad_commands_are_flagged_and_the_device_stays_usable(tmp_path):
              Status.OUT_OF_RANGE),
         step("write packet shorter than its count", encode(Op.WRITE_ROUTER, 0, [1, 2], lay.router_bytes)[:-3],
              Status.BAD_LENGTH),
-        step("tokens beyond the buffer", encode(Op.WRITE_TOKENS, t_max - 1, [[0] * cfg.d_model] * 2),
+        step("tokens beyond the buffer", encode(Op.WRITE_TOKENS, t_max - 1, [[0] * cfg.d_model] * 2,
+                                                     lay.value_bytes),
              Status.OUT_OF_RANGE),
-        step("output scale shift 0", encode(Op.SET_SCALE, 40000, 0), Status.OUT_OF_RANGE),
+        step("output scale shift 0", encode(Op.SET_SCALE, 40000, 0, 0), Status.OUT_OF_RANGE),
+        step("an input shift on an int8-input config", encode(Op.SET_SCALE, 40000, 17, 3),
+             Status.OUT_OF_RANGE),
     ]
     after_load = [
         step("batch above the buffer", encode(Op.RUN, t_max + 1), Status.BAD_BATCH),

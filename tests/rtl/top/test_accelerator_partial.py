@@ -82,7 +82,7 @@ def test_expert_mask_partials_bit_exact(path, tmp_path):
 
     zeros = torch.zeros(T_max, D, dtype=torch.int64)
     full = q.partial_int(x)
-    add("tokens", encode(Op.WRITE_TOKENS, 0, x.tolist()))
+    add("tokens", encode(Op.WRITE_TOKENS, 0, x.tolist(), x.element_size()))
     read_partial("partials before any batch", 0, T_max, zeros)
     # every expert (the reset mask)
     run(n)
