@@ -18,13 +18,16 @@ import torch
 from moeforge.config import AccelConfig
 from moeforge.errors import ConfigError, WeightsError
 from moeforge.outputs import temporary_beside
+from moeforge.spec.arith import X_SHIFT_MAX, X_SHIFT_MIN, X_WIDE_BITS
 
 from .expert_bank import ExpertBank
 
 __all__ = ["save_layer", "read_layer", "digest", "FORMAT", "DIGEST_KEY"]
 
-FORMAT = "moeforge-layer/2"
-OLD_FORMATS = ("moeforge-layer/1",)
+FORMAT = "moeforge-layer/3"
+# Formats this version refuses, and why: the layer has to be quantised again.
+OLD_FORMATS = {"moeforge-layer/1": "without a digest of its weight data",
+               "moeforge-layer/2": "before the wide input token and input smoothing"}
 DIGEST_KEY = "sha256"
 
 
@@ -122,8 +125,8 @@ def read_layer(path: str | Path, cfg: AccelConfig | None = None) -> tuple[AccelC
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
     if meta.get("format") in OLD_FORMATS:
-        raise WeightsError(f"{path}: written by an older moeforge ({meta['format']}), without a digest "
-                           f"of its weight data: quantise the layer again (moeforge quantize)")
+        raise WeightsError(f"{path}: written by an older moeforge ({meta['format']}, "
+                           f"{OLD_FORMATS[meta['format']]}): quantise the layer again (moeforge quantize)")
     if meta.get("format") != FORMAT:
         raise WeightsError(f"{path}: not a moeforge layer image (format {meta.get('format')!r}, expected {FORMAT!r})")
     if DIGEST_KEY not in meta:
@@ -141,10 +144,19 @@ def read_layer(path: str | Path, cfg: AccelConfig | None = None) -> tuple[AccelC
         raise WeightsError(f"{path}: layer quantised for config {file_cfg.name} ({file_cfg.short_hash}), "
                            f"not for {cfg.name} ({cfg.short_hash})")
     c = file_cfg
-    used = {"router.weight", "router.mult", "router.shift", "combiner.mult", "combiner.shift"}
+    used = {"router.weight", "router.mult", "router.shift", "combiner.mult", "combiner.shift",
+            "input.shift", "input.smooth"}
     router = _expect(tensors, "router.weight", (c.router_rows, c.d_model), torch.int16, path)
     scalars = {k: int(_expect(tensors, k, (), torch.int32, path)) for k in
-               ("router.mult", "router.shift", "combiner.mult", "combiner.shift")}
+               ("router.mult", "router.shift", "combiner.mult", "combiner.shift", "input.shift")}
+    wide = c.input_bits == X_WIDE_BITS
+    x_shift = scalars["input.shift"]
+    if not (X_SHIFT_MIN <= x_shift <= X_SHIFT_MAX if wide else x_shift == 0):
+        raise WeightsError(f"{path}: input.shift {x_shift} is outside "
+                           + (f"{X_SHIFT_MIN}..{X_SHIFT_MAX}" if wide else "0 (an int8-input layer)"))
+    smooth = _expect(tensors, "input.smooth", (c.d_model,), torch.float32, path)
+    if not (torch.isfinite(smooth).all() and (smooth > 0).all()):
+        raise WeightsError(f"{path}: tensor 'input.smooth' must be finite and positive")
     bias = None
     if c.selection_bias:
         bias = _expect(tensors, "router.selection_bias", (c.n_experts,), torch.int32, path)
@@ -162,4 +174,5 @@ def read_layer(path: str | Path, cfg: AccelConfig | None = None) -> tuple[AccelC
         raise WeightsError(f"{path}: unexpected tensor {extra[0]!r} for this config")
     return c, dict(router_weight=router, router_mult=scalars["router.mult"], router_shift=scalars["router.shift"],
                    selection_bias=bias, experts=experts, shared=shared, out_mult=scalars["combiner.mult"],
-                   out_shift=scalars["combiner.shift"], **scales)
+                   out_shift=scalars["combiner.shift"], x_shift=scalars["input.shift"], x_smooth=smooth,
+                   **scales)

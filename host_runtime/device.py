@@ -20,11 +20,12 @@ import torch
 
 from moeforge.config import AccelConfig
 from moeforge.errors import ShapeError
+from moeforge.spec.arith import X_WIDE_BITS
 from moeforge.spec.protocol import (COUNTERS, HEADER_BYTES, IMAGE_CRC_FORMAT, LINK_VERSION,
                                     OPCODE_BYTES, PROTOCOL_VERSION, RESPONSE_BYTES, STATUS_BYTES,
                                     WRITE_HEADER_BYTES, CommandError, CommandLayout, Op,
-                                    check_response, config_hash, encode, image_crc, layer_writes,
-                                    parse_counters)
+                                    check_response, config_hash, encode, image_crc, layer_scale,
+                                    layer_writes, parse_counters)
 
 from .errors import ConfigMismatch, DeviceCommandError, DeviceCrashed, DeviceError, NoSuchDevice
 from .link import Link
@@ -149,7 +150,7 @@ class Device:
                     n = (len(packet) - WRITE_HEADER_BYTES) // run.nbytes
                     sent += n
                     bar.update(n * run.nbytes)
-            scale = (int(q.out_mult), int(q.out_shift))
+            scale = layer_scale(q)
             self._command(encode(Op.SET_SCALE, *scale))
             want, got = image_crc(runs, scale, before), self.read_image_crc()
             if got != want:
@@ -180,8 +181,8 @@ class Device:
 
     # --- running -------------------------------------------------------
     def tokens_in(self, x) -> tuple[torch.Tensor, bool, tuple]:
-        """(int8 rows, input was float, leading shape) of `run`'s input; `DeviceGroup` reads its
-        tokens through it too."""
+        """(integer rows, input was float, leading shape) of `run`'s input; `DeviceGroup` reads
+        its tokens through it too."""
         cfg = self._need_cfg()
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(x)
@@ -192,24 +193,33 @@ class Device:
         lead = tuple(x.shape[:-1])
         if torch.is_floating_point(x):
             if self._q is None:
-                raise ValueError("float input needs the layer's scales: load(q) first, or pass int8 tokens")
+                raise ValueError(f"float input needs the layer's scales: load(q) first, or pass "
+                                 f"{str(self.input_dtype).removeprefix('torch.')} tokens")
             # quantised before flattening: a NaN or Inf is named by the caller's own index
             return self._q.quantize_input(x.float()).reshape(-1, cfg.d_model), True, lead
-        if x.dtype != torch.int8:
-            raise ShapeError(f"input dtype {x.dtype}: the device takes float or int8 tokens")
+        if x.dtype != self.input_dtype:
+            raise ShapeError(f"input dtype {x.dtype}: the device takes float or "
+                             f"{str(self.input_dtype).removeprefix('torch.')} tokens "
+                             f"(input_bits={cfg.input_bits})")
         return x.reshape(-1, cfg.d_model), False, lead
 
     def run(self, x):
-        """Tokens ``[..., d_model]`` (float: quantised with the layer's input scale; int8: as they
-        are) → outputs of the same shape (float dequantised, or int8)."""
+        """Tokens ``[..., d_model]`` (float: quantised with the layer's input scales; the device's
+        integer tokens — int16 with ``input_bits = 16``, else int8 — as they are) → outputs of
+        the same shape (float dequantised, or int8)."""
         rows, is_float, lead = self.tokens_in(x)
-        y = self.run_int8(rows)
+        y = self.run_int(rows)
         if is_float:
             y = self._q.dequantize_output(y)
         return y.reshape(*lead, self.cfg.d_model)
 
-    def run_int8(self, rows: torch.Tensor, *, partial: bool = False) -> torch.Tensor:
-        """int8 rows ``[n, d_model]`` through the device, in batches of the token buffer's depth:
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The device's integer tokens: int16 with ``input_bits = 16``, else int8."""
+        return torch.int16 if self._need_cfg().input_bits == X_WIDE_BITS else torch.int8
+
+    def run_int(self, rows: torch.Tensor, *, partial: bool = False) -> torch.Tensor:
+        """Integer token rows ``[n, d_model]`` (`input_dtype`) through the device, in batches of the token buffer's depth:
         int8 outputs, or with `partial` the sums before the output requantisation (what
         `DeviceGroup` adds up across devices)."""
         t_max = self.cfg.token_buffer_depth
@@ -224,8 +234,8 @@ class Device:
         start = time.perf_counter()
         t = 0
         while t < n:
-            k = min(n - t, max(1, (self._budget - TOKENS_HEADER) // d))
-            self._command(encode(Op.WRITE_TOKENS, t, rows[t:t + k].tolist()))
+            k = min(n - t, max(1, (self._budget - TOKENS_HEADER) // (d * lay.value_bytes)))
+            self._command(encode(Op.WRITE_TOKENS, t, rows[t:t + k].tolist(), lay.value_bytes))
             t += k
         cps = self.transport.cycles_per_second or SIM_CYCLES_PER_SECOND
         self._command(encode(Op.RUN, n), extra_timeout=4 * estimate_cycles(cfg, n, lay) / cps)
@@ -271,7 +281,7 @@ class Device:
             pool = torch.cat(rows) if rows else torch.empty(0, cfg.d_model, dtype=torch.int8)
             take = pool.shape[0] if all_of_it else pool.shape[0] // cfg.token_buffer_depth * cfg.token_buffer_depth
             if take:
-                done.append(self.run_int8(pool[:take]))
+                done.append(self.run_int(pool[:take]))
                 ready += take
             rows[:] = [pool[take:]] if take < pool.shape[0] else []
             queued -= take

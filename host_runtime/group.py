@@ -54,7 +54,7 @@ class DeviceGroup:
                 hit = torch.isin(chosen, torch.tensor(experts, dtype=chosen.dtype)).any(dim=1)
                 mine = torch.nonzero(hit, as_tuple=True)[0]
             if mine.numel():
-                acc[mine] += dev.run_int8(rows[mine], partial=True)
+                acc[mine] += dev.run_int(rows[mine], partial=True)
                 self._sent[i] += mine.numel()
         y = requantize(acc, q.out_mult, q.out_shift, Y_BITS).to(torch.int8)
         if is_float:

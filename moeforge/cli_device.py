@@ -161,7 +161,7 @@ def demo_stream(cfg: AccelConfig, *, seed: int, tokens: int, faults: dict | None
         stats = dev.stats()
     exact = torch.equal(y_int, q.forward_int(x_int))
     with torch.no_grad():
-        y_float = block((x_int.float() * q.x_scale)[None]).reshape(x.shape)
+        y_float = block(q.dequantize_input(x_int)[None]).reshape(x.shape)
     y = q.dequantize_output(y_int)
     err = (torch.linalg.vector_norm(y - y_float) / torch.linalg.vector_norm(y_float)).item()
     print(f"    device: simulated MoESoC (Verilator, in a child process, over a local socket); "

@@ -23,9 +23,12 @@ MEMORY``    ``C`` bytes into the backing memory        ``e · image_words``)
 ``WRITE_    addr u32, count u32, ``count`` words of    —
 SHARED``    ``C`` bytes: the shared expert's image
 ``SET_      ``M_y`` u16, ``S_y`` u8 (``S_y`` in           —
-SCALE``     ``arith.SHIFT_MIN .. SHIFT_MAX``)
+SCALE``     ``arith.SHIFT_MIN .. SHIFT_MAX``), ``S_x``
+            u8 (``X_SHIFT_MIN .. X_SHIFT_MAX`` with
+            ``input_bits = 16``, else 0)
 ``WRITE_    first token u16, count u16, ``count``      —
-TOKENS``    tokens of ``d_model`` int8
+TOKENS``    tokens of ``d_model`` values: int8, or
+            int16 little-endian with ``input_bits = 16``
 ``RUN``     ``n_tokens`` u16                           cycles u32 (of the batch)
 ``READ_     first token u16, count u16                 ``count`` tokens of ``d_model`` int8
 OUTPUT``
@@ -105,7 +108,7 @@ __all__ = [
 
 # ------------------------------------------------------------------------------ commands
 
-PROTOCOL_VERSION = 2        # the command set's version (INFO); 2: READ_IMAGE_CRC
+PROTOCOL_VERSION = 3        # the command set's version (INFO); 2: READ_IMAGE_CRC; 3: int16 tokens, S_x
 
 
 class Op:
@@ -150,7 +153,7 @@ class Status:
 HEADER_FORMATS = {
     Op.INFO: "<", Op.READ_COUNTERS: "<", Op.INVALIDATE: "<", Op.READ_IMAGE_CRC: "<",
     Op.WRITE_ROUTER: "<II", Op.WRITE_MEMORY: "<II", Op.WRITE_SHARED: "<II",     # addr, count
-    Op.SET_SCALE: "<HB",                                                        # M_y, S_y
+    Op.SET_SCALE: "<HBB",                                                       # M_y, S_y, S_x
     Op.WRITE_TOKENS: "<HH", Op.READ_OUTPUT: "<HH", Op.READ_PARTIAL: "<HH",      # first, count
     Op.RUN: "<H",                                                               # n_tokens
 }
@@ -212,6 +215,12 @@ class CommandLayout:
     n_experts: int
     t_max: int
     partial_bytes: int      # bytes of one READ_PARTIAL value (the combiner's accumulator width)
+    token_bytes: int        # bytes of a token-buffer word: ``cols`` input values (int8 or int16)
+
+    @property
+    def value_bytes(self) -> int:
+        """Bytes of one input token value on the wire: 1 (int8) or 2 (int16)."""
+        return self.token_bytes // self.cols
 
     @classmethod
     def from_config(cls, cfg: AccelConfig) -> "CommandLayout":
@@ -226,7 +235,8 @@ class CommandLayout:
                    router_words=amap.words, image_words=img(cfg.d_ff),
                    shared_image_words=img(cfg.shared_d_ff) if cfg.shared_d_ff else 0,
                    n_experts=cfg.n_experts, t_max=cfg.token_buffer_depth,
-                   partial_bytes=-(-accumulator_width(terms) // 8))
+                   partial_bytes=-(-accumulator_width(terms) // 8),
+                   token_bytes=cfg.mac_cols * cfg.input_bits // 8)
 
     @property
     def memory_words(self) -> int:
@@ -281,17 +291,19 @@ def _words(words, nbytes: int) -> bytes:
 
 def encode(op: int, *args) -> bytes:
     """One command packet. ``encode(Op.WRITE_MEMORY, addr, words, nbytes)``, ``encode(Op.RUN, n)``,
-    ``encode(Op.WRITE_TOKENS, first, x_int8_rows)``, ``encode(Op.READ_OUTPUT, first, count)``
-    (``READ_PARTIAL`` alike), ``encode(Op.SET_SCALE, mult, shift)``,
+    ``encode(Op.WRITE_TOKENS, first, rows, value_bytes)`` (`CommandLayout.value_bytes`: 1 for
+    int8 tokens, 2 for int16), ``encode(Op.READ_OUTPUT, first, count)`` (``READ_PARTIAL``
+    alike), ``encode(Op.SET_SCALE, mult, shift, x_shift)``,
     ``encode(Op.SET_EXPERT_MASK, mask, nbytes)`` (`CommandLayout.expert_mask`, ``mask_bytes``),
     or a bare opcode."""
     if op in Op.WRITES:
         addr, words, nbytes = args
         return _packet(op, addr, len(words)) + _words(words, nbytes)
     if op == Op.WRITE_TOKENS:
-        first, rows = args
-        rows = [[int(v) for v in r] for r in rows]
-        return _packet(op, first, len(rows)) + b"".join(bytes(v & 0xFF for v in r) for r in rows)
+        first, rows, value_bytes = args
+        mask = (1 << (8 * value_bytes)) - 1
+        return _packet(op, first, len(rows)) + b"".join(
+            (int(v) & mask).to_bytes(value_bytes, "little") for r in rows for v in r)
     if op == Op.SET_EXPERT_MASK:
         mask, nbytes = args
         return bytes([op]) + int(mask).to_bytes(nbytes, "little")
@@ -418,16 +430,23 @@ def image_bytes(packet: bytes) -> bytes:
     return b""
 
 
-def image_crc(runs: Iterable[WriteRun], scale: tuple[int, int] | None = None, crc: int = 0) -> int:
+def image_crc(runs: Iterable[WriteRun], scale: tuple[int, int, int] | None = None,
+              crc: int = 0) -> int:
     """The image CRC of a device whose CRC was `crc` once `runs` are written in order, then
-    (if given) ``SET_SCALE`` with ``scale = (mult, shift)``. Computed from the runs' words, not
-    from the packets cut from them: how the host cut them does not matter, a wrong byte in
-    one does."""
+    (if given) ``SET_SCALE`` with ``scale = (mult, shift, x_shift)`` (`layer_scale`). Computed
+    from the runs' words, not from the packets cut from them: how the host cut them does not
+    matter, a wrong byte in one does."""
     for run in runs:
         crc = zlib.crc32(run.data, crc)
     if scale is not None:
         crc = zlib.crc32(image_bytes(encode(Op.SET_SCALE, *scale)), crc)
     return crc
+
+
+def layer_scale(q) -> tuple[int, int, int]:
+    """``SET_SCALE``'s fields for a `QuantizedMoELayer`: ``M_y``, ``S_y``, ``S_x`` (0 for an
+    int8 input)."""
+    return int(q.out_mult), int(q.out_shift), int(q.x_shift)
 
 
 def layer_commands(q, cfg: AccelConfig, *, chunk: int = 1024) -> list[bytes]:
@@ -449,7 +468,7 @@ def layer_commands(q, cfg: AccelConfig, *, chunk: int = 1024) -> list[bytes]:
                                                        f"{getattr(cfg, f)!r})" for f in differ))
     packets = [p for run in layer_writes(q, cfg)
                for p in run.packets(WRITE_HEADER_BYTES + chunk * run.nbytes)]
-    packets.append(encode(Op.SET_SCALE, int(q.out_mult), int(q.out_shift)))
+    packets.append(encode(Op.SET_SCALE, *layer_scale(q)))
     return packets
 
 

@@ -108,7 +108,7 @@ def test_missing_digest_and_old_format(layer, tmp_path):
         QuantizedMoELayer.load(p)
     header["__metadata__"]["format"] = "moeforge-layer/1"      # as written before digests
     _join(p, header, data)
-    with pytest.raises(WeightsError, match=r"older moeforge \(moeforge-layer/1\).*quantise the layer again"):
+    with pytest.raises(WeightsError, match=r"older moeforge \(moeforge-layer/1, .*quantise the layer again"):
         QuantizedMoELayer.load(p)
 
 

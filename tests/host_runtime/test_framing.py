@@ -86,19 +86,21 @@ def test_the_specified_layouts_are_the_documented_ones():
     """The numbers of docs/protocol.md, as the one specification declares them."""
     from moeforge.spec import protocol as p
     assert (p.MAGIC, p.FRAME_HEADER_BYTES, p.CRC_BYTES, p.MAX_LENGTH_FIELD) == (0xA5, 5, 4, 65535)
-    assert (p.LINK_VERSION, p.DEFAULT_MAX_PAYLOAD, p.PROTOCOL_VERSION) == (1, 1024, 2)
+    assert (p.LINK_VERSION, p.DEFAULT_MAX_PAYLOAD, p.PROTOCOL_VERSION) == (1, 1024, 3)
     assert (p.HELLO_HEADER_BYTES, p.HELLO_INFO_OFFSET, p.HELLO_COUNTERS_OFFSET, p.HELLO_BYTES) == \
         (19, 19, 31, 80)
     Op = p.Op
     assert p.HEADER_BYTES == {Op.WRITE_ROUTER: 8, Op.WRITE_MEMORY: 8, Op.WRITE_SHARED: 8,
-                              Op.SET_SCALE: 3, Op.WRITE_TOKENS: 4, Op.RUN: 2, Op.READ_OUTPUT: 4,
+                              Op.SET_SCALE: 4, Op.WRITE_TOKENS: 4, Op.RUN: 2, Op.READ_OUTPUT: 4,
                               Op.READ_PARTIAL: 4, Op.INFO: 0, Op.READ_COUNTERS: 0,
                               Op.INVALIDATE: 0, Op.READ_IMAGE_CRC: 0}
     assert p.WRITE_HEADER_BYTES == 9
     assert p.RESPONSE_BYTES == {Op.INFO: 11, Op.RUN: 4, Op.READ_COUNTERS: 48, Op.READ_IMAGE_CRC: 4}
     assert p.encode(Op.WRITE_MEMORY, 0x01020304, [0xAABB, 0xCCDD], 2) == \
         bytes([2, 4, 3, 2, 1, 2, 0, 0, 0, 0xBB, 0xAA, 0xDD, 0xCC])
-    assert p.encode(Op.SET_SCALE, 0x8001, 17) == bytes([4, 0x01, 0x80, 17])
+    assert p.encode(Op.SET_SCALE, 0x8001, 17, 5) == bytes([4, 0x01, 0x80, 17, 5])
+    assert p.encode(Op.WRITE_TOKENS, 2, [[1, -2]], 2) == bytes([5, 2, 0, 1, 0, 1, 0, 0xFE, 0xFF])
+    assert p.encode(Op.WRITE_TOKENS, 2, [[1, -2]], 1) == bytes([5, 2, 0, 1, 0, 1, 0xFE])
     assert p.encode(Op.READ_PARTIAL, 3, 258) == bytes([0x0B, 3, 0, 2, 1])
     with pytest.raises(ValueError, match="48"):
         p.parse_counters(bytes(47))
@@ -111,10 +113,11 @@ class _FakeDevice(Transport):
     name = "fake"
 
     def __init__(self, cfg, answers):
-        from moeforge.spec.protocol import config_hash
+        from moeforge.spec.protocol import PROTOCOL_VERSION, config_hash
         self.answers, self.dec, self.out = answers, FrameDecoder(), bytearray()
         counters = bytes([0]) + bytes(48)
-        self.hello = (struct.pack("<BH4I", 1, 1024, 0, 0, 0, 0) + bytes([0, 2]) + config_hash(cfg)
+        self.hello = (struct.pack("<BH4I", 1, 1024, 0, 0, 0, 0) + bytes([0, PROTOCOL_VERSION])
+                      + config_hash(cfg)
                       + bytes([0, 0b111]) + counters)
 
     def write(self, data):

@@ -50,6 +50,28 @@ def test_run_and_stream_are_bit_exact(tiny):
     assert s["last_batch"]["tokens_routed"] > 0
 
 
+def test_wide_input_is_bit_exact_through_the_simulated_device():
+    """A 16-bit-input config (int16 tokens on the wire, the router reading them whole, the
+    experts the derived int8) with input smoothing: float in and int16 tokens in, under link
+    faults too, each bit-exact with the golden model; int8 tokens are refused by name."""
+    from moeforge.errors import ShapeError
+    cfg = AccelConfig.from_toml(TINY).replace(name="tiny-wide", input_bits=16, input_smoothing=0.5)
+    q = _layer(cfg, seed=4)
+    x = make_hf_input(cfg, 45, seed=9)
+    x[:, 3] *= 40                                   # an outlier channel, as LLM hidden states have
+    x_int = q.quantize_input(x)
+    assert x_int.dtype == torch.int16 and q.x_shift >= 1
+    extremes = torch.tensor([[32767] * cfg.d_model, [-32768] * cfg.d_model, [0] * cfg.d_model],
+                            dtype=torch.int16)
+    for faults in (None, dict(flip=1e-3, drop=3e-4, dup=3e-4, seed=5)):
+        with open_device("sim", cfg, faults=faults) as dev:
+            dev.load(q)
+            assert torch.equal(dev.run(x), q(x)), faults
+            assert torch.equal(dev.run(extremes), q.forward_int(extremes)), faults
+            with pytest.raises(ShapeError, match="int16 tokens"):
+                dev.run(x_int.to(torch.int8))
+
+
 def test_faults_lose_nothing_over_10000_frames(tiny):
     """Flipped, dropped and duplicated bytes in both directions: every batch bit-exact, and the
     retries counted; at least 10,000 frames acknowledged."""
@@ -203,8 +225,8 @@ def test_every_example_config_bit_exact_with_and_without_faults(path):
 
 
 def _image_crc_of(q, cfg, before=0):
-    from moeforge.spec.protocol import image_crc, layer_writes
-    return image_crc(layer_writes(q, cfg), (int(q.out_mult), int(q.out_shift)), before)
+    from moeforge.spec.protocol import image_crc, layer_scale, layer_writes
+    return image_crc(layer_writes(q, cfg), layer_scale(q), before)
 
 
 def test_a_load_corrupted_after_the_frame_crc_is_caught(tiny, monkeypatch):

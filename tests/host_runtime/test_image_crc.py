@@ -46,9 +46,10 @@ def _written(packet: bytes, lay: CommandLayout) -> tuple[int, bytes]:
         ok = len(data) == count * nbytes
         return (Status.OK if ok else Status.BAD_LENGTH), data[:words * nbytes]
     if op == Op.SET_SCALE:
-        if len(packet) != 4:
+        if len(packet) != 5:
             return Status.BAD_LENGTH, b""
-        return (Status.OK, packet[1:]) if 1 <= packet[3] <= 62 else (Status.OUT_OF_RANGE, b"")
+        x_ok = 1 <= packet[4] <= 8 if lay.value_bytes == 2 else packet[4] == 0    # S_x
+        return (Status.OK, packet[1:]) if 1 <= packet[3] <= 62 and x_ok else (Status.OUT_OF_RANGE, b"")
     return Status.OK, b""
 
 
@@ -73,9 +74,11 @@ def _packets(cfg: AccelConfig, lay: CommandLayout, rng: random.Random, n: int):
         elif kind < 0.25:
             packet = encode(op, addr, [], nbytes)                        # count 0
         elif kind < 0.35:
-            packet = encode(Op.SET_SCALE, rng.getrandbits(16), rng.choice([0, 1, 17, 62, 63]))
+            packet = encode(Op.SET_SCALE, rng.getrandbits(16), rng.choice([0, 1, 17, 62, 63]),
+                            rng.choice([0, 0, 1, 8, 9]))
         elif kind < 0.42:
-            packet = encode(Op.WRITE_TOKENS, 0, [[rng.randrange(-128, 128) for _ in range(cfg.d_model)]])
+            packet = encode(Op.WRITE_TOKENS, 0, [[rng.randrange(-128, 128) for _ in range(cfg.d_model)]],
+                            lay.value_bytes)
         elif kind < 0.45:
             packet = encode(Op.INFO)
         yield packet
@@ -145,15 +148,15 @@ def test_image_crc_of_runs_ignores_how_they_are_cut():
     rng = random.Random(3)
     runs = [WriteRun(Op.WRITE_MEMORY, 5, tuple(rng.getrandbits(32) for _ in range(40)), 4),
             WriteRun(Op.WRITE_ROUTER, 0, tuple(rng.getrandbits(24) for _ in range(7)), 3)]
-    want = image_crc(runs, (40000, 17), crc=0x1234)
+    want = image_crc(runs, (40000, 17, 3), crc=0x1234)
     for size in (13, 20, 64, 1024):
         crc = 0x1234
         for run in runs:
             for p in run.packets(size):
                 crc = zlib.crc32(image_bytes(p), crc)
-        crc = zlib.crc32(image_bytes(encode(Op.SET_SCALE, 40000, 17)), crc)
+        crc = zlib.crc32(image_bytes(encode(Op.SET_SCALE, 40000, 17, 3)), crc)
         assert crc == want, size
     p = bytearray(next(runs[0].packets(64)))
     p[12] ^= 1
     assert zlib.crc32(image_bytes(bytes(p))) != zlib.crc32(image_bytes(next(runs[0].packets(64))))
-    assert image_bytes(encode(Op.WRITE_TOKENS, 0, [[1, 2]])) == b"" == image_bytes(encode(Op.INFO))
+    assert image_bytes(encode(Op.WRITE_TOKENS, 0, [[1, 2]], 1)) == b"" == image_bytes(encode(Op.INFO))
