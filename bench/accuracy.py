@@ -1,9 +1,11 @@
 """Golden model vs float transformers blocks for every example config, over several seeds.
 
 Prints the README's accuracy table (markdown): median and worst over the seeds, for the
-float block fed the device's int8 input and fed the raw float tokens.
+float block fed the device's input and fed the raw float tokens. `--input-bits` and
+`--smoothing` override the configs' precision knobs (int8 without smoothing is the int8-only
+input; 16 and 0.5 the float-faithful routing).
 
-    .venv/bin/python bench/accuracy.py [--seeds 4] [--tokens 4096]
+    .venv/bin/python bench/accuracy.py [--seeds 4] [--tokens 4096] [--input-bits 16 --smoothing 0.5]
 """
 
 import argparse
@@ -12,28 +14,34 @@ import statistics
 import sys
 
 from moeforge import AccelConfig
-from moeforge.hls_models.accuracy import measure_accuracy
+from moeforge.hls_models.accuracy import knobs, measure_accuracy
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--input-bits", type=int, choices=(8, 16))
+    ap.add_argument("--smoothing", type=float)
     ap.add_argument("configs", nargs="*", default=sorted(glob.glob("configs/*.toml")))
     args = ap.parse_args(argv)
     print(f"{args.seeds} seeds × {args.tokens} tokens; median (worst)\n")
     print("| config | family | rel. L2, device input | same experts, device input "
-          "| rel. L2, float input | same experts, float input |")
-    print("|---|---|---|---|---|---|")
+          "| rel. L2, float input | same experts, float input | knobs |")
+    print("|---|---|---|---|---|---|---|")
     for path in args.configs:
         cfg = AccelConfig.from_toml(path)
+        if args.input_bits is not None:
+            cfg = cfg.replace(input_bits=args.input_bits)
+        if args.smoothing is not None:
+            cfg = cfg.replace(input_smoothing=args.smoothing)
         rs = [measure_accuracy(cfg, seed=s, eval_tokens=args.tokens) for s in range(args.seeds)]
 
         def cell(vals, pct_worst):
             return f"{statistics.median(vals) * 100:.2f}% ({pct_worst(vals) * 100:.2f}%)"
         print(f"| `{path}` | {cfg.family} | {cell([r.rel_l2 for r in rs], max)} "
               f"| {cell([r.route_match for r in rs], min)} | {cell([r.rel_l2_float_input for r in rs], max)} "
-              f"| {cell([r.route_match_float_input for r in rs], min)} |", flush=True)
+              f"| {cell([r.route_match_float_input for r in rs], min)} | {knobs(cfg)} |", flush=True)
     return 0
 
 

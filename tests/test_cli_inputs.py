@@ -389,6 +389,7 @@ class _Report:
     def __init__(self, family):
         self.family, self.rel_l2, self.route_match = family, 0.01, 1.0
         self.rel_l2_float_input, self.route_match_float_input = 0.02, 0.99
+        self.knobs = "int8 input"
 
     def as_dict(self):
         return dict(vars(self))
@@ -425,6 +426,7 @@ def test_accuracy_prints_each_row_as_it_is_measured(slow_measure):
     assert "config" in out1 and "family" in out1 and TINY not in out1      # the header, first
     assert f"measuring {TINY} (1/2) ..." in err1
     assert TINY in out2 and "mixtral" in out2 and small not in out2        # row 1 before config 2
+    assert "knobs" in out1 and "int8 input" in out2                        # the knobs in force
     assert f"measuring {small} (2/2) ..." in err2
     pipes["out"].stream.flush()
     assert small in pipes["out"].flushed.splitlines()[-1]
