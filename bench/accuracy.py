@@ -3,9 +3,11 @@
 Prints the README's accuracy table (markdown): median and worst over the seeds, for the
 float block fed the device's input and fed the raw float tokens. `--input-bits` and
 `--smoothing` override the configs' precision knobs (int8 without smoothing is the int8-only
-input; 16 and 0.5 the float-faithful routing).
+input; 16 and 0.5 the float-faithful routing). `--outliers N` scales N channels of every token
+by `--outlier-gain` (30): hidden states shaped like a real LLM's (`make_hf_input`).
 
     .venv/bin/python bench/accuracy.py [--seeds 4] [--tokens 4096] [--input-bits 16 --smoothing 0.5]
+        [--outliers 3 --outlier-gain 30]
 """
 
 import argparse
@@ -23,9 +25,12 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--input-bits", type=int, choices=(8, 16))
     ap.add_argument("--smoothing", type=float)
+    ap.add_argument("--outliers", type=int, default=0)
+    ap.add_argument("--outlier-gain", type=float, default=30.0)
     ap.add_argument("configs", nargs="*", default=sorted(glob.glob("configs/*.toml")))
     args = ap.parse_args(argv)
-    print(f"{args.seeds} seeds × {args.tokens} tokens; median (worst)\n")
+    shape = (f"; {args.outliers} outlier channels ×{args.outlier_gain:g}" if args.outliers else "")
+    print(f"{args.seeds} seeds × {args.tokens} tokens{shape}; median (worst)\n")
     print("| config | family | rel. L2, device input | same experts, device input "
           "| rel. L2, float input | same experts, float input | knobs |")
     print("|---|---|---|---|---|---|---|")
@@ -35,7 +40,8 @@ def main(argv=None) -> int:
             cfg = cfg.replace(input_bits=args.input_bits)
         if args.smoothing is not None:
             cfg = cfg.replace(input_smoothing=args.smoothing)
-        rs = [measure_accuracy(cfg, seed=s, eval_tokens=args.tokens) for s in range(args.seeds)]
+        rs = [measure_accuracy(cfg, seed=s, eval_tokens=args.tokens, outliers=args.outliers,
+                               outlier_gain=args.outlier_gain) for s in range(args.seeds)]
 
         def cell(vals, pct_worst):
             return f"{statistics.median(vals) * 100:.2f}% ({pct_worst(vals) * 100:.2f}%)"

@@ -44,11 +44,15 @@ def _expert_sets(indices: torch.Tensor) -> torch.Tensor:
 
 
 def measure_accuracy(cfg: AccelConfig, *, seed: int = 0, calib_tokens: int = 2048,
-                     eval_tokens: int = 2048) -> AccuracyReport:
-    """Build a random-weight `transformers` block for `cfg.family`, quantise, compare."""
+                     eval_tokens: int = 2048, outliers: int = 0,
+                     outlier_gain: float = 30.0) -> AccuracyReport:
+    """Build a random-weight `transformers` block for `cfg.family`, quantise, compare.
+    `outliers` channels scaled by `outlier_gain` (`make_hf_input`) in calibration and
+    evaluation tokens alike: hidden states shaped like a real LLM's."""
     block = make_hf_block(cfg, seed=seed)
-    calib = make_hf_input(cfg, calib_tokens, seed=2 * seed)
-    x = make_hf_input(cfg, eval_tokens, seed=2 * seed + 1)
+    shape = dict(outliers=outliers, outlier_gain=outlier_gain)
+    calib = make_hf_input(cfg, calib_tokens, seed=2 * seed, **shape)
+    x = make_hf_input(cfg, eval_tokens, seed=2 * seed + 1, **shape)
     q = QuantizedMoELayer.from_hf(block, cfg, calib=calib)
     x_int = q.quantize_input(x)
     x_hat = q.dequantize_input(x_int)

@@ -180,7 +180,24 @@ def make_hf_block(cfg: AccelConfig, seed: int) -> torch.nn.Module:
 INPUT_STREAM = 0x1F3D5B79
 
 
-def make_hf_input(cfg: AccelConfig, n_tokens: int, seed: int) -> torch.Tensor:
-    """[n_tokens, d_model] standard-normal activations, deterministic in `seed`."""
+# Outlier channels are a property of the layer, not of a batch: the same channels for every
+# seed (calibration and evaluation tokens alike), drawn from their own stream.
+OUTLIER_STREAM = 0x0C7A11E5
+
+
+def make_hf_input(cfg: AccelConfig, n_tokens: int, seed: int, *, outliers: int = 0,
+                  outlier_gain: float = 30.0) -> torch.Tensor:
+    """[n_tokens, d_model] standard-normal activations, deterministic in `seed`.
+
+    ``outliers > 0`` shapes them like a real LLM's hidden states: that many channels (the
+    same ones for every seed) are scaled by `outlier_gain` (real models show a handful of
+    channels 10-100x the others), which stresses the per-tensor input scale hardest.
+    """
+    if not 0 <= outliers <= cfg.d_model:
+        raise ValueError(f"outliers must be in 0..d_model={cfg.d_model}, not {outliers}")
     gen = torch.Generator().manual_seed(INPUT_STREAM + seed)
-    return torch.randn(n_tokens, cfg.d_model, generator=gen)
+    x = torch.randn(n_tokens, cfg.d_model, generator=gen)
+    if outliers:
+        pick = torch.randperm(cfg.d_model, generator=torch.Generator().manual_seed(OUTLIER_STREAM))
+        x[:, pick[:outliers]] *= outlier_gain
+    return x

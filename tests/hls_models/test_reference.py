@@ -254,3 +254,18 @@ def test_family_configs_are_the_example_configs_scaled_down(tmp_path):
     (tmp_path / "olmoe.toml").write_text((root / "mixtral.toml").read_text())
     with pytest.raises(ConfigError, match="is a mixtral config, not olmoe"):
         family_configs(tmp_path)
+
+
+def test_outlier_tokens_scale_the_same_channels_for_every_seed():
+    cfg = FAMILIES["mixtral"]
+    plain = [make_hf_input(cfg, 512, seed=s) for s in (0, 1)]
+    shaped = [make_hf_input(cfg, 512, seed=s, outliers=3, outlier_gain=30.0) for s in (0, 1)]
+    for p, o in zip(plain, shaped):
+        ratio = (o / p)[0]
+        hot = torch.nonzero(ratio != 1).flatten()
+        assert hot.numel() == 3 and torch.allclose(ratio[hot], torch.full((3,), 30.0))
+        assert torch.equal(o[:, ratio == 1], p[:, ratio == 1])     # the rest untouched
+    assert torch.equal(torch.nonzero((shaped[0] / plain[0])[0] != 1),
+                       torch.nonzero((shaped[1] / plain[1])[0] != 1))
+    with pytest.raises(ValueError, match="outliers must be in 0..d_model"):
+        make_hf_input(cfg, 4, seed=0, outliers=cfg.d_model + 1)
