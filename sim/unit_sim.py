@@ -148,7 +148,7 @@ def _requantiser_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     group of `lanes` tokens (a beat shares its channel's multiplier and shift)."""
     from moeforge.hls_models.expert_bank import int_gemm
     from moeforge.hls_models.hf_random import make_hf_input
-    x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed)).to(torch.int64)
+    x = q.expert_input(q.quantize_input(make_hf_input(cfg, tokens, seed=seed))).to(torch.int64)
     e = int(torch.randint(cfg.n_experts, (1,), generator=torch.Generator().manual_seed(seed)))
     bank = q.experts
     acc = int_gemm(bank.hidden(e, x), bank.w_down[e])            # [T, D] int32 range
@@ -170,7 +170,7 @@ def _combiner_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     from moeforge.rtl.export import verilog_ports
     from moeforge.sim.benches.common import stream_prefix
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed))
-    x64 = x.to(torch.int64)
+    x64 = q.expert_input(x).to(torch.int64)       # the experts' int8 (the router reads x)
     route = q.route_int(x)
     contribs = []
     for e in torch.unique(route.indices).tolist():
@@ -229,6 +229,7 @@ def _expert_ffn_stimulus(cfg, eng, q, tokens: int, seed: int, harness=None) -> d
     from moeforge.rtl.export import verilog_ports
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed))
     route = q.route_int(x)
+    x = q.expert_input(x)                          # the experts' int8 (the router reads x_in)
     words, R, D = eng.image.words, eng.rows, cfg.d_model
     jobs = []
     for e in torch.unique(route.indices).tolist():
@@ -295,7 +296,7 @@ def _hidden_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     from moeforge.rtl.export import verilog_ports
     from moeforge.rtl.expert.hidden import hidden_image
     from moeforge.sim.benches.common import stream_prefix
-    x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed)).to(torch.int64)
+    x = q.expert_input(q.quantize_input(make_hf_input(cfg, tokens, seed=seed))).to(torch.int64)
     e = int(torch.randint(cfg.n_experts, (1,), generator=torch.Generator().manual_seed(seed)))
     bank = q.experts
     acc_u = int_gemm(x, bank.w_up[e])
