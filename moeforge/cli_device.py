@@ -45,12 +45,14 @@ def _input(path: str, cfg: AccelConfig):
         x = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise MoeforgeError(f"--input {path}: not a .npy array ({e})") from None
-    if x.dtype not in (np.float32, np.float64, np.float16, np.int8):
-        raise ShapeError(f"--input {path}: dtype {x.dtype}; the device takes float or int8 tokens")
+    tokens = np.dtype(f"int{cfg.input_bits}")        # the device's own tokens (input_bits)
+    if x.dtype not in (np.float32, np.float64, np.float16, tokens):
+        raise ShapeError(f"--input {path}: dtype {x.dtype}; the device takes float or {tokens} "
+                         f"tokens (input_bits={cfg.input_bits} in config {cfg.name})")
     if x.ndim < 1 or x.shape[-1] != cfg.d_model:
         raise ShapeError(f"--input {path}: shape {list(x.shape)} does not end in d_model={cfg.d_model} "
                          f"of config {cfg.name}")
-    if x.dtype != np.int8 and not np.isfinite(x).all():
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]
         *lead, element = (int(i) for i in bad)
         token = "" if not lead else f"token {lead[0]}, " if len(lead) == 1 else f"token {lead}, "
@@ -91,7 +93,7 @@ def cmd_run(args) -> int:
         bar.close()
         stats = dev.stats()
     y = torch.cat(ys).reshape(x.shape) if ys else torch.empty(x.shape, dtype=torch.int8)
-    y = y.numpy().astype(np.int8 if x.dtype == np.int8 else np.float32)
+    y = y.numpy().astype(np.int8 if x.dtype.kind == "i" else np.float32)
     atomic_write(out, lambda tmp: np.save(tmp, y), suffix=".npy")   # np.save keeps a .npy name as it is
     if args.json:
         print(json.dumps(stats, indent=2))
@@ -114,8 +116,9 @@ def add_device_commands(sub) -> None:
     r.add_argument("--device", default="sim", help="sim, serial:///dev/ttyUSB1?baud=3000000 or socket://host:port")
     r.add_argument("--config", required=True)
     r.add_argument("--model", required=True, help="the quantised layer (.safetensors, from `moeforge quantize`)")
-    r.add_argument("--input", required=True, help=".npy of tokens [..., d_model], float or int8")
-    r.add_argument("-o", "--output", required=True, help=".npy to write (float32, or int8 for int8 input)")
+    r.add_argument("--input", required=True, help=".npy of tokens [..., d_model], float or the device's "
+                   "integer tokens (int16, or int8 with input_bits = 8)")
+    r.add_argument("-o", "--output", required=True, help=".npy to write (float32, or int8 for integer input)")
     r.add_argument("--faults", type=_faults, help="inject link faults: flip=1e-3,drop=1e-3,dup=1e-3,seed=1 "
                    "(rates per byte in [0, 1), seed an integer >= 0)")
     r.add_argument("--json", action="store_true", help="print the device statistics as JSON")

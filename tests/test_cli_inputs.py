@@ -351,8 +351,11 @@ def test_finite_tokens_quantize_as_before(layer):
     x = make_hf_input(layer.cfg, 16, seed=3) * 4
     x[0, :2] = torch.tensor([1e30, -1e30])
     q = layer.quantize_input(x)
-    assert q[0, :2].tolist() == [127, -128]                   # saturated, as before
-    assert torch.equal(q, quantize_symmetric(x, layer.x_scale).to(torch.int8))
+    bits = layer.cfg.input_bits
+    top = 1 << (bits - 1)
+    assert q[0, :2].tolist() == [top - 1, -top]               # saturated, as before
+    assert torch.equal(q, quantize_symmetric(x / layer.x_smooth, layer.x_scale, bits)
+                       .to(layer.input_dtype))
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
@@ -367,6 +370,21 @@ def test_run_refuses_non_finite_input_before_opening_the_device(value, files, tm
     assert code == 2
     assert f"--input {bad}: token 9, element 2 is {value}: the device takes finite numbers" in one_error_line(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy"]
+
+
+def test_run_refuses_tokens_of_the_other_width_before_opening_the_device(files, tmp_path, no_device,
+                                                                         capsys, tiny):
+    """tiny takes int16 tokens (input_bits = 16): an int8 .npy is named, with the width asked for."""
+    assert tiny.input_bits == 16
+    bad = tmp_path / "int8.npy"
+    np.save(bad, np.zeros((3, tiny.d_model), dtype=np.int8))
+    argv = _run_args(files, tmp_path / "y.npy")
+    argv[argv.index("--input") + 1] = str(bad)
+    code, _, err = cli(argv, capsys)
+    assert code == 2
+    assert (f"--input {bad}: dtype int8; the device takes float or int16 tokens (input_bits=16 in "
+            f"config tiny)") in one_error_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.npy"]
 
 
 # --- long steps say what they are doing --------------------------------------------------
