@@ -102,11 +102,12 @@ class AccelConfig:
 
     Parameters (precision)
     ----------------------
-    input_bits : the token the host sends, 8 (default) or 16. With 16 the router reads the
+    input_bits : the token the host sends, 16 (default) or 8. With 16 the router reads the
         int16 token whole and the experts take an int8 derived from it on the device
         (docs/arithmetic.md §2): routing then follows the float router on float input.
-        8 is the int8-only input, router and experts on the same int8 token.
-    input_smoothing : SmoothQuant's migration strength alpha in [0, 1] (0, the default: off):
+        8 is the int8-only input, router and experts on the same int8 token (fewer bytes on
+        the wire, narrower router lanes).
+    input_smoothing : SmoothQuant's migration strength alpha in [0, 1] (0.5, the default; 0: off):
         the host divides each input channel by ``s_c = max|x_c|^alpha / max|W_c|^(1-alpha)``
         and folds ``s_c`` into the router and first-layer expert weights, so outlier
         channels no longer set the int8 input scale. Host side only; the device is unchanged.
@@ -167,8 +168,8 @@ class AccelConfig:
     selection_bias: bool = False
     routed_scaling_factor: float = 1.0
     # precision
-    input_bits: int = 8
-    input_smoothing: float = 0.0
+    input_bits: int = 16
+    input_smoothing: float = 0.5
     weight_bits: int = 8
     act_bits: int = 8
     router_bits: int = 16

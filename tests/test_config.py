@@ -36,7 +36,7 @@ def test_hash_is_stable_and_sensitive():
     assert len(a.content_hash()) == 64
     assert a.replace(mac_rows=4).content_hash() != a.content_hash()
     # known value: the hash is over canonical JSON, so it must not drift between releases
-    assert AccelConfig.from_toml("configs/tiny.toml").short_hash == "dcaecaf1b73f"
+    assert AccelConfig.from_toml("configs/tiny.toml").short_hash == "01d8a517adea"
 
 
 BAD = [
@@ -167,7 +167,7 @@ def test_cli_subprocess_exit_codes(tmp_path):
     assert "not valid TOML" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "moeforge.cli", "config", "configs/tiny.toml"],
                        capture_output=True, text=True)
-    assert r.returncode == 0 and "dcaecaf1b73f" in r.stdout
+    assert r.returncode == 0 and "01d8a517adea" in r.stdout
     r = subprocess.run([sys.executable, "-m", "moeforge.cli", "frobnicate"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
 

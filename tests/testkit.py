@@ -8,10 +8,12 @@ usage error, and the design that proves a lint check still reports an unread reg
 
 import functools
 
+import torch
+
 from moeforge.hls_models import QuantizedMoELayer
 from moeforge.hls_models.hf_random import make_hf_block, make_hf_input
 
-__all__ = ["hf_layer", "assert_one_off", "usage_error", "unread_register"]
+__all__ = ["hf_layer", "device_tokens", "assert_one_off", "usage_error", "unread_register"]
 
 
 @functools.cache
@@ -19,6 +21,14 @@ def hf_layer(cfg):
     """The quantised layer of `cfg` (transformers block, seed 1, calibrated on 256 tokens),
     built once per config and session: treat it as read-only."""
     return QuantizedMoELayer.from_hf(make_hf_block(cfg, 1), cfg, calib=make_hf_input(cfg, 256, 1))
+
+
+def device_tokens(cfg, n: int, seed: int) -> torch.Tensor:
+    """[n, d_model] tokens uniform over the device's input range (int16 with ``input_bits =
+    16``, else int8), deterministic in `seed`."""
+    top = 1 << (cfg.input_bits - 1)
+    return torch.randint(-top, top, (n, cfg.d_model), generator=torch.Generator().manual_seed(seed),
+                         dtype=torch.int16 if cfg.input_bits == 16 else torch.int8)
 
 
 def assert_one_off(results, unit: str, token: int, element: int) -> str:

@@ -11,11 +11,14 @@ from moeforge.hls_models import QuantizedMoELayer, family_configs, make_hf_block
 from moeforge.hls_models.expert_bank import int_gemm
 
 FAMILIES = family_configs()
+# each family with its example config's input (int16, smoothed) and with the int8-only one
+INPUTS = {"in16": {}, "in8": dict(input_bits=8, input_smoothing=0.0)}
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
+@pytest.fixture(scope="module", params=[f"{f}-{i}" for f in sorted(FAMILIES) for i in INPUTS])
 def layer(request):
-    cfg = FAMILIES[request.param]
+    family, inp = request.param.rsplit("-", 1)
+    cfg = FAMILIES[family].replace(**INPUTS[inp])
     block = make_hf_block(cfg, seed=3)
     return QuantizedMoELayer.from_hf(block, cfg, calib=make_hf_input(cfg, 256, seed=4))
 
@@ -24,8 +27,15 @@ def _tokens(layer, n, seed=0):
     return layer.quantize_input(make_hf_input(layer.cfg, n, seed=seed))
 
 
+def _bounds(layer):
+    """The device token's extremes: ±127/-128, or ±32767/-32768 with the 16-bit input."""
+    info = torch.iinfo(layer.input_dtype)
+    return info.max, info.min
+
+
 def test_integer_dtypes_and_shape(layer):
     x = _tokens(layer, 17)
+    assert x.dtype == (torch.int16 if layer.cfg.input_bits == 16 else torch.int8)
     y = layer.forward_int(x)
     assert y.dtype == torch.int8 and y.shape == x.shape
     r = layer.route_int(x)
@@ -56,8 +66,8 @@ def test_batch_independence(layer):
 
 def test_saturating_inputs_stay_in_range(layer):
     D = layer.cfg.d_model
-    for v in (127, -128):
-        x = torch.full((3, D), v, dtype=torch.int8)
+    for v in _bounds(layer):
+        x = torch.full((3, D), v, dtype=layer.input_dtype)
         y = layer.forward_int(x)
         assert y.dtype == torch.int8
         assert torch.equal(y[0], y[1])
@@ -91,7 +101,7 @@ def test_tie_goes_to_lower_expert_index(layer):
     a, b = cfg.n_experts - 1, cfg.n_experts - 2  # same group (the last one)
     w2[a] = w2[b] = 1000
     tied.router_weight = w2
-    x = torch.full((2, cfg.d_model), 5, dtype=torch.int8)
+    x = torch.full((2, cfg.d_model), 5, dtype=layer.input_dtype)
     assert tied.route_int(x).indices[:, :2].tolist() == [[b, a][:cfg.top_k]] * 2
 
 
@@ -138,12 +148,16 @@ def test_partials_over_an_expert_partition_sum_to_the_accumulator(layer):
 
 def test_bad_inputs_are_shape_errors(layer):
     D = layer.cfg.d_model
-    with pytest.raises(ShapeError, match="int8"):
+    dtype = layer.input_dtype
+    other = torch.int8 if dtype == torch.int16 else torch.int16
+    with pytest.raises(ShapeError, match=f"takes {dtype} tokens"):
         layer.forward_int(torch.zeros(2, D))
+    with pytest.raises(ShapeError, match=f"takes {dtype} tokens .*not {other}"):
+        layer.forward_int(torch.zeros(2, D, dtype=other))
     with pytest.raises(ShapeError, match=r"\[tokens, d_model="):
-        layer.forward_int(torch.zeros(2, D + 1, dtype=torch.int8))
+        layer.forward_int(torch.zeros(2, D + 1, dtype=dtype))
     with pytest.raises(ShapeError, match="float"):
-        layer(torch.zeros(2, D, dtype=torch.int8))
+        layer(torch.zeros(2, D, dtype=dtype))
     with pytest.raises(ShapeError, match="d_model"):
         layer(torch.zeros(2, D - 1))
 

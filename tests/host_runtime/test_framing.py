@@ -147,8 +147,8 @@ def test_a_short_counters_answer_is_a_device_error_not_a_crash():
                Op.READ_OUTPUT: b"\x00" + bytes(n * cfg.d_model), Op.READ_COUNTERS: b"\x00" + bytes(47)}
     dev = Device(_FakeDevice(cfg, answers), cfg)
     with pytest.raises(DeviceCommandError, match=r"^fake: READ_COUNTERS data of 47 bytes, expected 48$"):
-        dev.run(torch.zeros(n, cfg.d_model, dtype=torch.int8))
+        dev.run(torch.zeros(n, cfg.d_model, dtype=dev.input_dtype))
     answers[Op.READ_COUNTERS] = b"\x00" + struct.pack("<12I", *range(12))
-    assert torch.equal(dev.run(torch.zeros(n, cfg.d_model, dtype=torch.int8)),
+    assert torch.equal(dev.run(torch.zeros(n, cfg.d_model, dtype=dev.input_dtype)),
                        torch.zeros(n, cfg.d_model, dtype=torch.int8))
     assert dev.stats()["last_batch"]["stall_cycles"] == 11

@@ -13,6 +13,7 @@ from moeforge import AccelConfig
 from moeforge.hls_models import QuantizedMoELayer, make_hf_block, make_hf_input
 from moeforge.host_runtime import (ConfigMismatch, DeviceCrashed, DeviceNotAnswering,
                                    NoSuchDevice, open_device, open_device_group)
+from testkit import device_tokens
 
 pytestmark = pytest.mark.verilator
 TINY = "configs/tiny.toml"
@@ -50,26 +51,32 @@ def test_run_and_stream_are_bit_exact(tiny):
     assert s["last_batch"]["tokens_routed"] > 0
 
 
-def test_wide_input_is_bit_exact_through_the_simulated_device():
-    """A 16-bit-input config (int16 tokens on the wire, the router reading them whole, the
-    experts the derived int8) with input smoothing: float in and int16 tokens in, under link
-    faults too, each bit-exact with the golden model; int8 tokens are refused by name."""
+@pytest.mark.parametrize("bits, alpha", [(16, 0.5), (8, 0.0)])
+def test_each_input_width_is_bit_exact_through_the_simulated_device(bits, alpha):
+    """The 16-bit input (int16 tokens on the wire, the router reading them whole, the experts
+    the derived int8) with input smoothing, and the int8-only input: float in and device
+    tokens in, under link faults too, each bit-exact with the golden model; tokens of the
+    other width are refused by name."""
     from moeforge.errors import ShapeError
-    cfg = AccelConfig.from_toml(TINY).replace(name="tiny-wide", input_bits=16, input_smoothing=0.5)
+    cfg = AccelConfig.from_toml(TINY).replace(name=f"tiny-in{bits}", input_bits=bits,
+                                              input_smoothing=alpha)
     q = _layer(cfg, seed=4)
     x = make_hf_input(cfg, 45, seed=9)
     x[:, 3] *= 40                                   # an outlier channel, as LLM hidden states have
     x_int = q.quantize_input(x)
-    assert x_int.dtype == torch.int16 and q.x_shift >= 1
-    extremes = torch.tensor([[32767] * cfg.d_model, [-32768] * cfg.d_model, [0] * cfg.d_model],
-                            dtype=torch.int16)
+    dtype, other = (torch.int16, torch.int8) if bits == 16 else (torch.int8, torch.int16)
+    assert x_int.dtype == dtype and (q.x_shift >= 1) == (bits == 16)
+    top = 1 << (bits - 1)
+    extremes = torch.tensor([[top - 1] * cfg.d_model, [-top] * cfg.d_model, [0] * cfg.d_model],
+                            dtype=dtype)
     for faults in (None, dict(flip=1e-3, drop=3e-4, dup=3e-4, seed=5)):
         with open_device("sim", cfg, faults=faults) as dev:
             dev.load(q)
             assert torch.equal(dev.run(x), q(x)), faults
             assert torch.equal(dev.run(extremes), q.forward_int(extremes)), faults
-            with pytest.raises(ShapeError, match="int16 tokens"):
-                dev.run(x_int.to(torch.int8))
+            name = str(dtype).removeprefix("torch.")
+            with pytest.raises(ShapeError, match=rf"takes float or {name} tokens \(input_bits={bits}\)"):
+                dev.run(x_int.to(other))
 
 
 def test_faults_lose_nothing_over_10000_frames(tiny):
@@ -83,7 +90,7 @@ def test_faults_lose_nothing_over_10000_frames(tiny):
         dev.load(q)
         while dev.link.stats.frames < 10_000:
             n = int(torch.randint(1, 2 * cfg.token_buffer_depth, (1,), generator=rng))
-            x = torch.randint(-128, 128, (n, cfg.d_model), generator=rng, dtype=torch.int8)
+            x = device_tokens(cfg, n, seed=batches)
             assert torch.equal(dev.run(x), q.forward_int(x)), f"batch {batches} differs"
             batches += 1
         s = dev.stats()
@@ -105,10 +112,10 @@ def test_wrong_config_and_bad_input_are_clear_errors(tiny):
             dev.run(torch.zeros(2, cfg.d_model))          # float input before any layer
         dev.load(q)
         with pytest.raises(Exception, match="d_model=64"):
-            dev.run(torch.zeros(3, 5, dtype=torch.int8))
+            dev.run(torch.zeros(3, 5, dtype=dev.input_dtype))
         with pytest.raises(Exception, match="dtype"):
             dev.run(torch.zeros(3, cfg.d_model, dtype=torch.int32))
-        x = torch.ones(2, cfg.d_model, dtype=torch.int8)
+        x = torch.ones(2, cfg.d_model, dtype=dev.input_dtype)
         assert torch.equal(dev.run(x), q.forward_int(x))  # still usable
     with pytest.raises(NoSuchDevice, match="no such device"):
         open_device("usb3", cfg)
@@ -142,7 +149,7 @@ def test_silent_device_names_the_last_acknowledged_frame(tiny):
         os.kill(dev.transport.proc.pid, signal.SIGSTOP)  # alive but silent
         try:
             with pytest.raises(DeviceNotAnswering, match=f"last acknowledged: sequence number {last}"):
-                dev.run(torch.zeros(1, cfg.d_model, dtype=torch.int8))
+                dev.run(torch.zeros(1, cfg.d_model, dtype=dev.input_dtype))
         finally:
             os.kill(dev.transport.proc.pid, signal.SIGCONT)
 
@@ -194,7 +201,7 @@ def test_serve_sim_reached_through_a_socket_url(tiny):
         line = server.stdout.readline()
         m = re.search(r"listening on ([\d.]+):(\d+)", line)
         assert m, line
-        x = torch.randint(-128, 128, (9, cfg.d_model), dtype=torch.int8)
+        x = device_tokens(cfg, 9, seed=0)
         with open_device(f"socket://{m[1]}:{m[2]}", cfg) as dev:
             dev.load(q)
             assert torch.equal(dev.run(x), q.forward_int(x))
@@ -213,8 +220,7 @@ def test_every_example_config_bit_exact_with_and_without_faults(path):
     cfg = AccelConfig.from_toml(path)
     q = _layer(cfg, seed=2)
     n = 2 * cfg.token_buffer_depth + 5
-    x = torch.randint(-128, 128, (n, cfg.d_model), dtype=torch.int8,
-                      generator=torch.Generator().manual_seed(1))
+    x = device_tokens(cfg, n, seed=1)
     for faults in (None, dict(flip=1e-3, drop=3e-4, dup=3e-4, seed=3)):
         with open_device("sim", cfg, faults=faults) as dev:
             dev.load(q)
@@ -248,8 +254,7 @@ def test_a_load_corrupted_after_the_frame_crc_is_caught(tiny, monkeypatch):
                 p[WRITE_HEADER_BYTES + 6:]
         return p
 
-    x = torch.randint(-128, 128, (5, cfg.d_model), dtype=torch.int8,
-                      generator=torch.Generator().manual_seed(8))
+    x = device_tokens(cfg, 5, seed=8)
     with open_device("sim", cfg) as dev:
         assert dev.read_image_crc() == 0                       # nothing written since reset
         monkeypatch.setattr(WriteRun, "packet", packet)
@@ -275,7 +280,6 @@ def test_image_crc_holds_under_link_faults(tiny):
         assert dev.read_image_crc() == _image_crc_of(q, cfg)
         assert dev.stats()["retries"] > 0
         counters = dev.link.hello().link_counters
-        x = torch.randint(-128, 128, (9, cfg.d_model), dtype=torch.int8,
-                          generator=torch.Generator().manual_seed(2))
+        x = device_tokens(cfg, 9, seed=2)
         assert torch.equal(dev.run(x), q.forward_int(x))
     assert counters["duplicates"] > 0 and counters["crc_errors"] > 0, counters

@@ -55,8 +55,9 @@ from moeforge.host_runtime import open_device
 cfg = AccelConfig.from_toml(sys.argv[2])
 q = QuantizedMoELayer.from_hf(make_hf_block(cfg, seed=3), cfg, calib=make_hf_input(cfg, 256, seed=4))
 n = 2 * cfg.token_buffer_depth + 3
-x = torch.randint(-128, 128, (n, cfg.d_model), dtype=torch.int8,
-                  generator=torch.Generator().manual_seed(5))
+top = 1 << (cfg.input_bits - 1)
+x = torch.randint(-top, top, (n, cfg.d_model), generator=torch.Generator().manual_seed(5),
+                  dtype=torch.int16 if cfg.input_bits == 16 else torch.int8)
 with open_device(sys.argv[1], cfg) as dev:
     dev.load(q)
     y = dev.run(x)

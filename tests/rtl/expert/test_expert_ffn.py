@@ -64,7 +64,7 @@ def make_jobs(cfg, eng, seed=2):
     q = hf_layer(cfg)
     D, T_max, R = cfg.d_model, cfg.token_buffer_depth, cfg.mac_rows
     words = eng.image.words
-    calib = q.quantize_input(make_hf_input(cfg, 64, seed))
+    calib = q.expert_input(q.quantize_input(make_hf_input(cfg, 64, seed)))   # the experts' int8
     ext = torch.stack([torch.full((D,), 127), torch.full((D,), -128)]).to(torch.int8)
     g = torch.Generator().manual_seed(seed)
     uniform = torch.randint(-128, 128, (T_max, D), generator=g).to(torch.int8)
@@ -196,7 +196,7 @@ def test_expert_ffn_amaranth_sim():
                                              mac_cols=4, token_buffer_depth=4)
     eng, harness = make_dut(cfg)
     q = hf_layer(cfg)
-    x = q.quantize_input(make_hf_input(cfg, 8, 3))
+    x = q.expert_input(q.quantize_input(make_hf_input(cfg, 8, 3)))
     words = eng.image.words
     # experts 1, 2 and 5 at bases 0, words, 2·words
     image = [[slot * words + i, w] for slot, e in enumerate((1, 2, 5))

@@ -246,7 +246,7 @@ def batches_for(cfg, dut, seed=0):
     out = []
     # 1. real tokens through expert 3
     q = hf_layer(cfg)
-    x = torch.cat([q.quantize_input(make_hf_input(cfg, 16, 2)),
+    x = torch.cat([q.expert_input(q.quantize_input(make_hf_input(cfg, 16, 2))),
                    torch.full((1, cfg.d_model), 127, dtype=torch.int8),
                    torch.full((1, cfg.d_model), -128, dtype=torch.int8)])
     acc_g, acc_u = accumulators(bank, 3, x)

@@ -66,7 +66,7 @@ def model_batch(cfg, n_tokens, *, seed, order, name, **extra):
     order, expected y = forward_int(x), and the layer's M_y, S_y."""
     q = hf_layer(cfg)
     x = q.quantize_input(make_hf_input(cfg, n_tokens, seed))
-    x64 = x.to(torch.int64)
+    x64 = q.expert_input(x).to(torch.int64)          # the experts' int8 (the router reads x)
     route = q.route_int(x)
     contribs = []
     for e in torch.unique(route.indices).tolist():          # expert-major, as the device runs

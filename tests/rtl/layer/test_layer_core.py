@@ -43,15 +43,16 @@ CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 
 
-# "<config>-wide": the config with the 16-bit input (the router reads int16 tokens, the engines
-# the int8 derived on the way out of the token buffer) and input smoothing.
-WIDE = ["tiny-wide", "qwen2_moe-wide"]
+# The example configs take the 16-bit input (the router reads int16 tokens, the engines the int8
+# derived on the way out of the token buffer); "<config>-int8" is the config with the int8-only
+# input (router and engines on the same int8 token), which a config may still ask for.
+INT8 = ["tiny-int8", "qwen2_moe-int8"]
 
 
 def config(name):
-    base, wide = name.removesuffix("-wide"), name.endswith("-wide")
+    base, int8 = name.removesuffix("-int8"), name.endswith("-int8")
     cfg = AccelConfig.from_toml(CONFIG_DIR / f"{base}.toml")
-    return cfg.replace(name=name, input_bits=16, input_smoothing=0.5) if wide else cfg
+    return cfg.replace(name=name, input_bits=8, input_smoothing=0.0) if int8 else cfg
 
 
 _LAYERS = {}
@@ -93,7 +94,7 @@ def batches_for(name, core, q):
     out = [batch(core, q, f"{name} T=3 calibrated, grant delays", calib[:3], grant_delay=400,
                  requests_first=True),
            batch(core, q, f"{name} tied/max/min, request stalls", extremes(cfg), req_stall=30)]
-    if name in ("tiny", "tiny-wide"):
+    if name in ("tiny", "tiny-int8"):
         T = cfg.token_buffer_depth
         out += [batch(core, q, "tiny T=1", calib[3:4], grant_delay=2000),
                 batch(core, q, "tiny T=t_max", torch.cat([extremes(cfg), calib[4:T + 1]]),
@@ -132,7 +133,7 @@ SLOW = {"mixtral", "olmoe", "qwen3_moe", "deepseek_v2", "deepseek_v3"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
-                                  for n in CONFIGS + WIDE])
+                                  for n in CONFIGS + INT8])
 def test_layer_core_matches_golden(sim_build, tmp_path, name):
     """Every batch's y == forward_int, exact counters (experts run, MAC ops, tokens routed),
     every grant released once and no read outside a held slot; cycle figures printed."""
@@ -151,7 +152,7 @@ def test_layer_core_matches_golden(sim_build, tmp_path, name):
               f"MAC busy {s['mac_busy']} of {s['mac_total']}, {s['experts_run']} experts")
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-wide"])
+@pytest.mark.parametrize("name", ["tiny", "tiny-int8"])
 def test_layer_core_wrong_expectation_fails(sim_build, tmp_path, name):
     """One expected y value off by one must fail the run and name the token and element."""
     cfg = config(name)
@@ -191,7 +192,8 @@ def test_layer_core_ports_and_sizes():
     assert ports["w_rd.addr"].width == (cfg.cache_slots * core.image_words - 1).bit_length()
     assert ports["o_req.payload"].width == 4                       # 16 experts
     assert ports["i_grant.payload"].width == 4 + 2 + 1             # expert, slot (4 slots), hit
-    assert ports["tok_wr.data"].width == 8 * cfg.mac_cols
+    assert ports["tok_wr.data"].width == 16 * cfg.mac_cols                 # int16 tokens
+    assert verilog_ports(LayerCore(config("qwen2_moe-int8")))["tok_wr.data"].width == 8 * cfg.mac_cols
     assert ports["out_rd.data"].width == 8 * cfg.mac_rows
     assert ports["i_run.payload"].width == 7                       # 0 .. 64
     for name in ("cycles", "router_cycles", "mac_busy", "mac_total", "shared_mac_busy",

@@ -9,7 +9,8 @@ logits, extreme selection biases). Each batch is an image for the write port (`r
 tokens and the expected ``[experts..., gates..., shared_gate]`` of each token; they reach the
 cocotb side (sim/benches/router.py) as a JSON file named by ``MOEFORGE_TEST_PARAMS``.
 
-Five builds, one per routing family and one with the float-faithful input:
+Five builds, one per routing family (the float-faithful int16 input, the default) and one with
+the int8-only input:
 
 ``qwen2``        softmax_topk, renormalised, Qwen2's sigmoid shared-expert gate (9 rows);
                  d_model 64, 8 lanes.
@@ -18,7 +19,7 @@ Five builds, one per routing family and one with the float-faithful input:
                  renormalised, routed scaling 2.5, always-on shared expert.
 ``deepseek_v2``  softmax_topk without renormalisation (Z over every expert), 4 groups (max,
                  2 kept), routed scaling 2.0; d_model 32 in one 32-lane slice per token.
-``qwen2_wide``   qwen2_moe with ``input_bits = 16``: int16 tokens on 8 lanes, the whole range.
+``qwen2_int8``   qwen2_moe with ``input_bits = 8``: int8 tokens on 8 lanes.
 
 Elaboration variants no build covers (one expert, groups of one, lanes 1, router_bits 8, k = E,
 un-normalised sigmoid gates with Qwen2's shared gate, rsf 64 ...) run in Amaranth's simulator
@@ -58,9 +59,9 @@ BUILDS = {
     "mixtral": (lambda: _fam("mixtral", name="mixtral-rb12", router_bits=12), 16),
     "deepseek_v3": (lambda: _fam("deepseek_v3"), 8),
     "deepseek_v2": (lambda: _fam("deepseek_v2", name="deepseek-v2-d32", d_model=32), 32),
-    # the float-faithful input: int16 tokens on the router's lanes
-    "qwen2_wide": (lambda: _fam("qwen2_moe", name="qwen2-wide", input_bits=16,
-                                input_smoothing=0.5), 8),
+    # the int8-only input: int8 tokens on the router's lanes (the others take int16)
+    "qwen2_int8": (lambda: _fam("qwen2_moe", name="qwen2-int8", input_bits=8,
+                                input_smoothing=0.0), 8),
 }
 
 
@@ -402,7 +403,9 @@ def test_router_image_address_map():
 
 def test_layouts():
     dut = make_dut("deepseek_v3")
-    assert dut.token_layout == token_layout(lanes=8)
+    assert dut.token_layout == token_layout(lanes=8, input_bits=16)
+    assert dut.token_layout.size == 8 * 16 + 1
+    assert make_dut("qwen2_int8").token_layout == token_layout(lanes=8)
     lay = route_layout(n_experts=16, top_k=4)
     assert dut.route_layout == lay
     assert lay.size == 4 * 4 + 4 * 22 + 16

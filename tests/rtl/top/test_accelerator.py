@@ -8,6 +8,7 @@ import pytest
 from moeforge import AccelConfig
 from moeforge.cli import main
 from moeforge.sim.layer_sim import layer_program, run_layer, run_steps
+from moeforge.spec.arith import X_SHIFT_MAX, X_SHIFT_MIN
 from moeforge.spec.protocol import (COUNTERS, LOADED_FLAGS, PROTOCOL_VERSION, CommandLayout, Op,
                                     Status, encode, layer_commands)
 
@@ -58,6 +59,7 @@ def test_bad_commands_are_flagged_and_the_device_stays_usable(tmp_path):
     from moeforge.hls_models.hf_random import make_hf_input
 
     cfg = AccelConfig.from_toml(TINY)
+    assert cfg.input_bits == 16                  # the input-shift steps below assume it
     lay = CommandLayout.from_config(cfg)
     q = random_layer(cfg, 3)
     x = q.quantize_input(make_hf_input(cfg, 6, seed=3))
@@ -89,8 +91,8 @@ def test_bad_commands_are_flagged_and_the_device_stays_usable(tmp_path):
                                                      lay.value_bytes),
              Status.OUT_OF_RANGE),
         step("output scale shift 0", encode(Op.SET_SCALE, 40000, 0, 0), Status.OUT_OF_RANGE),
-        step("an input shift on an int8-input config", encode(Op.SET_SCALE, 40000, 17, 3),
-             Status.OUT_OF_RANGE),
+        *(step(f"input shift {sx} on a 16-bit-input config", encode(Op.SET_SCALE, 40000, 17, sx),
+               Status.OUT_OF_RANGE) for sx in (X_SHIFT_MIN - 1, X_SHIFT_MAX + 1)),
     ]
     after_load = [
         step("batch above the buffer", encode(Op.RUN, t_max + 1), Status.BAD_BATCH),
