@@ -129,7 +129,9 @@ def params_env(tmp_path, harness, name, *, perturb=None, summary=None, batches=N
 # the router tests cover sigmoid and group-limited routing. The others repeat those paths at
 # larger sizes (mixtral's 12.7k-word images take 30 s to elaborate) and run with `make test-slow`;
 # the whole layer runs on every config in bench/layer_cycles.py.
-SLOW = {"mixtral", "olmoe", "qwen3_moe", "deepseek_v2", "deepseek_v3"}
+# qwen2_moe-int8 too (its 12.7k-word shared image again): tiny-int8 keeps the int8-only input
+# in `make test`.
+SLOW = {"mixtral", "olmoe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "qwen2_moe-int8"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
