@@ -159,7 +159,8 @@ def test_cli_sim_layer_bad_input_exit_2(argv, message, capsys):
 
 
 def _random_config(seed: int) -> AccelConfig:
-    """A small random accelerator of a random family: array, cache slots and policy vary."""
+    """A small random accelerator of a random family: array, cache slots and policy, and the
+    input width (16-bit or int8-only) vary."""
     import random
 
     from moeforge.hls_models.hf_random import family_configs
@@ -172,9 +173,11 @@ def _random_config(seed: int) -> AccelConfig:
     policy = rng.choice(["lru", "lfu", "pinned"])
     pinned = (rng.randrange(base.n_experts),) if policy == "pinned" and slots > 1 else ()
     policy = policy if pinned or policy != "pinned" else "lru"
-    return base.replace(name=f"random-{seed}", d_model=32, mac_rows=rows, mac_cols=rng.choice([4, 8]),
-                        cache_slots=slots, cache_policy=policy, pinned_experts=pinned,
-                        token_buffer_depth=rng.choice([8, 16]))
+    cfg = base.replace(name=f"random-{seed}", d_model=32, mac_rows=rows, mac_cols=rng.choice([4, 8]),
+                       cache_slots=slots, cache_policy=policy, pinned_experts=pinned,
+                       token_buffer_depth=rng.choice([8, 16]))
+    bits = rng.choice([8, 16])                     # drawn last: the draws above stay as they were
+    return cfg.replace(input_bits=bits, input_smoothing=0.5 if bits == 16 else 0.0)
 
 
 # make test: switch ReLU 4×8 LFU, one slot; DeepSeek-V2 shared 2×8 pinned. make test-slow: eight
@@ -184,7 +187,8 @@ SLOW_SEEDS = (1, 2, 3, 4, 5, 7, 8, 9)
 
 def test_random_configs_cover_what_the_array_allows():
     """The sweep's seeds draw both activations, SwiGLU with even rows only, ReLU with one row too,
-    and each config is one the accelerator elaborates (which also marks each design used)."""
+    both input widths (in `make test`'s seeds too), and each config is one the accelerator
+    elaborates (which also marks each design used)."""
     from amaranth.hdl import Fragment
 
     from moeforge.sim.tops import AcceleratorWithMemory
@@ -192,6 +196,7 @@ def test_random_configs_cover_what_the_array_allows():
     shapes = {(c.activation, c.mac_rows) for c in cfgs}
     assert ("relu", 1) in shapes and {a for a, _ in shapes} == {"relu", "swiglu"}, shapes
     assert all(r % 2 == 0 for a, r in shapes if a == "swiglu"), shapes
+    assert {c.input_bits for c in cfgs[:2]} == {8, 16}, [c.input_bits for c in cfgs]
     for c in cfgs:
         Fragment.get(AcceleratorWithMemory(c), None)
 
