@@ -16,7 +16,7 @@ from moeforge.spec.arith import (EXP_A_LIMIT, EXP_ARG_SHIFT, EXP_HI_SHIFT, EXP_H
                                  SILU_FRAC, X_BITS)
 
 __all__ = [
-    "saturate", "round_shift", "requantize", "multiplier_shift",
+    "saturate", "round_shift", "requantize", "narrow_input", "multiplier_shift",
     "exp_hi_table", "exp_lo_table", "sigmoid_lut", "exp_neg", "sigmoid_exact", "silu_fixed",
     "quantize_symmetric", "fwht_blocks",
 ]
@@ -37,6 +37,12 @@ def round_shift(x: torch.Tensor, shift) -> torch.Tensor:
 def requantize(acc: torch.Tensor, mult, shift, bits: int) -> torch.Tensor:
     """sat_bits(round_shift(acc * mult, shift)): the one requantiser of the device."""
     return saturate(round_shift(acc * mult, shift), bits)
+
+
+def narrow_input(x_in: torch.Tensor, x_shift: int) -> torch.Tensor:
+    """The experts' int8 tokens from the device's input tokens: ``sat_8(rshift(x_in, S_x))``
+    with a wide input, the tokens themselves when ``S_x = 0`` (the int8-only input)."""
+    return saturate(round_shift(x_in, x_shift), X_BITS) if x_shift else x_in
 
 
 def multiplier_shift(real: torch.Tensor | float, max_shift: int = SHIFT_MAX) -> tuple[torch.Tensor, torch.Tensor]:

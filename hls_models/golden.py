@@ -15,10 +15,10 @@ import torch
 from moeforge.config import AccelConfig
 from moeforge.errors import ShapeError
 
-from moeforge.spec.arith import GATE_ONE, LOGIT_BITS, X_BITS, X_SHIFT_MAX, X_SHIFT_MIN, X_WIDE_BITS, Y_BITS
+from moeforge.spec.arith import GATE_ONE, LOGIT_BITS, X_SHIFT_MAX, X_SHIFT_MIN, X_WIDE_BITS, Y_BITS
 
 from .expert_bank import ExpertBank, int_gemm
-from .fixed_point import quantize_symmetric, requantize, round_shift, saturate, sigmoid_exact
+from .fixed_point import narrow_input, quantize_symmetric, requantize, sigmoid_exact
 from .hf_import import float_weights_from_hf
 from .quantize import quantize_layer
 from .routing import RouteResult, route_from_logits
@@ -103,7 +103,7 @@ class QuantizedMoELayer:
 
     def _narrow(self, x: torch.Tensor) -> torch.Tensor:
         """The experts' int8 tokens (int64 values) from the device's input tokens (int64 values)."""
-        return saturate(round_shift(x, self.x_shift), X_BITS) if self.x_shift else x
+        return narrow_input(x, self.x_shift)
 
     def expert_input(self, x_in: torch.Tensor) -> torch.Tensor:
         """The int8 tokens the experts take from the device's input tokens: with a wide input

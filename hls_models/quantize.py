@@ -21,7 +21,7 @@ from moeforge.spec.arith import (GATE_FRAC, HIDDEN_BITS, LOGIT_FRAC, OUT_BITS, S
 
 from .calibration import maxabs_scale, mse_scale, per_channel_weight_scale
 from .expert_bank import ExpertBank
-from .fixed_point import fwht_blocks, multiplier_shift, quantize_symmetric, round_shift, saturate
+from .fixed_point import fwht_blocks, multiplier_shift, narrow_input, quantize_symmetric
 from .reference import FloatMoELayer
 from .weights import FloatMoEWeights
 
@@ -163,13 +163,9 @@ def quantize_layer(weights: FloatMoEWeights, cfg: AccelConfig, calib: torch.Tens
     # The experts' int8 scale; a wide input token is 2^S_x finer, and the experts take
     # sat_8(rshift(x_in, S_x)) of it, exactly what the device derives.
     x_scale8 = mse_scale(calib, X_BITS)
-    if cfg.input_bits == X_WIDE_BITS:
-        x_shift = input_shift(x_scale8, calib.abs().max().item())
-        x_scale = x_scale8 / 2 ** x_shift
-        x8 = saturate(round_shift(quantize_symmetric(calib, x_scale, X_WIDE_BITS), x_shift), X_BITS)
-    else:
-        x_shift, x_scale = 0, x_scale8
-        x8 = quantize_symmetric(calib, x_scale8, X_BITS)
+    x_shift = input_shift(x_scale8, calib.abs().max().item()) if cfg.input_bits == X_WIDE_BITS else 0
+    x_scale = x_scale8 / 2 ** x_shift
+    x8 = narrow_input(quantize_symmetric(calib, x_scale, cfg.input_bits), x_shift)
     x_hat = (x8.to(torch.float64) * x_scale8).to(torch.float32)
 
     # Router: one scale over every row, so logits of all experts share a fixed point.

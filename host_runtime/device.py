@@ -194,13 +194,12 @@ class Device:
         if torch.is_floating_point(x):
             if self._q is None:
                 raise ValueError(f"float input needs the layer's scales: load(q) first, or pass "
-                                 f"{str(self.input_dtype).removeprefix('torch.')} tokens")
+                                 f"int{cfg.input_bits} tokens")
             # quantised before flattening: a NaN or Inf is named by the caller's own index
             return self._q.quantize_input(x.float()).reshape(-1, cfg.d_model), True, lead
         if x.dtype != self.input_dtype:
             raise ShapeError(f"input dtype {x.dtype}: the device takes float or "
-                             f"{str(self.input_dtype).removeprefix('torch.')} tokens "
-                             f"(input_bits={cfg.input_bits})")
+                             f"int{cfg.input_bits} tokens (input_bits={cfg.input_bits})")
         return x.reshape(-1, cfg.d_model), False, lead
 
     def run(self, x):
