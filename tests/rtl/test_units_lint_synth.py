@@ -1,11 +1,12 @@
 """Every registered unit: Verilator -Wall lint and Yosys generic synth; the registry lists every
 component of `moeforge.rtl`.
 
-The units run at every example config, except the heavy ones (``Unit.heavy``: the layer core,
-the accelerator, the SoC on either phy, whose Verilog alone takes tens of seconds at the larger
-configs, and the expert cache, whose Yosys synthesis at mixtral takes over ten minutes): they
-run at tiny here and at every other config under ``slow``; a unit the same for
-every config (``Unit.per_config`` false: the CRC, the host link) runs at tiny only.
+In `make test` every unit runs at tiny, the router at every example config, the datapath units
+(requantiser, combiner, hidden, expert FFN) at switch too; every other config under ``slow``
+(the heavy units among them: ``Unit.heavy``, the layer core, the accelerator, the SoC on either
+phy, whose Verilog alone takes tens of seconds at the larger configs, and the expert cache,
+whose Yosys synthesis at mixtral takes over ten minutes). A unit the same for every config
+(``Unit.per_config`` false: the CRC, the host link) runs at tiny only.
 
 Lint waivers: `moeforge.sim.toolchain.AMARANTH_LINT_WAIVERS` and `HIERARCHY_WAIVERS`, each
 justified there; `lint_problems` excuses only unused combinational alias wires, never state.
@@ -34,9 +35,13 @@ TINY = "configs/tiny.toml"
 _DEFECTS = {}
 
 
-# Checked at every example config in `make test`; every other unit at tiny there and at the
-# other configs under `slow` (the suite's 25-minute budget on two cores).
-EVERY_CONFIG = {"requantiser", "combiner", "router", "hidden", "expert_ffn"}
+# The router is checked at every example config in `make test` (each routing family is its own
+# logic); the datapath units at tiny (SwiGLU) and switch (ReLU) there; every other case under
+# `slow` (the suite's 25-minute budget on two cores: the datapath units' Yosys runs at the five
+# other configs took 5 minutes of worker time).
+EVERY_CONFIG = {"router"}
+DATAPATH = {"requantiser", "combiner", "hidden", "expert_ffn"}
+DATAPATH_CONFIGS = {TINY, "configs/switch.toml"}
 
 
 def _cases():
@@ -45,8 +50,9 @@ def _cases():
         for name, unit in sorted(UNITS.items()):
             if not unit.per_config and config != TINY:
                 continue
-            wide = unit.heavy or name not in EVERY_CONFIG
-            marks = [pytest.mark.slow] if wide and config != TINY else []
+            fast = (config == TINY or name in EVERY_CONFIG
+                    or (name in DATAPATH and config in DATAPATH_CONFIGS)) and not (unit.heavy and config != TINY)
+            marks = [] if fast else [pytest.mark.slow]
             defect = _DEFECTS.get(name, lambda cfg: None)(cfg)
             if defect:
                 marks.append(pytest.mark.xfail(strict=True, reason=defect))
