@@ -2,7 +2,8 @@
 
 Two figures per layer, each measured twice:
 - the relative L2 error of the dequantised golden output against the float block, and
-- the share of tokens whose expert set equals the float router's,
+- the share of tokens whose expert set (the top-k, skipped experts included) equals the
+  float router's,
 once with the float block fed the tokens the device receives (the int8 input,
 dequantised: this isolates the device's own arithmetic, the part the toolkit's
 knobs such as `router_bits` control) and once fed the raw float tokens (which also
@@ -33,7 +34,8 @@ class AccuracyReport:
     route_match: float         # same expert set as the float router, on the device's input
     rel_l2_float_input: float  # the same two figures with the float block on the raw float tokens
     route_match_float_input: float
-    knobs: str = ""            # the precision knobs in force (input width, smoothing)
+    knobs: str = ""            # the knobs in force (input width, smoothing, expert skipping)
+    experts_per_token: float = 0.0   # routed experts a token runs (top_k without skipping)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,16 +63,18 @@ def measure_accuracy(cfg: AccelConfig, *, seed: int = 0, calib_tokens: int = 204
         y_hat, y_raw = (block(v[None]).reshape(v.shape) for v in (x_hat, x))
 
     ref = FloatMoELayer(cfg, float_weights_from_hf(block, cfg))
-    dev = _expert_sets(q.route_int(x_int).indices)
+    route = q.route_int(x_int)
+    dev = _expert_sets(route.indices)
     match_hat = (dev == _expert_sets(ref.route(x_hat)[0])).all(dim=-1).float().mean().item()
     match_raw = (dev == _expert_sets(ref.route(x)[0])).all(dim=-1).float().mean().item()
     return AccuracyReport(cfg.family, eval_tokens, _rel(y_q, y_hat), match_hat, _rel(y_q, y_raw),
-                          match_raw, knobs(cfg))
+                          match_raw, knobs(cfg), route.kept.sum(dim=1).float().mean().item())
 
 
 def knobs(cfg: AccelConfig) -> str:
-    """The precision knobs that decide the float-input error, as a report shows them."""
-    return f"int{cfg.input_bits} input, smoothing {cfg.input_smoothing:g}"
+    """The knobs that decide the float-input error, as a report shows them."""
+    skip = f", skip < {cfg.skip_threshold:g}" if cfg.skip_threshold else ""
+    return f"int{cfg.input_bits} input, smoothing {cfg.input_smoothing:g}{skip}"
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -125,7 +125,7 @@ class QuantizedMoELayer:
         logits = self.router_logits(x)
         routed = logits[:, :cfg.n_experts]
         bias = self.selection_bias.to(torch.int64) if self.selection_bias is not None else None
-        indices, gates = route_from_logits(routed, cfg, bias)
+        indices, gates, kept = route_from_logits(routed, cfg, bias)
         T = x.shape[0]
         if cfg.shared_gate == "sigmoid":
             shared_gate = sigmoid_exact(logits[:, cfg.n_experts])
@@ -133,7 +133,7 @@ class QuantizedMoELayer:
             shared_gate = torch.full((T,), GATE_ONE, dtype=torch.int64)
         else:
             shared_gate = torch.zeros(T, dtype=torch.int64)
-        return RouteResult(routed, indices, gates, shared_gate)
+        return RouteResult(routed, indices, gates, shared_gate, kept)
 
     def expert_int(self, e: int, x_int8: torch.Tensor) -> torch.Tensor:
         """int16 output of routed expert e for every given expert token (`expert_input`'s int8;
@@ -169,10 +169,10 @@ class QuantizedMoELayer:
         x = self._narrow(x)                      # the experts take int8
         T = x.shape[0]
         acc = torch.zeros(T, self.cfg.d_model, dtype=torch.int64)
-        for e in torch.unique(route.indices).tolist():   # expert-major, as the device schedules
+        for e in route.experts_run():             # expert-major, as the device schedules
             if keep is not None and e not in keep:
                 continue
-            tok, slot = torch.nonzero(route.indices == e, as_tuple=True)
+            tok, slot = torch.nonzero((route.indices == e) & route.kept, as_tuple=True)
             o = self.experts.forward(e, x[tok])
             acc.index_add_(0, tok, route.gates[tok, slot, None] * o)
         if self.shared is not None and shared:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from moeforge.config import SECTIONS, AccelConfig
+from moeforge.config import DEVICE_FIELDS, SECTIONS, AccelConfig
 from moeforge.errors import ConfigError
 
 __all__ = ["hf_config_for", "make_hf_block", "make_hf_input", "family_configs"]
@@ -138,10 +138,10 @@ def hf_config_for(cfg: AccelConfig):
     hf = config_cls(**_config_kwargs(cfg))
     hf._experts_implementation = "eager"  # the plain loop; None makes transformers log a warning
     # cfg's own hardware, so the implied config is buildable exactly when cfg is
-    hardware = {n: getattr(cfg, n) for n in SECTIONS["precision"] + SECTIONS["hardware"]}
+    hardware = {n: getattr(cfg, n) for n in DEVICE_FIELDS}
     implied = AccelConfig.from_hf(hf, **hardware)
     for name in SECTIONS["model"] + SECTIONS["routing"]:
-        if name != "name" and getattr(implied, name) != getattr(cfg, name):
+        if name not in ("name",) + DEVICE_FIELDS and getattr(implied, name) != getattr(cfg, name):
             raise ConfigError(name, f"a {cfg.family} block has {name}={getattr(implied, name)!r}; "
                               f"it cannot express {getattr(cfg, name)!r}")
     return hf

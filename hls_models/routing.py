@@ -14,7 +14,7 @@ from moeforge.spec.arith import GATE_ONE, RSF_FRAC
 
 from .fixed_point import exp_neg, round_shift, sigmoid_exact
 
-__all__ = ["RouteResult", "route_from_logits", "topk_lowest_index", "rsf_fixed"]
+__all__ = ["RouteResult", "route_from_logits", "topk_lowest_index", "rsf_fixed", "skip_fixed"]
 
 _NEG = -(1 << 50)  # below every real score (|score| < 2^33): marks experts outside the chosen groups
 
@@ -25,8 +25,28 @@ class RouteResult:
 
     logits: torch.Tensor       # [T, E] int64, units 2^-16
     indices: torch.Tensor      # [T, k] int64, in selection order (best first)
-    gates: torch.Tensor        # [T, k] int64, Q1.15 after routed scaling
+    gates: torch.Tensor        # [T, k] int64, Q1.15 after routed scaling; 0 where skipped
     shared_gate: torch.Tensor  # [T] int64, Q1.15 (2^15 for always-on, 0 without shared expert)
+    kept: torch.Tensor         # [T, k] bool: the expert runs for the token (all True without skipping)
+
+    def expert_counts(self, n_experts: int) -> list[int]:
+        """Tokens that keep each expert: what the device's dispatch table counts."""
+        return torch.bincount(self.indices[self.kept], minlength=n_experts).tolist()
+
+    def beat_rows(self, keep: bool = False) -> list[list[int]]:
+        """Per token, the router unit's ``o_route`` beat as integers: ``[experts..., gates...,
+        shared_gate]``, and with `keep` (expert skipping) the kept mask (bit j: ``indices[j]``)."""
+        rows = []
+        for t in range(self.indices.shape[0]):
+            row = self.indices[t].tolist() + self.gates[t].tolist() + [int(self.shared_gate[t])]
+            if keep:
+                row.append(sum(1 << j for j, k in enumerate(self.kept[t].tolist()) if k))
+            rows.append(row)
+        return rows
+
+    def experts_run(self) -> list[int]:
+        """The experts some token keeps, ascending: the ones the device fetches and computes."""
+        return torch.unique(self.indices[self.kept]).tolist()
 
 
 def topk_lowest_index(score: torch.Tensor, k: int) -> torch.Tensor:
@@ -66,9 +86,14 @@ def rsf_fixed(cfg: AccelConfig) -> int:
     return int(round(cfg.routed_scaling_factor * (1 << RSF_FRAC)))
 
 
-def route_from_logits(logits: torch.Tensor, cfg: AccelConfig,
-                      selection_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k selection and gate weights from routed-expert logits [T, E] (int64)."""
+def skip_fixed(cfg: AccelConfig) -> int:
+    """skip_threshold as Q1.15 (0: no skipping)."""
+    return int(round(cfg.skip_threshold * GATE_ONE))
+
+
+def route_from_logits(logits: torch.Tensor, cfg: AccelConfig, selection_bias: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k selection, gate weights and the kept mask from routed-expert logits [T, E] (int64)."""
     k = cfg.top_k
     if cfg.routing == "sigmoid_topk":
         prob = sigmoid_exact(logits)
@@ -78,6 +103,7 @@ def route_from_logits(logits: torch.Tensor, cfg: AccelConfig,
     allowed = _group_mask(choice, cfg)
     indices = topk_lowest_index(torch.where(allowed, choice, _NEG), k)
 
+    normalises = cfg.routing == "topk_softmax" or cfg.renormalize   # over the selected experts
     if cfg.routing == "sigmoid_topk":
         sel = prob.gather(1, indices)
         gates = _divide_q15(sel, sel.sum(dim=1, keepdim=True)) if cfg.renormalize else sel
@@ -92,6 +118,14 @@ def route_from_logits(logits: torch.Tensor, cfg: AccelConfig,
             sel = exp_neg(ref - sel_logits)
             denom = sel.sum(dim=1, keepdim=True) if cfg.renormalize else exp_neg(ref - logits).sum(dim=1, keepdim=True)
         gates = _divide_q15(sel, denom)
+    kept = torch.ones_like(indices, dtype=torch.bool)
+    tau = skip_fixed(cfg)
+    if tau:                                   # §3.7 expert skipping: the first choice always stays
+        kept = gates >= tau
+        kept[:, 0] = True
+        if normalises:
+            gates = _divide_q15(sel, torch.where(kept, sel, 0).sum(dim=1, keepdim=True))
+        gates = torch.where(kept, gates, 0)
     gates = round_shift(gates * rsf_fixed(cfg), RSF_FRAC)
-    return indices, gates
+    return indices, gates, kept
 

@@ -73,7 +73,7 @@ def cmd_accuracy(args) -> int:
     if not args.json:
         print(f"{'':42} {'device input':>26} {'raw float input':>26}")
         print(f"{'config':28} {'family':12} {'rel L2':>12} {'same experts':>13} {'rel L2':>12} "
-              f"{'same experts':>13}  knobs", flush=True)
+              f"{'same experts':>13} {'experts/token':>13}  knobs", flush=True)
     from tqdm import tqdm
     reports = []
     for p in _measuring(args.config):
@@ -82,8 +82,8 @@ def cmd_accuracy(args) -> int:
         if not args.json:
             with tqdm.external_write_mode(file=sys.stdout):    # the row above a terminal's bar
                 print(f"{p:28} {r.family:12} {r.rel_l2 * 100:11.2f}% {r.route_match * 100:12.2f}% "
-                      f"{r.rel_l2_float_input * 100:11.2f}% {r.route_match_float_input * 100:12.2f}%  "
-                      f"{r.knobs}",
+                      f"{r.rel_l2_float_input * 100:11.2f}% {r.route_match_float_input * 100:12.2f}% "
+                      f"{r.experts_per_token:13.2f}  {r.knobs}",
                       flush=True)
     if args.json:
         print(json.dumps(reports, indent=2))

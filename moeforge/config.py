@@ -17,9 +17,9 @@ from pathlib import Path
 
 from .checks import choice_problem, int_problem
 from .errors import ConfigError
-from .spec.arith import RSF_FACTOR_MAX, ROUTER_BITS_MAX, ROUTER_BITS_MIN, WEIGHT_BITS, X_BITS, X_WIDE_BITS
+from .spec.arith import GATE_ONE, RSF_FACTOR_MAX, ROUTER_BITS_MAX, ROUTER_BITS_MIN, WEIGHT_BITS, X_BITS, X_WIDE_BITS
 
-__all__ = ["AccelConfig", "SECTIONS"]
+__all__ = ["AccelConfig", "SECTIONS", "DEVICE_FIELDS"]
 
 ACTIVATIONS = ("relu", "swiglu")
 ROUTINGS = ("softmax_topk", "topk_softmax", "sigmoid_topk")
@@ -34,11 +34,15 @@ SECTIONS = {
     "model": ("name", "family", "d_model", "d_ff", "n_experts", "top_k", "activation",
               "shared_d_ff", "shared_gate"),
     "routing": ("routing", "renormalize", "n_group", "topk_group", "group_score",
-                "selection_bias", "routed_scaling_factor"),
+                "selection_bias", "routed_scaling_factor", "skip_threshold"),
     "precision": ("input_bits", "input_smoothing", "weight_bits", "act_bits", "router_bits", "hidden_rotation"),
     "hardware": ("mac_rows", "mac_cols", "cache_slots", "cache_policy", "pinned_experts",
                  "token_buffer_depth", "clock_mhz"),
 }
+
+# Fields a `transformers` config does not have: the device's own choices (precision, hardware,
+# and expert skipping, a routing option of the device's), taken from kwargs by `from_hf`.
+DEVICE_FIELDS = ("skip_threshold",) + SECTIONS["precision"] + SECTIONS["hardware"]
 
 MAX_DIM = 1 << 16
 
@@ -99,6 +103,11 @@ class AccelConfig:
     group_score : a group's score, its best expert (``max``) or its best two summed.
     selection_bias : sigmoid routing adds a per-expert bias for selection only.
     routed_scaling_factor : multiplies routed gate weights.
+    skip_threshold : expert skipping, in [0, 1) (0, the default: off). A selected expert
+        other than the token's first choice whose gate (before routed scaling) is below it
+        is dropped, and a family that normalises over the selected experts normalises over
+        the kept ones (docs/arithmetic.md §3.7): a token runs 1 to ``top_k`` experts, and
+        the device neither fetches nor computes an expert no token keeps. Needs ``top_k`` ≥ 2.
 
     Parameters (precision)
     ----------------------
@@ -167,6 +176,7 @@ class AccelConfig:
     group_score: str = "max"
     selection_bias: bool = False
     routed_scaling_factor: float = 1.0
+    skip_threshold: float = 0.0
     # precision
     input_bits: int = 16
     input_smoothing: float = 0.5
@@ -220,6 +230,16 @@ class AccelConfig:
                 or not math.isfinite(rsf):
             raise ConfigError("routed_scaling_factor", f"must be a number in (0, {RSF_FACTOR_MAX}], not {rsf!r}")
         object.__setattr__(self, "routed_scaling_factor", float(rsf))
+        tau = self.skip_threshold
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 <= tau < 1:
+            raise ConfigError("skip_threshold", f"must be a number in [0, 1), not {tau!r}")
+        if 0 < tau * GATE_ONE < 0.5:
+            raise ConfigError("skip_threshold", f"{tau!r} rounds to 0 in Q1.15 (the gates' format): "
+                              f"use 0 (off) or at least {1 / (2 * GATE_ONE):.2e}")
+        if tau and self.top_k == 1:
+            raise ConfigError("skip_threshold", "needs top_k >= 2: a token always keeps its first "
+                              "expert, so with top_k = 1 nothing can be skipped")
+        object.__setattr__(self, "skip_threshold", float(tau))
 
         if self.input_bits not in INPUT_BITS_CHOICES or isinstance(self.input_bits, bool):
             raise ConfigError("input_bits", f"must be one of {list(INPUT_BITS_CHOICES)}, not {self.input_bits!r}")

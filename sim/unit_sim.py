@@ -173,8 +173,8 @@ def _combiner_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     x64 = q.expert_input(x).to(torch.int64)       # the experts' int8 (the router reads x)
     route = q.route_int(x)
     contribs = []
-    for e in torch.unique(route.indices).tolist():
-        tok, slot = torch.nonzero(route.indices == e, as_tuple=True)
+    for e in route.experts_run():
+        tok, slot = torch.nonzero((route.indices == e) & route.kept, as_tuple=True)
         o = q.experts.forward(e, x64[tok])
         contribs += [[t, int(route.gates[t, slot[j]]), o[j].tolist()] for j, t in enumerate(tok.tolist())]
     if q.shared is not None:
@@ -197,12 +197,11 @@ def _router_stimulus(cfg, dut, q, tokens: int, seed: int) -> dict:
     from moeforge.rtl.routing.router import router_image
     from moeforge.sim.benches.common import stream_prefix
     x = q.quantize_input(make_hf_input(cfg, tokens, seed=seed))
-    r = q.route_int(x)
-    expected = [r.indices[t].tolist() + r.gates[t].tolist() + [int(r.shared_gate[t])] for t in range(tokens)]
+    expected = q.route_int(x).beat_rows(keep=bool(dut.skip))
     ports = verilog_ports(dut)
     batch = dict(name="cli", image=router_image(q, lanes=dut.lanes), tokens=x.tolist(), expected=expected)
     return {"lanes": dut.lanes, "input_bits": dut.input_bits, "slices": dut.slices,
-            "n_experts": dut.n_experts, "top_k": dut.top_k,
+            "n_experts": dut.n_experts, "top_k": dut.top_k, "skip": bool(dut.skip),
             "cycles_per_token": dut.cycles_per_token(), "i_tokens": stream_prefix(ports, "i_tokens"),
             "o_route": stream_prefix(ports, "o_route"), "wr_addr": ports["wr.addr"].name,
             "wr_data": ports["wr.data"].name, "wr_en": ports["wr.en"].name, "wr_stall": 0.2,
@@ -232,8 +231,8 @@ def _expert_ffn_stimulus(cfg, eng, q, tokens: int, seed: int, harness=None) -> d
     x = q.expert_input(x)                          # the experts' int8 (the router reads x_in)
     words, R, D = eng.image.words, eng.rows, cfg.d_model
     jobs = []
-    for e in torch.unique(route.indices).tolist():
-        tok = torch.nonzero((route.indices == e).any(dim=1)).flatten()
+    for e in route.experts_run():
+        tok = torch.nonzero(((route.indices == e) & route.kept).any(dim=1)).flatten()
         xe = x[tok]
         o = q.expert_int(e, xe)
         expected = [o[t, g * R:(g + 1) * R].tolist() + [t, int(g == D // R - 1)]

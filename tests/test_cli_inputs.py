@@ -407,7 +407,7 @@ class _Report:
     def __init__(self, family):
         self.family, self.rel_l2, self.route_match = family, 0.01, 1.0
         self.rel_l2_float_input, self.route_match_float_input = 0.02, 0.99
-        self.knobs = "int8 input"
+        self.knobs, self.experts_per_token = "int8 input", 2.0
 
     def as_dict(self):
         return dict(vars(self))

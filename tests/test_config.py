@@ -36,7 +36,7 @@ def test_hash_is_stable_and_sensitive():
     assert len(a.content_hash()) == 64
     assert a.replace(mac_rows=4).content_hash() != a.content_hash()
     # known value: the hash is over canonical JSON, so it must not drift between releases
-    assert AccelConfig.from_toml("configs/tiny.toml").short_hash == "01d8a517adea"
+    assert AccelConfig.from_toml("configs/tiny.toml").short_hash == "31e3d49b639e"
 
 
 BAD = [
@@ -56,6 +56,12 @@ BAD = [
     (dict(routed_scaling_factor=0), "routed_scaling_factor", "(0, 64]"),
     (dict(routed_scaling_factor=float("nan")), "routed_scaling_factor", "(0, 64]"),
     (dict(renormalize="yes"), "renormalize", "true or false"),
+    (dict(skip_threshold=1.0), "skip_threshold", "[0, 1)"),
+    (dict(skip_threshold=-0.1), "skip_threshold", "[0, 1)"),
+    (dict(skip_threshold=float("nan")), "skip_threshold", "[0, 1)"),
+    (dict(skip_threshold="0.1"), "skip_threshold", "[0, 1)"),
+    (dict(skip_threshold=1e-6), "skip_threshold", "rounds to 0 in Q1.15"),
+    (dict(top_k=1, skip_threshold=0.1), "skip_threshold", "needs top_k >= 2"),
     (dict(shared_gate="sigmoid"), "shared_gate", "shared_d_ff > 0"),
     (dict(shared_gate="softmax", shared_d_ff=32), "shared_gate", "none, sigmoid"),
     (dict(shared_d_ff=-1), "shared_d_ff", "[0, 65536]"),
@@ -167,7 +173,7 @@ def test_cli_subprocess_exit_codes(tmp_path):
     assert "not valid TOML" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "moeforge.cli", "config", "configs/tiny.toml"],
                        capture_output=True, text=True)
-    assert r.returncode == 0 and "01d8a517adea" in r.stdout
+    assert r.returncode == 0 and "31e3d49b639e" in r.stdout
     r = subprocess.run([sys.executable, "-m", "moeforge.cli", "frobnicate"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
 

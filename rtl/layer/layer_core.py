@@ -39,8 +39,12 @@ phases after ``i_run``:
    into the output buffer's ``R``-lane words (both are wires when ``L = R``). When every
    expert has been visited, every request granted and all their contributions are in the
    combiner (``Σ count[e]`` over the requested experts, ``+ T`` with an enabled shared expert:
-   ``T·(k + [shared])`` without a mask), the combiner is flushed with ``n_tokens = T``
+   ``T·(k + [shared])`` without a mask or skipping), the combiner is flushed with ``n_tokens = T``
    (``T·D/L`` cycles) and its ``y`` is written to the output buffer; then ``done`` pulses.
+
+With expert skipping (``skip_threshold``) the entries a token skips never reach the dispatch
+table: an expert no token of the batch keeps has count 0, so it is neither requested (fetched)
+nor computed, and a kept expert's job covers only the tokens that keep it.
 
 A disabled routed expert is skipped by the scheduler as if no token had chosen it (not
 requested, not computed, no contribution); a disabled shared expert's engine gets no job. The
@@ -186,7 +190,8 @@ class LayerCore(wiring.Component):
         self.y_gearbox = Gearbox(self.combiner.y_layout, y_layout(t_max=T_max, lanes=R),
                                  src_loc_at=loc)
         self.dispatch = Dispatch(n_experts=cfg.n_experts, top_k=cfg.top_k, t_max=T_max,
-                                 shared=self.shared is not None, src_loc_at=loc)
+                                 shared=self.shared is not None, skip=bool(self.router.skip),
+                                 src_loc_at=loc)
         self.wide = cfg.input_bits == X_WIDE_BITS
         self.token_word = data.ArrayLayout(signed(cfg.input_bits), C)
         self.feed = TokenReader(slices=D // C, t_max=T_max, word=self.token_word, src_loc_at=loc)
@@ -311,6 +316,8 @@ class LayerCore(wiring.Component):
                      disp.i_route.payload.gates.eq(rp.gates)]
         if sh is not None:
             m.d.comb += disp.i_route.payload.shared_gate.eq(rp.shared_gate)
+        if self.router.skip:
+            m.d.comb += disp.i_route.payload.keep.eq(rp.keep)
 
         # -- requests: experts with tokens, ascending, from the run on -------------------------
         # The scan visits experts in ascending index from the cycle after the run. An expert

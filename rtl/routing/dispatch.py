@@ -9,9 +9,11 @@ builds that table as the route beats arrive (a counting sort: expert ``e``'s lis
 Interface
 ---------
 ``i_route`` (in stream): ``{experts: k × ebits, gates: k × 22}`` (plus ``shared_gate: 16`` with
-``shared``), the `Router`'s ``o_route`` beats of one batch, token ``0`` first. A beat is held
-``k`` cycles (``ready`` on its ``k``-th): each cycle writes one entry ``(token, gate)`` to the list
-of ``experts[j]``. The ``k`` experts of a token are distinct (the router's top-k).
+``shared``, ``keep: k`` with ``skip``), the `Router`'s ``o_route`` beats of one batch, token ``0``
+first. A beat is held ``k`` cycles (``ready`` on its ``k``-th): each cycle writes one entry
+``(token, gate)`` to the list of ``experts[j]`` — with ``skip`` only if ``keep`` bit ``j`` is set,
+so an expert no token keeps has count 0 and is neither fetched nor run. The ``k`` experts of a
+token are distinct (the router's top-k).
 
 ``clear`` (in): starts a batch: counts and ``n_routed`` to 0 (no beat may transfer in that cycle).
 
@@ -68,16 +70,20 @@ class Dispatch(wiring.Component):
         Largest batch, in [1, 4096].
     shared : bool
         Keep each token's shared-expert gate (``rd_sh``).
+    skip : bool
+        The beats carry a keep mask (expert skipping): only kept entries are written.
     """
 
     def __init__(self, *, n_experts: int, top_k: int, t_max: int, shared: bool,
-                 src_loc_at: int = 0):
+                 skip: bool = False, src_loc_at: int = 0):
         check_int("n_experts", n_experts, 1, 1024)
         check_int("top_k", top_k, 1, n_experts)
         check_int("t_max", t_max, 1, 4096)
-        if not isinstance(shared, bool):
-            raise TypeError(f"shared must be a bool, not {shared!r}")
+        for name, flag in (("shared", shared), ("skip", skip)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, not {flag!r}")
         self.n_experts, self.top_k, self.t_max, self.shared = n_experts, top_k, t_max, shared
+        self.skip = skip
         self.expert_shape = unsigned(max(1, ceil_log2(n_experts)))
         self.token_shape = index_shape(t_max)
         self.count_shape = unsigned(t_max.bit_length())
@@ -85,6 +91,8 @@ class Dispatch(wiring.Component):
                   "gates": data.ArrayLayout(unsigned(GATE_BITS), top_k)}
         if shared:
             fields["shared_gate"] = unsigned(SHARED_GATE_BITS)
+        if skip:
+            fields["keep"] = unsigned(top_k)
         self.route_layout = data.StructLayout(fields)
         es, ts = self.expert_shape, self.token_shape
         members = {
@@ -124,19 +132,22 @@ class Dispatch(wiring.Component):
                 m.d.sync += j.eq(Mux(j == k - 1, 0, j + 1))
             expert = pick(rt.payload.experts, j)
             gate = pick(rt.payload.gates, j)
+            kept = (rt.payload.keep >> j)[0] if self.skip else Const(1, 1)
             m.d.comb += rt.ready.eq(j == k - 1)
         else:
             j = None
-            expert, gate = rt.payload.experts[0], rt.payload.gates[0]
+            expert, gate, kept = rt.payload.experts[0], rt.payload.gates[0], Const(1, 1)
             m.d.comb += rt.ready.eq(1)
+        write = Signal(name="write_entry")
+        m.d.comb += write.eq(rt.valid & kept)
         cur = Signal(self.expert_shape, name="cur_expert")
         m.d.comb += cur.eq(expert)
         where = address(cur, pick(counts, cur)[:self.token_shape.width])
         token = self.n_routed[:self.token_shape.width]
-        m.d.comb += [tw.addr.eq(where), tw.data.eq(token), tw.en.eq(rt.valid),
-                     gw.addr.eq(where), gw.data.eq(gate), gw.en.eq(rt.valid)]
+        m.d.comb += [tw.addr.eq(where), tw.data.eq(token), tw.en.eq(write),
+                     gw.addr.eq(where), gw.data.eq(gate), gw.en.eq(write)]
         for e in range(E):
-            with m.If(rt.valid & (cur == e)):
+            with m.If(write & (cur == e)):
                 m.d.sync += counts[e].eq(counts[e] + 1)
         with m.If(rt.valid & rt.ready):
             m.d.sync += self.n_routed.eq(self.n_routed + 1)

@@ -19,11 +19,12 @@ Interface
 ``last`` set on its final slice (and only there: the token ends at ``last``).
 
 ``o_route`` (out stream, `route_layout`): one beat per token, in token order:
-``{experts: k × unsigned(ebits), gates: k × unsigned(22), shared_gate: unsigned(16)}``,
-``ebits = max(1, ceil(log2 E))``. ``experts[j]`` is the ``j``-th best expert, ``gates[j]`` its
-Q1.15 weight after routed scaling (``<= 2^15 · 64 = 2^21``), ``shared_gate`` is ``SIG(L_shared)``
+``{experts: k × unsigned(ebits), gates: k × unsigned(22), shared_gate: unsigned(16)}``
+(and ``keep: k bits`` with expert skipping), ``ebits = max(1, ceil(log2 E))``. ``experts[j]`` is
+the ``j``-th best expert, ``gates[j]`` its Q1.15 weight after routed scaling
+(``<= 2^15 · 64 = 2^21``; 0 when skipped), ``shared_gate`` is ``SIG(L_shared)``
 (``shared_gate="sigmoid"``), ``32768`` (``"always"``: DeepSeek's always-on shared expert) or
-``0`` (``"none"``).
+``0`` (``"none"``). ``keep`` bit ``j``: the token keeps ``experts[j]`` (bit 0 always set).
 
 ``wr`` (in, a plain write port ``{addr, data, en}``; Verilog ``wr__addr``, ``wr__data``,
 ``wr__en``): the runtime state, one word per cycle while ``en`` is high. The address map
@@ -65,6 +66,8 @@ bits of ``div15``)::
                      + k · (E + 1)               TOPK
                      + [k + 4 (+ E + 5)]         EXP_SEL (+ EXP_ALL): softmax routings
                      + [k · (Q + 3)]             DIV: unless sigmoid_topk without renormalisation
+                     + [k · (Q + 3)]             DIV again over the kept experts: skipping, in a
+                                                 routing that normalises over the selected ones
                      + 1                         OUT (plus o_route back-pressure)
 
 e.g. 143 cycles for Mixtral-style d_model 64, E 8, k 2, 8 lanes; 698 for the DeepSeek-V3 family
@@ -86,6 +89,9 @@ config (d_model 64, E 16, k 4, 16 sigmoids).
   sum ``Z``); EXP_ALL (``softmax_topk`` without renormalisation): ``Z`` over every expert.
 * DIV: ``div15(e_j, Z)`` (or ``div15(s_j, Σ s)``) per selected expert, then routed scaling
   ``rshift(g · RSF, 12)`` (a constant multiplier; none for a factor of 1.0).
+* Expert skipping (``skip`` = ``τ_q`` > 0): each quotient (or ``s_j``) is compared with ``τ_q``
+  as it is produced (``keep``; the first choice is kept); a routing that normalises over the
+  selected experts then divides again, by the kept experts' sum. Skipped gates are 0.
 
 The memories: token buffer (``S × lanes·ib`` bits), router weights (``R·S × lanes·rb``), logits
 (``R × 32``), ``SIG`` values (``E × 16``, ``sigmoid_topk``), selection bias (``E × 32``), the two
@@ -141,14 +147,18 @@ def token_layout(*, lanes: int, input_bits: int = X_BITS) -> data.StructLayout:
     return data.StructLayout({"data": data.ArrayLayout(signed(input_bits), lanes), "last": unsigned(1)})
 
 
-def route_layout(*, n_experts: int, top_k: int) -> data.StructLayout:
+def route_layout(*, n_experts: int, top_k: int, skip: bool = False) -> data.StructLayout:
     """``o_route`` payload: ``experts`` (k × unsigned ebits), ``gates`` (k × unsigned 22),
-    ``shared_gate`` (unsigned 16); fields LSB first in that order."""
-    return data.StructLayout({
+    ``shared_gate`` (unsigned 16), and with expert skipping ``keep`` (k bits); fields LSB first
+    in that order."""
+    fields = {
         "experts": data.ArrayLayout(unsigned(_bits(n_experts)), top_k),
         "gates": data.ArrayLayout(unsigned(GATE_BITS), top_k),
         "shared_gate": unsigned(SHARED_GATE_BITS),
-    })
+    }
+    if skip:
+        fields["keep"] = unsigned(top_k)
+    return data.StructLayout(fields)
 
 
 class Router(wiring.Component):
@@ -182,6 +192,9 @@ class Router(wiring.Component):
         Router weight width, in [8, 16].
     input_bits : int
         Token element width, 8 or 16 (`AccelConfig.input_bits`).
+    skip : int
+        Expert skipping threshold ``τ_q`` in Q1.15 (`hls_models.routing.skip_fixed`), in
+        [0, 2^15); 0: none. Needs ``top_k >= 2``.
     lanes : int
         Token values per ``i_tokens`` slice and weights per word; divides `d_model`.
 
@@ -206,7 +219,8 @@ class Router(wiring.Component):
                  routing: str = "softmax_topk", renormalize: bool = False, n_group: int = 1,
                  topk_group: int = 1, group_score: str = "max", selection_bias: bool = False,
                  rsf: int = 1 << RSF_FRAC, shared_gate: str = "none", router_bits: int = 16,
-                 input_bits: int = X_BITS, lanes: int = DEFAULT_LANES, src_loc_at: int = 0):
+                 input_bits: int = X_BITS, skip: int = 0, lanes: int = DEFAULT_LANES,
+                 src_loc_at: int = 0):
         check_int("d_model", d_model, 1, MAX_DIM)
         check_int("n_experts", n_experts, 1, 1024)
         check_int("top_k", top_k, 1, n_experts)
@@ -233,6 +247,9 @@ class Router(wiring.Component):
         check_choice("shared_gate", shared_gate, SHARED_GATES)
         check_int("router_bits", router_bits, ROUTER_BITS_MIN, ROUTER_BITS_MAX)
         check_choice("input_bits", input_bits, INPUT_BITS_CHOICES)
+        check_int("skip", skip, 0, GATE_ONE - 1)
+        if skip and top_k < 2:
+            raise ValueError("skip needs top_k >= 2 (the first choice is always kept)")
         check_int("lanes", lanes, 1, d_model)
         if d_model % lanes:
             raise ValueError(f"lanes must divide d_model={d_model}, not {lanes!r}")
@@ -250,6 +267,7 @@ class Router(wiring.Component):
         self.shared_gate = shared_gate
         self.router_bits = router_bits
         self.input_bits = input_bits
+        self.skip = skip
         self.lanes = lanes
         self.slices = d_model // lanes
         self.rows = n_experts + (1 if shared_gate == "sigmoid" else 0)
@@ -257,7 +275,7 @@ class Router(wiring.Component):
                                             router_bits=router_bits,
                                             n_bias=n_experts if selection_bias else 0)
         self.token_layout = token_layout(lanes=lanes, input_bits=input_bits)
-        self.route_layout = route_layout(n_experts=n_experts, top_k=top_k)
+        self.route_layout = route_layout(n_experts=n_experts, top_k=top_k, skip=bool(skip))
         amap = self.address_map
         super().__init__({
             "i_tokens": In(stream.Signature(self.token_layout)),
@@ -278,7 +296,7 @@ class Router(wiring.Component):
         ValueError
             If `lanes` does not divide ``cfg.d_model``.
         """
-        from moeforge.hls_models.routing import rsf_fixed
+        from moeforge.hls_models.routing import rsf_fixed, skip_fixed
         if not isinstance(cfg, AccelConfig):
             raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
         shared = ("sigmoid" if cfg.shared_gate == "sigmoid"
@@ -287,7 +305,8 @@ class Router(wiring.Component):
                    routing=cfg.routing, renormalize=cfg.renormalize, n_group=cfg.n_group,
                    topk_group=cfg.topk_group, group_score=cfg.group_score,
                    selection_bias=cfg.selection_bias, rsf=rsf_fixed(cfg), shared_gate=shared,
-                   router_bits=cfg.router_bits, input_bits=cfg.input_bits, lanes=lanes,
+                   router_bits=cfg.router_bits, input_bits=cfg.input_bits, skip=skip_fixed(cfg),
+                   lanes=lanes,
                    src_loc_at=1 + src_loc_at)
 
     # ------------------------------------------------------------------ derived properties
@@ -301,6 +320,16 @@ class Router(wiring.Component):
     def divides(self) -> bool:
         """Whether the gates go through ``div15`` (all but un-normalised sigmoid routing)."""
         return self.routing != "sigmoid_topk" or self.renormalize
+
+    @property
+    def normalises(self) -> bool:
+        """The gates are normalised over the selected experts (over the kept ones with skipping)."""
+        return self.routing == "topk_softmax" or self.renormalize
+
+    @property
+    def divides_twice(self) -> bool:
+        """Skipping in a routing that normalises: a second division pass over the kept experts."""
+        return bool(self.skip) and self.normalises
 
     @property
     def z_over_all(self) -> bool:
@@ -321,7 +350,7 @@ class Router(wiring.Component):
         if self.routing != "sigmoid_topk":
             cycles += k + 4 + (E + 5 if self.z_over_all else 0)
         if self.divides:
-            cycles += k * (q + 3)
+            cycles += k * (q + 3) * (2 if self.divides_twice else 1)
         return cycles
 
     # ------------------------------------------------------------------ elaboration
@@ -699,6 +728,9 @@ class Router(wiring.Component):
             net.ej = Signal(range(k + 1), name="ej")          # EXP feed / division counter
             net.num = [Signal(SIG_BITS, name=f"num{j}") for j in range(k)]  # EXP or SIG values
             net.z = Signal(net.den_bits, name="z")
+        if self.divides_twice:
+            net.z2 = Signal(net.den_bits, name="z_kept")       # Σ of the kept experts' values
+            net.pass2 = Signal(name="div_pass2")               # dividing by z_kept
 
     def _fixed_shared_gate(self, m, net) -> None:
         """The shared gate without a sigmoid row: 32768 (always-on shared expert) or 0 (none)."""
@@ -711,6 +743,8 @@ class Router(wiring.Component):
         stmts = net.scan_reset() + [net.used.eq(0), net.t_pass.eq(0), net.t_have.eq(0)]
         if self.divides:
             stmts.append(net.z.eq(0))
+        if self.divides_twice:
+            stmts += [net.z2.eq(0), net.pass2.eq(0)]
         if self.n_group > 1:
             stmts += [net.gs_i.eq(0), net.gs_pass.eq(0), net.gs_have.eq(0), net.allowed.eq(0),
                       net.goto("GROUPS")]
@@ -845,7 +879,7 @@ class Router(wiring.Component):
                         if sigmoid and self.divides:
                             m.d.sync += net.num[j].eq(net.t_nb_sig)
                         elif sigmoid:
-                            m.d.sync += orp.gates[j].eq(self._scale(net.t_nb_sig))
+                            m.d.sync += self._gate_out(j, net.t_nb_sig, net.t_nb_sig)
                         else:
                             m.d.sync += net.sel_l[j].eq(net.t_nb)
                 if sigmoid and self.divides:
@@ -894,18 +928,50 @@ class Router(wiring.Component):
                     with m.If(net.e3_tag == E - 1):
                         m.d.sync += goto("DIV_LOAD")
 
+    def _kept(self, j: int, gate):
+        """Whether selected expert `j` with unscaled gate `gate` is kept: the first choice always,
+        the others when ``gate >= τ_q`` (docs/arithmetic.md §3.7)."""
+        return Const(1, 1) if j == 0 else gate >= self.skip
+
+    def _gate_out(self, j: int, gate, kept_gate) -> list:
+        """``o_route`` gate `j` from its unscaled value `gate`: routed scaling, and with skipping
+        0 unless `kept_gate` (the value the threshold sees) keeps the expert."""
+        orp = self.o_route.payload
+        if not self.skip:
+            return [orp.gates[j].eq(self._scale(gate))]
+        kept = self._kept(j, kept_gate)
+        return [orp.gates[j].eq(Mux(kept, self._scale(gate), 0)), orp.keep[j].eq(kept)]
+
     def _gate_division_states(self, m, net) -> None:
-        """DIV_*: each selected gate ``div15(num_j, Z)``, then routed scaling, into ``o_route``."""
-        k, goto, ej = self.top_k, net.goto, net.ej
+        """DIV_*: each selected gate ``div15(num_j, Z)``, then routed scaling, into ``o_route``;
+        with skipping in a routing that normalises, a second pass divides by the kept sum."""
+        k, goto, ej, orp = self.top_k, net.goto, net.ej, self.o_route.payload
+        twice = self.divides_twice
         with net.in_state("DIV_LOAD"):
-            m.d.sync += net.div15_operands(_pick(net.num, ej), net.z)
+            m.d.sync += net.div15_operands(_pick(net.num, ej), Mux(net.pass2, net.z2, net.z)
+                                           if twice else net.z)
             m.d.sync += goto("DIV_GO")
         with self._division(m, net, "DIV_GO", "DIV_DONE"):
+            q = net.quotient
             for j in range(k):
                 with m.If(ej == j):
-                    m.d.sync += self.o_route.payload.gates[j].eq(self._scale(net.quotient))
+                    if not twice:
+                        m.d.sync += self._gate_out(j, q, q)
+                    else:
+                        with m.If(~net.pass2):          # pass 1: the threshold, the kept sum
+                            kept = self._kept(j, q)
+                            m.d.sync += [orp.keep[j].eq(kept),
+                                         net.z2.eq(net.z2 + Mux(kept, net.num[j], 0))]
+                        with m.Else():                  # pass 2: the kept experts' gates
+                            m.d.sync += orp.gates[j].eq(Mux(orp.keep[j], self._scale(q), 0))
             m.d.sync += ej.eq(ej + 1)
             with m.If(ej == k - 1):
-                m.d.sync += goto("OUT")
+                if twice:
+                    with m.If(~net.pass2):
+                        m.d.sync += [net.pass2.eq(1), ej.eq(0), goto("DIV_LOAD")]
+                    with m.Else():
+                        m.d.sync += goto("OUT")
+                else:
+                    m.d.sync += goto("OUT")
             with m.Else():
                 m.d.sync += goto("DIV_LOAD")

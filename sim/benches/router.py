@@ -3,16 +3,16 @@
 ``MOEFORGE_TEST_PARAMS`` names a JSON file written by the pytest side from the same `Router` it
 exported:
 
-``lanes``, ``slices``, ``n_experts``, ``top_k``, ``cycles_per_token``
-    the unit's parameters;
+``lanes``, ``slices``, ``n_experts``, ``top_k``, ``skip``, ``cycles_per_token``
+    the unit's parameters (``skip``: expert skipping, the beat carries the keep mask);
 ``i_tokens``, ``o_route``, ``wr_addr``, ``wr_data``, ``wr_en``
     stream prefixes and port names, from the component's signature;
 ``in_stall``, ``out_stall``, ``wr_stall``
     stall probabilities: ``i_tokens`` valid, ``o_route`` ready, idle cycles between writes;
 ``batches``
     each ``{name, image: [[addr, data]...], tokens: [[d_model ints]...],
-    expected: [[experts..., gates..., shared_gate] per token]}`` from
-    ``QuantizedMoELayer.route_int``; a batch loads its image through the write port, then
+    expected: [[experts..., gates..., shared_gate(, keep)] per token]}`` from
+    ``QuantizedMoELayer.route_int`` (`RouteResult.beat_rows`); a batch loads its image through the write port, then
     streams its tokens;
 ``nonce``, ``summary`` (optional)
     ``router_batches`` writes what it compared there (`common.write_summary`), with
@@ -45,10 +45,16 @@ def token_slices(tokens):
                        P["slices"])
 
 
+def beat_values(v: dict) -> list:
+    """[experts..., gates..., shared_gate] (and the keep mask, with skipping) of one unpacked
+    o_route beat: `RouteResult.beat_rows`'s order."""
+    return v["experts"] + v["gates"] + [v["shared_gate"]] + ([v["keep"]] if "keep" in v else [])
+
+
 def route_values(payload):
-    """[experts..., gates..., shared_gate] of one o_route beat."""
-    v = unpack_layout(route_layout(n_experts=P["n_experts"], top_k=P["top_k"]), payload)
-    return v["experts"] + v["gates"] + [v["shared_gate"]]
+    """`beat_values` of one packed o_route beat."""
+    layout = route_layout(n_experts=P["n_experts"], top_k=P["top_k"], skip=P["skip"])
+    return beat_values(unpack_layout(layout, payload))
 
 
 # ---------------------------------------------------------------- Amaranth's simulator
@@ -88,7 +94,7 @@ def amaranth_route(dut, image, tokens, *, seed: int = 0, stall: float = 0.0,
             took = ctx.get(dut.i_tokens.valid) and ctx.get(dut.i_tokens.ready)
             if ctx.get(dut.o_route.valid) and ctx.get(dut.o_route.ready):
                 v = unpack_layout(dut.route_layout, ctx.get(dut.o_route.payload.as_value()))
-                routes.append(v["experts"] + v["gates"] + [v["shared_gate"]])
+                routes.append(beat_values(v))
             await ctx.tick()
             cycles[0] += 1
             if took:

@@ -11,11 +11,14 @@ from moeforge.hls_models import QuantizedMoELayer, family_configs, make_hf_block
 from moeforge.hls_models.expert_bank import int_gemm
 
 FAMILIES = family_configs()
-# each family with its example config's input (int16, smoothed) and with the int8-only one
-INPUTS = {"in16": {}, "in8": dict(input_bits=8, input_smoothing=0.0)}
+# each family with its example config's input (int16, smoothed), with the int8-only one, and
+# with expert skipping (every family with top_k > 1; 0.2 skips some experts in each)
+INPUTS = {"in16": {}, "in8": dict(input_bits=8, input_smoothing=0.0), "skip": dict(skip_threshold=0.2)}
+VARIANTS = [f"{f}-{i}" for f in sorted(FAMILIES) for i in INPUTS
+            if i != "skip" or FAMILIES[f].top_k > 1]
 
 
-@pytest.fixture(scope="module", params=[f"{f}-{i}" for f in sorted(FAMILIES) for i in INPUTS])
+@pytest.fixture(scope="module", params=VARIANTS)
 def layer(request):
     family, inp = request.param.rsplit("-", 1)
     cfg = FAMILIES[family].replace(**INPUTS[inp])
@@ -113,6 +116,44 @@ def test_gates_sum_to_one_when_renormalised(layer):
         assert ((r.gates.sum(dim=1) - expected).abs() <= cfg.top_k * 2).all()
     else:
         assert (r.gates.sum(dim=1) <= round(cfg.routed_scaling_factor * 32768) + cfg.top_k).all()
+
+
+def _same_layer(layer, **cfg_changes):
+    """`layer` with other routing fields (the same tensors)."""
+    other = QuantizedMoELayer.__new__(QuantizedMoELayer)
+    other.__dict__.update(layer.__dict__)
+    other.cfg = layer.cfg.replace(**cfg_changes)
+    return other
+
+
+def test_skipping_keeps_what_the_threshold_says(layer):
+    """docs/arithmetic.md §3.7: the same top-k; the first choice always kept, a later one iff
+    its gate before routed scaling reaches τ_q; skipped gates 0; unnormalised families keep
+    their gates, normalising ones renormalise over the kept; only kept experts run."""
+    cfg = layer.cfg
+    x = _tokens(layer, 200, seed=12)
+    r = layer.route_int(x)
+    full = _same_layer(layer, skip_threshold=0.0).route_int(x)
+    if not cfg.skip_threshold:
+        assert r.kept.all() and torch.equal(r.gates, full.gates)
+        return
+    assert torch.equal(r.indices, full.indices)
+    plain = _same_layer(layer, skip_threshold=0.0, routed_scaling_factor=1.0).route_int(x).gates
+    tau = round(cfg.skip_threshold * 32768)
+    want = plain >= tau
+    want[:, 0] = True
+    assert torch.equal(r.kept, want)
+    assert (~r.kept).any() and r.kept[:, 1:].any()          # both outcomes occur
+    assert (r.gates[~r.kept] == 0).all()
+    if cfg.routing == "topk_softmax" or cfg.renormalize:
+        whole = r.kept.all(dim=1)                             # nothing skipped: nothing changes
+        assert torch.equal(r.gates[whole], full.gates[whole])
+        assert (r.gates[~whole][:, 0] > full.gates[~whole][:, 0]).all()
+    else:
+        assert torch.equal(r.gates[r.kept], full.gates[r.kept])
+    assert r.expert_counts(cfg.n_experts) == \
+        torch.bincount(r.indices[want], minlength=cfg.n_experts).tolist()
+    assert set(r.experts_run()) <= set(r.indices.unique().tolist())
 
 
 def test_partials_over_an_expert_partition_sum_to_the_accumulator(layer):

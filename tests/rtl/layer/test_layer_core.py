@@ -46,13 +46,18 @@ CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 # The example configs take the 16-bit input (the router reads int16 tokens, the engines the int8
 # derived on the way out of the token buffer); "<config>-int8" is the config with the int8-only
 # input (router and engines on the same int8 token), which a config may still ask for.
-INT8 = ["tiny-int8", "qwen2_moe-int8"]
+# "<config>-skip" is the config with expert skipping (tiny's threshold 0.4 skips a second choice
+# often enough that a batch has an expert in some token's top-k that no token keeps).
+VARIANTS = {"-int8": dict(input_bits=8, input_smoothing=0.0), "-skip": dict(skip_threshold=0.4)}
+EXTRA = ["tiny-int8", "qwen2_moe-int8", "tiny-skip"]
 
 
 def config(name):
-    base, int8 = name.removesuffix("-int8"), name.endswith("-int8")
-    cfg = AccelConfig.from_toml(CONFIG_DIR / f"{base}.toml")
-    return cfg.replace(name=name, input_bits=8, input_smoothing=0.0) if int8 else cfg
+    for suffix, changes in VARIANTS.items():
+        if name.endswith(suffix):
+            base = AccelConfig.from_toml(CONFIG_DIR / f"{name.removesuffix(suffix)}.toml")
+            return base.replace(name=name, **changes)
+    return AccelConfig.from_toml(CONFIG_DIR / f"{name}.toml")
 
 
 _LAYERS = {}
@@ -75,7 +80,7 @@ def batch(core, q, name, x, *, grant_delay=0, req_stall=0, requests_first=False)
     """One batch: tokens, expected y, and what the counters must show."""
     cfg = core.cfg
     route = q.route_int(x)
-    counts = torch.bincount(route.indices.flatten(), minlength=cfg.n_experts).tolist()
+    counts = route.expert_counts(cfg.n_experts)        # the tokens that keep each expert
     T = x.shape[0]
     jobs = sum(c > 0 for c in counts)
     shared_ops = core.shared.busy(T) if core.shared is not None else 0
@@ -83,7 +88,8 @@ def batch(core, q, name, x, *, grant_delay=0, req_stall=0, requests_first=False)
     bound = (T * cpt + jobs * (core.image_words + grant_delay) + 2 * core.mac_ops(counts)
              + 2 * (core.shared_image_words + shared_ops) + 20_000)
     return dict(name=name, x=x.tolist(), expected=q.forward_int(x).tolist(), counts=counts,
-                experts_run=jobs, mac_busy=core.mac_ops(counts), shared_mac_busy=shared_ops,
+                experts_run=jobs, chosen=route.indices.unique().numel(),
+                mac_busy=core.mac_ops(counts), shared_mac_busy=shared_ops,
                 grant_delay=grant_delay, req_stall=req_stall, max_cycles=3 * bound,
                 requests_first=jobs if requests_first else 0)
 
@@ -94,7 +100,7 @@ def batches_for(name, core, q):
     out = [batch(core, q, f"{name} T=3 calibrated, grant delays", calib[:3], grant_delay=400,
                  requests_first=True),
            batch(core, q, f"{name} tied/max/min, request stalls", extremes(cfg), req_stall=30)]
-    if name in ("tiny", "tiny-int8"):
+    if name.startswith("tiny"):
         T = cfg.token_buffer_depth
         out += [batch(core, q, "tiny T=1", calib[3:4], grant_delay=2000),
                 batch(core, q, "tiny T=t_max", torch.cat([extremes(cfg), calib[4:T + 1]]),
@@ -135,7 +141,7 @@ SLOW = {"mixtral", "olmoe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "qwen2_mo
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
-                                  for n in CONFIGS + INT8])
+                                  for n in CONFIGS + EXTRA])
 def test_layer_core_matches_golden(sim_build, tmp_path, name):
     """Every batch's y == forward_int, exact counters (experts run, MAC ops, tokens routed),
     every grant released once and no read outside a held slot; cycle figures printed."""
@@ -149,12 +155,14 @@ def test_layer_core_matches_golden(sim_build, tmp_path, name):
     todo = json.loads((tmp_path / "params.json").read_text())["batches"]
     # an expert chosen by no token was neither requested nor run
     assert any(b["experts_run"] < cfg.n_experts for b in todo)
+    if cfg.skip_threshold:          # an expert in some token's top-k that no token keeps: not run
+        assert any(b["experts_run"] < b["chosen"] for b in todo)
     for b, s in zip(todo, json.loads(summary.read_text()), strict=True):
         print(f"{b['name']}: {s['cycles']} cycles (router {s['router_cycles']}), "
               f"MAC busy {s['mac_busy']} of {s['mac_total']}, {s['experts_run']} experts")
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-int8"])
+@pytest.mark.parametrize("name", ["tiny", "tiny-int8", "tiny-skip"])
 def test_layer_core_wrong_expectation_fails(sim_build, tmp_path, name):
     """One expected y value off by one must fail the run and name the token and element."""
     cfg = config(name)

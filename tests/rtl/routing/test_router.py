@@ -62,6 +62,10 @@ BUILDS = {
     # the int8-only input: int8 tokens on the router's lanes (the others take int16)
     "qwen2_int8": (lambda: _fam("qwen2_moe", name="qwen2-int8", input_bits=8,
                                 input_smoothing=0.0), 8),
+    # expert skipping where the kept gates are divided again (the first choice is not always
+    # the largest gate: the bias selects)
+    "deepseek_v3_skip": (lambda: _fam("deepseek_v3", name="deepseek-v3-skip",
+                                      skip_threshold=0.25), 8),
 }
 
 
@@ -132,9 +136,7 @@ def aligned_tokens(cfg, w_row, n, seed):
 
 
 def expected_routes(q, x):
-    r = q.route_int(x)
-    return [r.indices[t].tolist() + r.gates[t].tolist() + [int(r.shared_gate[t])]
-            for t in range(x.shape[0])]
+    return q.route_int(x).beat_rows(keep=bool(q.cfg.skip_threshold))
 
 
 def make_batch(name, q, x, lanes):
@@ -199,6 +201,16 @@ def edge_batches(cfg, q, lanes, seed):
     return out
 
 
+def assert_skipping_seen(cfg, batches):
+    """With skipping, the batches must both skip an expert and keep a later choice, so the
+    comparison covers each outcome (the keep mask is the beat's last value)."""
+    if not cfg.skip_threshold:
+        return
+    full = (1 << cfg.top_k) - 1
+    masks = {row[-1] for b in batches for row in b["expected"]}
+    assert masks & {m for m in range(1, full)} and masks - {1}, masks
+
+
 def batches_for(build):
     cfg, lanes = build_config(build)
     q = hf_layer(cfg)
@@ -211,6 +223,7 @@ def batches_for(build):
         out.append(make_batch(f"synthetic layer {seed}, random tokens", synthetic_layer(cfg, seed),
                               random_tokens(cfg, 12, 11 + seed), lanes))
     out.append(make_batch("hf layer again (state reloaded)", q, x[5:9], lanes))
+    assert_skipping_seen(cfg, out)
     return out
 
 
@@ -220,7 +233,8 @@ def write_params(tmp_path, dut, batches, *, in_stall=0.3, out_stall=0.3, wr_stal
     path = tmp_path / "router_params.json"
     path.write_text(json.dumps({
         "lanes": dut.lanes, "input_bits": dut.input_bits, "slices": dut.slices,
-        "n_experts": dut.n_experts, "top_k": dut.top_k, "cycles_per_token": dut.cycles_per_token(),
+        "n_experts": dut.n_experts, "top_k": dut.top_k, "skip": bool(dut.skip),
+        "cycles_per_token": dut.cycles_per_token(),
         "i_tokens": stream_prefix(ports, "i_tokens"), "o_route": stream_prefix(ports, "o_route"),
         "wr_addr": ports["wr.addr"].name, "wr_data": ports["wr.data"].name,
         "wr_en": ports["wr.en"].name,
@@ -279,6 +293,15 @@ ODD_CONFIGS = {
     "sigmoid-renorm-5": (AccelConfig(mac_rows=1, mac_cols=1, activation="relu", d_model=9, d_ff=8, n_experts=5, top_k=2,
                                      routing="sigmoid_topk", renormalize=True,
                                      routed_scaling_factor=2.5, shared_d_ff=8), 3),
+    # expert skipping: un-normalised sigmoid gates (the threshold sees SIG itself, no division)
+    "skip-sigmoid-plain": (AccelConfig(mac_rows=1, mac_cols=1, activation="relu", d_model=8, d_ff=8, n_experts=6, top_k=3,
+                                       routing="sigmoid_topk", skip_threshold=0.6), 2),
+    # skipping without normalisation: softmax over every expert (one division pass), rsf 2.0
+    "skip-softmax-all": (AccelConfig(mac_rows=1, mac_cols=1, activation="relu", d_model=8, d_ff=8, n_experts=6, top_k=3,
+                                     routed_scaling_factor=2.0, skip_threshold=0.25), 4),
+    # skipping with normalisation over the kept experts: topk_softmax, k 3 (two passes)
+    "skip-topk-softmax": (AccelConfig(mac_rows=1, mac_cols=1, activation="relu", d_model=8, d_ff=8, n_experts=5, top_k=3,
+                                      routing="topk_softmax", renormalize=True, skip_threshold=0.25), 8),
 }
 
 
@@ -325,6 +348,7 @@ def test_router_amaranth_sim(config):
         q = synthetic_layer(cfg, seed)
         x = torch.cat([random_tokens(cfg, 12, seed), extreme_tokens(cfg)])
         batches = [make_batch("synthetic", q, x, lanes)] + edge_batches(cfg, q, lanes, seed)
+        assert_skipping_seen(cfg, batches)
         for b in batches:
             expected += b["expected"]
             routes += amaranth_route(dut, b["image"], b["tokens"], seed=seed)
