@@ -46,12 +46,15 @@ class DeviceGroup:
         if q is None:
             raise ValueError("load(q) the group first: the host routes with the layer's router")
         acc = torch.zeros(rows.shape[0], self.cfg.d_model, dtype=torch.int64)
-        chosen = q.route_int(rows).indices if rows.shape[0] else torch.empty(0, self.cfg.top_k)
+        route = q.route_int(rows) if rows.shape[0] else None
+        chosen = route.indices if route else torch.empty(0, self.cfg.top_k)
+        kept = route.kept if route else torch.empty(0, self.cfg.top_k, dtype=torch.bool)
         for i, (dev, experts) in enumerate(zip(self.devices, self.placement)):
             if i == 0 and self.cfg.shared_d_ff:
                 mine = torch.arange(rows.shape[0])
             else:
-                hit = torch.isin(chosen, torch.tensor(experts, dtype=chosen.dtype)).any(dim=1)
+                # the tokens that keep one of the device's experts (skipped ones do not count)
+                hit = (torch.isin(chosen, torch.tensor(experts, dtype=chosen.dtype)) & kept).any(dim=1)
                 mine = torch.nonzero(hit, as_tuple=True)[0]
             if mine.numel():
                 acc[mine] += dev.run_int(rows[mine], partial=True)

@@ -79,6 +79,27 @@ def test_each_input_width_is_bit_exact_through_the_simulated_device(bits, alpha)
                 dev.run(x_int.to(other))
 
 
+def test_expert_skipping_is_bit_exact_through_the_simulated_device():
+    """Expert skipping end to end: float tokens in, bit-exact out (with link faults too), and a
+    batch of one token that skips its second choice makes the device run one expert (its
+    counters: one expert run, one fetch or hit, the MAC work of one token)."""
+    cfg = AccelConfig.from_toml(TINY).replace(name="tiny-skip", skip_threshold=0.4)
+    q = _layer(cfg, seed=4)
+    x = make_hf_input(cfg, 45, seed=9)
+    x_int = q.quantize_input(x)
+    route = q.route_int(x_int)
+    single = int(torch.nonzero(route.kept.sum(dim=1) == 1)[0])     # a token keeping one expert
+    assert route.kept.sum(dim=1).max() == 2                         # and tokens keeping two
+    for faults in (None, dict(flip=1e-3, drop=3e-4, dup=3e-4, seed=5)):
+        with open_device("sim", cfg, faults=faults) as dev:
+            dev.load(q)
+            assert torch.equal(dev.run(x), q(x)), faults
+            one = x_int[single:single + 1]
+            assert torch.equal(dev.run(one), q.forward_int(one)), faults
+            last = dev.stats()["last_batch"]
+            assert last["experts_run"] == 1 and last["hits"] + last["misses"] == 1, last
+
+
 @pytest.mark.parametrize("frames", [2_500, pytest.param(10_000, marks=pytest.mark.slow)])
 def test_faults_lose_nothing_over_many_frames(tiny, frames):
     """Flipped, dropped and duplicated bytes in both directions: every batch bit-exact, and the
