@@ -78,3 +78,23 @@ def test_the_defaults_are_the_float_faithful_input():
     """AccelConfig's defaults and every example config (FAMILIES scales them down)."""
     for cfg in (AccelConfig(), *FAMILIES.values()):
         assert (cfg.input_bits, cfg.input_smoothing) == (WIDE["input_bits"], WIDE["input_smoothing"])
+
+
+@pytest.mark.parametrize("family", sorted(f for f, c in FAMILIES.items() if c.top_k > 1))
+def test_expert_skipping_trades_experts_for_error(family):
+    """A small threshold (0.03) stays within the float-faithful bounds (≤ 4% L2, ≥ 99.5% of
+    top-k sets; measured 2.5-2.9%, seeds 0 and 1); a large one (0.2) runs fewer experts per
+    token and costs error (9-58% on these random-weight blocks: their experts are uncorrelated,
+    so a dropped gate of 0.1 is 10% of the output gone). The README's trade-off table has the
+    curve; bench/skip_tradeoff.py regenerates it."""
+    base = FAMILIES[family]
+    off, small, large = (measure_accuracy(base.replace(skip_threshold=t), seed=0, eval_tokens=2048)
+                         for t in (0.0, 0.03, 0.2))
+    assert off.experts_per_token == base.top_k and "skip" not in off.knobs
+    assert small.knobs.endswith("skip < 0.03")
+    assert small.rel_l2_float_input <= 0.04, f"{family}: {small.rel_l2_float_input:.4f} at 0.03"
+    assert small.route_match_float_input >= 0.995
+    assert small.experts_per_token <= base.top_k
+    assert large.experts_per_token < small.experts_per_token
+    assert large.experts_per_token < base.top_k
+    assert large.rel_l2_float_input > off.rel_l2_float_input
