@@ -66,8 +66,7 @@ bits of ``div15``)::
                      + k · (E + 1)               TOPK
                      + [k + 4 (+ E + 5)]         EXP_SEL (+ EXP_ALL): softmax routings
                      + [k · (Q + 3)]             DIV: unless sigmoid_topk without renormalisation
-                     + [k · (Q + 3)]             DIV again over the kept experts: skipping, in a
-                                                 routing that normalises over the selected ones
+                     + [1]                       KEEP: skipping, in a routing that normalises
                      + 1                         OUT (plus o_route back-pressure)
 
 e.g. 143 cycles for Mixtral-style d_model 64, E 8, k 2, 8 lanes; 698 for the DeepSeek-V3 family
@@ -89,9 +88,11 @@ config (d_model 64, E 16, k 4, 16 sigmoids).
   sum ``Z``); EXP_ALL (``softmax_topk`` without renormalisation): ``Z`` over every expert.
 * DIV: ``div15(e_j, Z)`` (or ``div15(s_j, Σ s)``) per selected expert, then routed scaling
   ``rshift(g · RSF, 12)`` (a constant multiplier; none for a factor of 1.0).
-* Expert skipping (``skip`` = ``τ_q`` > 0): each quotient (or ``s_j``) is compared with ``τ_q``
-  as it is produced (``keep``; the first choice is kept); a routing that normalises over the
-  selected experts then divides again, by the kept experts' sum. Skipped gates are 0.
+* Expert skipping (``skip`` = ``τ_q`` > 0): the first choice is kept; in a routing that normalises
+  over the selected experts, KEEP tests ``div15(num_j, Z) >= τ_q`` as ``num_j·2^15 + (Z >> 1) >=
+  τ_q·Z`` (``Z > 0``) for every ``j`` at once and makes ``Z`` the kept experts' sum, so DIV
+  divides once, by that sum; otherwise each quotient (or ``s_j``) is compared with ``τ_q`` as it
+  is produced. Skipped gates are 0.
 
 The memories: token buffer (``S × lanes·ib`` bits), router weights (``R·S × lanes·rb``), logits
 (``R × 32``), ``SIG`` values (``E × 16``, ``sigmoid_topk``), selection bias (``E × 32``), the two
@@ -327,8 +328,9 @@ class Router(wiring.Component):
         return self.routing == "topk_softmax" or self.renormalize
 
     @property
-    def divides_twice(self) -> bool:
-        """Skipping in a routing that normalises: a second division pass over the kept experts."""
+    def keeps_before_dividing(self) -> bool:
+        """Skipping in a routing that normalises: KEEP decides the kept experts from the sums
+        before the divisions, which then divide by the kept experts' sum."""
         return bool(self.skip) and self.normalises
 
     @property
@@ -350,7 +352,7 @@ class Router(wiring.Component):
         if self.routing != "sigmoid_topk":
             cycles += k + 4 + (E + 5 if self.z_over_all else 0)
         if self.divides:
-            cycles += k * (q + 3) * (2 if self.divides_twice else 1)
+            cycles += k * (q + 3) + (1 if self.keeps_before_dividing else 0)
         return cycles
 
     # ------------------------------------------------------------------ elaboration
@@ -392,6 +394,8 @@ class Router(wiring.Component):
         names += ["TOPK"]
         if not sigmoid:
             names += ["EXP_SEL"] + (["EXP_ALL"] if self.z_over_all else [])
+        if self.keeps_before_dividing:
+            names += ["KEEP"]
         if self.divides:
             names += ["DIV_LOAD", "DIV_GO", "DIV_DONE"]
         names += ["OUT"]
@@ -728,9 +732,6 @@ class Router(wiring.Component):
             net.ej = Signal(range(k + 1), name="ej")          # EXP feed / division counter
             net.num = [Signal(SIG_BITS, name=f"num{j}") for j in range(k)]  # EXP or SIG values
             net.z = Signal(net.den_bits, name="z")
-        if self.divides_twice:
-            net.z2 = Signal(net.den_bits, name="z_kept")       # Σ of the kept experts' values
-            net.pass2 = Signal(name="div_pass2")               # dividing by z_kept
 
     def _fixed_shared_gate(self, m, net) -> None:
         """The shared gate without a sigmoid row: 32768 (always-on shared expert) or 0 (none)."""
@@ -743,8 +744,6 @@ class Router(wiring.Component):
         stmts = net.scan_reset() + [net.used.eq(0), net.t_pass.eq(0), net.t_have.eq(0)]
         if self.divides:
             stmts.append(net.z.eq(0))
-        if self.divides_twice:
-            stmts += [net.z2.eq(0), net.pass2.eq(0)]
         if self.n_group > 1:
             stmts += [net.gs_i.eq(0), net.gs_pass.eq(0), net.gs_have.eq(0), net.allowed.eq(0),
                       net.goto("GROUPS")]
@@ -890,7 +889,7 @@ class Router(wiring.Component):
                     if not sigmoid:
                         m.d.sync += goto("EXP_SEL")
                     elif self.divides:
-                        m.d.sync += goto("DIV_LOAD")
+                        m.d.sync += goto(self._after_sums())
                     else:
                         m.d.sync += goto("OUT")
             with m.Elif(net.t_take):
@@ -914,7 +913,7 @@ class Router(wiring.Component):
                     m.d.sync += z.eq(z + e3)
                 with m.If(net.e3_tag == k - 1):
                     m.d.sync += [ej.eq(0)] + net.scan_reset()
-                    m.d.sync += goto("EXP_ALL" if self.z_over_all else "DIV_LOAD")
+                    m.d.sync += goto("EXP_ALL" if self.z_over_all else self._after_sums())
         if self.z_over_all:
             with net.in_state("EXP_ALL"):
                 m.d.comb += net.scan_go.eq(1)
@@ -942,36 +941,43 @@ class Router(wiring.Component):
         kept = self._kept(j, kept_gate)
         return [orp.gates[j].eq(Mux(kept, self._scale(gate), 0)), orp.keep[j].eq(kept)]
 
+    def _after_sums(self) -> str:
+        """The state after the selected experts' values and their sum ``Z`` are in."""
+        return "KEEP" if self.keeps_before_dividing else "DIV_LOAD"
+
+    def _keep_state(self, m, net) -> None:
+        """KEEP (one cycle, skipping in a routing that normalises): expert ``j`` is kept when
+        ``div15(num_j, Z) >= τ_q``, i.e. ``num_j·2^15 + (Z >> 1) >= τ_q·Z`` with ``Z > 0`` — the
+        same test without the division — and ``Z`` becomes the kept experts' sum."""
+        k, orp, z = self.top_k, self.o_route.payload, net.z
+        kept = [Const(1, 1)] + [(z != 0) & ((net.num[j] * GATE_ONE + (z >> 1)) >= z * self.skip)
+                                for j in range(1, k)]
+        with net.in_state("KEEP"):
+            total = net.num[0]                                # the first choice: always kept
+            for j in range(1, k):
+                total = total + Mux(kept[j], net.num[j], 0)
+            m.d.sync += [orp.keep[j].eq(kept[j]) for j in range(k)]
+            m.d.sync += [z.eq(total), net.goto("DIV_LOAD")]
+
     def _gate_division_states(self, m, net) -> None:
-        """DIV_*: each selected gate ``div15(num_j, Z)``, then routed scaling, into ``o_route``;
-        with skipping in a routing that normalises, a second pass divides by the kept sum."""
+        """DIV_*: each selected gate ``div15(num_j, Z)``, then routed scaling, into ``o_route``
+        (with skipping: 0 for a skipped expert)."""
         k, goto, ej, orp = self.top_k, net.goto, net.ej, self.o_route.payload
-        twice = self.divides_twice
+        if self.keeps_before_dividing:
+            self._keep_state(m, net)
         with net.in_state("DIV_LOAD"):
-            m.d.sync += net.div15_operands(_pick(net.num, ej), Mux(net.pass2, net.z2, net.z)
-                                           if twice else net.z)
+            m.d.sync += net.div15_operands(_pick(net.num, ej), net.z)
             m.d.sync += goto("DIV_GO")
         with self._division(m, net, "DIV_GO", "DIV_DONE"):
             q = net.quotient
             for j in range(k):
                 with m.If(ej == j):
-                    if not twice:
-                        m.d.sync += self._gate_out(j, q, q)
+                    if self.keeps_before_dividing:          # KEEP has decided
+                        m.d.sync += orp.gates[j].eq(Mux(orp.keep[j], self._scale(q), 0))
                     else:
-                        with m.If(~net.pass2):          # pass 1: the threshold, the kept sum
-                            kept = self._kept(j, q)
-                            m.d.sync += [orp.keep[j].eq(kept),
-                                         net.z2.eq(net.z2 + Mux(kept, net.num[j], 0))]
-                        with m.Else():                  # pass 2: the kept experts' gates
-                            m.d.sync += orp.gates[j].eq(Mux(orp.keep[j], self._scale(q), 0))
+                        m.d.sync += self._gate_out(j, q, q)
             m.d.sync += ej.eq(ej + 1)
             with m.If(ej == k - 1):
-                if twice:
-                    with m.If(~net.pass2):
-                        m.d.sync += [net.pass2.eq(1), ej.eq(0), goto("DIV_LOAD")]
-                    with m.Else():
-                        m.d.sync += goto("OUT")
-                else:
-                    m.d.sync += goto("OUT")
+                m.d.sync += goto("OUT")
             with m.Else():
                 m.d.sync += goto("DIV_LOAD")
