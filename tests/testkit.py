@@ -23,12 +23,19 @@ def hf_layer(cfg):
     return QuantizedMoELayer.from_hf(make_hf_block(cfg, 1), cfg, calib=make_hf_input(cfg, 256, 1))
 
 
-def device_tokens(cfg, n: int, seed: int) -> torch.Tensor:
-    """[n, d_model] tokens uniform over the device's input range (int16 with ``input_bits =
-    16``, else int8), deterministic in `seed`."""
+def token_range(cfg) -> tuple[torch.dtype, int, int]:
+    """The device token's dtype and its two's-complement bounds: int8, or int16 with
+    ``input_bits = 16`` (the one place the tests map the width to a dtype)."""
     top = 1 << (cfg.input_bits - 1)
-    return torch.randint(-top, top, (n, cfg.d_model), generator=torch.Generator().manual_seed(seed),
-                         dtype=torch.int16 if cfg.input_bits == 16 else torch.int8)
+    return (torch.int16 if cfg.input_bits == 16 else torch.int8), -top, top - 1
+
+
+def device_tokens(cfg, n: int, seed: int) -> torch.Tensor:
+    """[n, d_model] tokens uniform over the device's input range (`token_range`), deterministic
+    in `seed`."""
+    dtype, lo, hi = token_range(cfg)
+    return torch.randint(lo, hi + 1, (n, cfg.d_model), generator=torch.Generator().manual_seed(seed),
+                         dtype=dtype)
 
 
 def assert_one_off(results, unit: str, token: int, element: int) -> str:

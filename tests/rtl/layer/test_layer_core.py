@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from testkit import token_range
 
 from moeforge import AccelConfig, ConfigError
 from moeforge.hls_models.hf_random import make_hf_input
@@ -71,9 +72,9 @@ def layer(cfg):
 
 def extremes(cfg):
     """Tied logits (all-zero tokens: every logit 0, ties to the lower index), all-max, all-min."""
-    D, top = cfg.d_model, 1 << (cfg.input_bits - 1)
-    rows = [torch.zeros(D), torch.full((D,), top - 1), torch.full((D,), -top)]
-    return torch.stack(rows).to(torch.int16 if cfg.input_bits == 16 else torch.int8)
+    dtype, lo, hi = token_range(cfg)
+    D = cfg.d_model
+    return torch.stack([torch.zeros(D), torch.full((D,), hi), torch.full((D,), lo)]).to(dtype)
 
 
 def batch(core, q, name, x, *, grant_delay=0, req_stall=0, requests_first=False):

@@ -32,7 +32,7 @@ import random
 
 import pytest
 import torch
-from testkit import assert_one_off, hf_layer
+from testkit import assert_one_off, hf_layer, token_range
 
 from moeforge.config import AccelConfig
 from moeforge.hls_models import QuantizedMoELayer
@@ -108,27 +108,21 @@ def variant(q, **router):
     return v
 
 
-def _token_range(cfg):
-    """The device token's dtype and its two's-complement bounds (int8, or int16 when wide)."""
-    top = 1 << (cfg.input_bits - 1)
-    return (torch.int16 if cfg.input_bits == 16 else torch.int8), -top, top - 1
-
-
 def random_tokens(cfg, n, seed):
-    dtype, lo, hi = _token_range(cfg)
+    dtype, lo, hi = token_range(cfg)
     g = torch.Generator().manual_seed(seed)
     return torch.randint(lo, hi + 1, (n, cfg.d_model), generator=g).to(dtype)
 
 
 def extreme_tokens(cfg):
-    dtype, lo, hi = _token_range(cfg)
+    dtype, lo, hi = token_range(cfg)
     return torch.stack([torch.full((cfg.d_model,), hi), torch.full((cfg.d_model,), lo)]) \
         .to(dtype)
 
 
 def aligned_tokens(cfg, w_row, n, seed):
     """Tokens along a weight row (its logit large and positive), slightly perturbed."""
-    dtype, lo, hi = _token_range(cfg)
+    dtype, lo, hi = token_range(cfg)
     g = torch.Generator().manual_seed(seed)
     base = w_row.to(torch.float64) / max(1, int(w_row.abs().max())) * hi
     noise = torch.randint(-20, 21, (n, w_row.numel()), generator=g) * ((hi + 1) // 128)
