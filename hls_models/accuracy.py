@@ -34,7 +34,7 @@ class AccuracyReport:
     route_match: float         # same expert set as the float router, on the device's input
     rel_l2_float_input: float  # the same two figures with the float block on the raw float tokens
     route_match_float_input: float
-    knobs: str = ""            # the knobs in force (input width, smoothing, expert skipping)
+    knobs: str = ""            # the knobs in force (input width, weight bits, smoothing, expert skipping)
     experts_per_token: float = 0.0   # routed experts a token runs (top_k without skipping)
 
     def as_dict(self) -> dict:
@@ -74,7 +74,7 @@ def measure_accuracy(cfg: AccelConfig, *, seed: int = 0, calib_tokens: int = 204
 def knobs(cfg: AccelConfig) -> str:
     """The knobs that decide the float-input error, as a report shows them."""
     skip = f", skip < {cfg.skip_threshold:g}" if cfg.skip_threshold else ""
-    return f"int{cfg.input_bits} input, smoothing {cfg.input_smoothing:g}{skip}"
+    return f"int{cfg.input_bits} input, int{cfg.weight_bits} weights, smoothing {cfg.input_smoothing:g}{skip}"
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["mse_scale", "maxabs_scale", "per_channel_weight_scale"]
+__all__ = ["mse_scale", "maxabs_scale", "per_channel_weight_scale", "per_channel_mse_scale"]
 
 _MAX_SAMPLES = 1 << 20
 
@@ -53,3 +53,24 @@ def per_channel_weight_scale(w: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """max|w| of each output row (last dim is the input) over the largest code; 1.0 for all-zero rows."""
     m = w.detach().to(torch.float64).abs().amax(dim=-1)
     return torch.where(m > 0, m, 1.0) / ((1 << (bits - 1)) - 1)
+
+
+def per_channel_mse_scale(w: torch.Tensor, bits: int, steps: int = 40) -> torch.Tensor:
+    """Per output row, the scale whose symmetric quantisation of the row has the least squared
+    error, clips searched from max|w| down to 0.3·max|w| (1.0 for all-zero rows).
+
+    At int4 the max-abs scale spends most of the 16 codes on the tails: clipping a Gaussian row
+    near 2.5σ instead of at its maximum lowers the error by about a third.
+    """
+    w = w.detach().to(torch.float64)
+    m = w.abs().amax(dim=-1)
+    qmax = (1 << (bits - 1)) - 1
+    best = torch.where(m > 0, m, 1.0) / qmax
+    best_err = torch.full_like(m, float("inf"))
+    for i in range(steps):
+        scale = torch.where(m > 0, m, 1.0) * (1 - 0.7 * i / (steps - 1)) / qmax
+        q = torch.clamp(torch.round(w / scale[..., None]), -qmax - 1, qmax) * scale[..., None]
+        err = ((q - w) ** 2).sum(dim=-1)
+        better = err < best_err
+        best, best_err = torch.where(better, scale, best), torch.where(better, err, best_err)
+    return best

@@ -1,6 +1,7 @@
 """Float weights + calibration tokens → the integer parameters of `QuantizedMoELayer`.
 
-Weights: symmetric int8 per output channel (router: one scale, `router_bits`).
+Weights: symmetric per output channel, int8 (max-abs scale) or int4 (`weight_bits = 4`, the
+least-squared-error clip per row); router: one scale, `router_bits`.
 Activations: symmetric per tensor, scales chosen on the calibration tokens
 (MSE-optimal clipping for int8 tensors, max-abs with margin for int16 ones).
 Input: optionally smoothed per channel (SmoothQuant, `input_smoothing`), then int16 for the
@@ -19,7 +20,7 @@ from moeforge.errors import ShapeError
 from moeforge.spec.arith import (GATE_FRAC, HIDDEN_BITS, LOGIT_FRAC, OUT_BITS, SILU_FRAC, UP_BITS, WEIGHT_BITS,
                                  X_BITS, X_SHIFT_MAX, X_SHIFT_MIN, X_WIDE_BITS, Y_BITS)
 
-from .calibration import maxabs_scale, mse_scale, per_channel_weight_scale
+from .calibration import maxabs_scale, mse_scale, per_channel_mse_scale, per_channel_weight_scale
 from .expert_bank import ExpertBank
 from .fixed_point import fwht_blocks, multiplier_shift, narrow_input, quantize_symmetric
 from .reference import FloatMoELayer
@@ -32,9 +33,10 @@ INT16_MARGIN = 2.0
 
 
 def _q_weight(w: torch.Tensor, bits: int = WEIGHT_BITS) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = per_channel_weight_scale(w, bits)
+    """An expert matrix as int8 values of `bits` bits (4 or 8), one scale per output row."""
+    scale = per_channel_weight_scale(w, bits) if bits == WEIGHT_BITS else per_channel_mse_scale(w, bits)
     q = quantize_symmetric(w, scale[..., None], bits)
-    return q.to(torch.int8 if bits == WEIGHT_BITS else torch.int16), scale
+    return q.to(torch.int8), scale
 
 
 def _encode(real: torch.Tensor | float, what: str):
@@ -94,16 +96,17 @@ def input_shift(x_scale8: float, calib_max: float) -> int:
     return max(X_SHIFT_MIN, min(X_SHIFT_MAX, shift))
 
 
-def _bank(w_gate, w_up, w_down, activation: str, rotation: int, x_hat: torch.Tensor, x_scale: float):
+def _bank(w_gate, w_up, w_down, activation: str, rotation: int, x_hat: torch.Tensor, x_scale: float,
+          bits: int):
     """Quantise n experts; returns the bank fields (down requant still unset) and float outputs for s_o.
 
     The hidden vector p is rotated, h = H·p/√R, before its int8 quantisation, and the
     down projection is rotated to match, W' = W·H/√R, so W'·h = W·p: the rotation spreads
     SwiGLU's heavy-tailed products over R values and halves the int8 error of h.
     """
-    up_q, up_s = _q_weight(w_up)
+    up_q, up_s = _q_weight(w_up, bits)
     w_down_rot = _rotate(w_down, rotation)
-    down_q, down_s = _q_weight(w_down_rot)
+    down_q, down_s = _q_weight(w_down_rot, bits)
     up_enc, hid_enc, hid_scales, outs = [], [], [], []
     for e in range(w_up.shape[0]):
         u = x_hat @ w_up[e].T
@@ -123,7 +126,7 @@ def _bank(w_gate, w_up, w_down, activation: str, rotation: int, x_hat: torch.Ten
     bank["up_mult"], bank["up_shift"] = _stack(up_enc)
     bank["hid_mult"], bank["hid_shift"] = _stack(hid_enc)
     if activation == "swiglu":
-        gate_q, gate_s = _q_weight(w_gate)
+        gate_q, gate_s = _q_weight(w_gate, bits)
         bank["w_gate"] = gate_q
         bank["gate_mult"], bank["gate_shift"] = _encode(x_scale * gate_s * 2.0 ** SILU_FRAC, "gate projection")
     return bank, torch.tensor(hid_scales, dtype=torch.float64), down_s, torch.stack(outs)
@@ -179,12 +182,13 @@ def quantize_layer(weights: FloatMoEWeights, cfg: AccelConfig, calib: torch.Tens
         sel_bias = torch.round(w.selection_bias.to(torch.float64) * 2 ** GATE_FRAC).to(torch.int32)
 
     R = cfg.rotation_block
-    bank, hid_s, down_s, outs = _bank(w.w_gate, w.w_up, w.w_down, cfg.activation, R, x_hat, x_scale8)
+    bank, hid_s, down_s, outs = _bank(w.w_gate, w.w_up, w.w_down, cfg.activation, R, x_hat, x_scale8,
+                                      cfg.weight_bits)
     sh = None
     if cfg.shared_d_ff:
         sh_gate = None if w.shared_gate_proj is None else w.shared_gate_proj[None]
         sh, sh_hid_s, sh_down_s, sh_outs = _bank(sh_gate, w.shared_up[None], w.shared_down[None],
-                                                 cfg.activation, R, x_hat, x_scale8)
+                                                 cfg.activation, R, x_hat, x_scale8, cfg.weight_bits)
         outs = torch.cat([outs, sh_outs])
     o_scale = maxabs_scale(outs, OUT_BITS, INT16_MARGIN)
     experts = _finish_bank(bank, hid_s, down_s, o_scale, cfg.activation)

@@ -6,6 +6,10 @@ of all of that (`digest`), so that a file can never be loaded against a config i
 made for, and a file whose bytes were altered or damaged is refused instead of running
 with wrong weights. Files of format ``moeforge-layer/1`` (no digest) are refused with a
 request to quantise the layer again: nothing in them shows that their weights are intact.
+
+A layer of ``weight_bits = 4`` stores its expert matrices packed: ``uint8 [..., ceil(K/2)]``,
+value ``2i`` of a row in the low nibble of byte ``i`` and ``2i + 1`` in the high one, two's
+complement (`pack_int4`), so the file holds half the weight bytes.
 """
 
 from __future__ import annotations
@@ -18,17 +22,44 @@ import torch
 from moeforge.config import AccelConfig
 from moeforge.errors import ConfigError, WeightsError
 from moeforge.outputs import temporary_beside
-from moeforge.spec.arith import X_SHIFT_MAX, X_SHIFT_MIN, X_WIDE_BITS
+from moeforge.spec.arith import WEIGHT_PACKED_BITS, X_SHIFT_MAX, X_SHIFT_MIN, X_WIDE_BITS
 
 from .expert_bank import ExpertBank
 
-__all__ = ["save_layer", "read_layer", "digest", "FORMAT", "DIGEST_KEY"]
+__all__ = ["save_layer", "read_layer", "digest", "pack_int4", "unpack_int4", "FORMAT", "DIGEST_KEY"]
 
 FORMAT = "moeforge-layer/3"
 # Formats this version refuses, and why: the layer has to be quantised again.
 OLD_FORMATS = {"moeforge-layer/1": "without a digest of its weight data",
                "moeforge-layer/2": "before the wide input token and input smoothing"}
 DIGEST_KEY = "sha256"
+MATRICES = ("w_up", "w_gate", "w_down")     # a bank's weight matrices: packed at int4
+INT4_MIN, INT4_MAX = -(1 << (WEIGHT_PACKED_BITS - 1)), (1 << (WEIGHT_PACKED_BITS - 1)) - 1
+
+
+def pack_int4(t: torch.Tensor) -> torch.Tensor:
+    """int4 values (an integer tensor) → uint8 ``[..., ceil(K/2)]``, two to a byte (low nibble
+    first; an odd last row element pairs with 0).
+
+    Raises
+    ------
+    ValueError
+        If a value is outside [-8, 7].
+    """
+    if t.numel() and (int(t.min()) < INT4_MIN or int(t.max()) > INT4_MAX):
+        raise ValueError(f"an int4 matrix holds values in [{int(t.min())}, {int(t.max())}], "
+                         f"outside [{INT4_MIN}, {INT4_MAX}]")
+    v = t.to(torch.int64) & 0xF
+    if v.shape[-1] % 2:
+        v = torch.cat([v, torch.zeros(*v.shape[:-1], 1, dtype=v.dtype)], dim=-1)
+    return (v[..., 0::2] | v[..., 1::2] << 4).to(torch.uint8)
+
+
+def unpack_int4(b: torch.Tensor, k: int) -> torch.Tensor:
+    """`pack_int4`'s bytes → int8 values ``[..., k]``."""
+    v = b.to(torch.int64)
+    nib = torch.stack([v & 0xF, v >> 4], dim=-1).reshape(*v.shape[:-1], -1)[..., :k]
+    return (nib - ((nib & 0x8) << 1)).to(torch.int8)
 
 
 def digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
@@ -71,6 +102,11 @@ def save_layer(layer, path: str | Path) -> None:
     meta = {"format": FORMAT, "config": layer.cfg.to_toml(), "config_hash": layer.cfg.content_hash(),
             "x_scale": repr(layer.x_scale), "y_scale": repr(layer.y_scale), "o_scale": repr(layer.o_scale)}
     tensors = {k: v.contiguous() for k, v in layer.tensors().items()}
+    if layer.cfg.weight_bits == WEIGHT_PACKED_BITS:
+        try:
+            tensors.update({k: pack_int4(v) for k, v in tensors.items() if k.split(".")[-1] in MATRICES})
+        except ValueError as exc:
+            raise WeightsError(f"{path}: cannot write the weight image ({exc})") from None
     meta[DIGEST_KEY] = digest(tensors, meta)
     try:
         with temporary_beside(path) as tmp:
@@ -90,14 +126,21 @@ def _expect(tensors, name, shape, dtype, path):
     return t
 
 
-def _bank(tensors, prefix, n, F, D, activation, rotation, path):
+def _bank(tensors, prefix, n, F, D, activation, rotation, weight_bits, path):
     i8, i32 = torch.int8, torch.int32
     spec = {"w_up": ((n, F, D), i8), "up_mult": ((n, F), i32), "up_shift": ((n, F), i32),
             "hid_mult": ((n,), i32), "hid_shift": ((n,), i32),
             "w_down": ((n, D, F), i8), "down_mult": ((n, D), i32), "down_shift": ((n, D), i32)}
     if activation == "swiglu":
         spec.update({"w_gate": ((n, F, D), i8), "gate_mult": ((n, F), i32), "gate_shift": ((n, F), i32)})
+    packed = weight_bits == WEIGHT_PACKED_BITS
+    if packed:          # stored two to a byte: uint8 [.., ceil(K/2)]
+        spec.update({f: ((*shape[:-1], -(-shape[-1] // 2)), torch.uint8)
+                     for f, (shape, _) in spec.items() if f in MATRICES})
     fields = {f: _expect(tensors, f"{prefix}.{f}", *spec[f], path) for f in spec}
+    if packed:
+        k = {"w_up": D, "w_gate": D, "w_down": F}
+        fields.update({f: unpack_int4(fields[f], k[f]) for f in MATRICES if f in fields})
     return ExpertBank(activation=activation, rotation=rotation, **fields), {f"{prefix}.{f}" for f in spec}
 
 
@@ -162,12 +205,12 @@ def read_layer(path: str | Path, cfg: AccelConfig | None = None) -> tuple[AccelC
         bias = _expect(tensors, "router.selection_bias", (c.n_experts,), torch.int32, path)
         used.add("router.selection_bias")
     experts, names = _bank(tensors, "experts", c.n_experts, c.d_ff, c.d_model, c.activation,
-                           c.rotation_block, path)
+                           c.rotation_block, c.weight_bits, path)
     used |= names
     shared = None
     if c.shared_d_ff:
         shared, names = _bank(tensors, "shared", 1, c.shared_d_ff, c.d_model, c.activation,
-                              c.rotation_block, path)
+                              c.rotation_block, c.weight_bits, path)
         used |= names
     extra = sorted(set(tensors) - used)
     if extra:

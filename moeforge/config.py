@@ -17,7 +17,8 @@ from pathlib import Path
 
 from .checks import choice_problem, int_problem
 from .errors import ConfigError
-from .spec.arith import GATE_ONE, RSF_FACTOR_MAX, ROUTER_BITS_MAX, ROUTER_BITS_MIN, WEIGHT_BITS, X_BITS, X_WIDE_BITS
+from .spec.arith import (GATE_ONE, RSF_FACTOR_MAX, ROUTER_BITS_MAX, ROUTER_BITS_MIN, WEIGHT_BITS,
+                         WEIGHT_PACKED_BITS, X_BITS, X_WIDE_BITS)
 
 __all__ = ["AccelConfig", "SECTIONS", "DEVICE_FIELDS"]
 
@@ -27,6 +28,7 @@ GROUP_SCORES = ("max", "top2_sum")
 SHARED_GATES = ("none", "sigmoid")
 CACHE_POLICIES = ("lru", "lfu", "pinned")
 INPUT_BITS_CHOICES = (X_BITS, X_WIDE_BITS)   # `input_bits`: the token on the wire
+WEIGHT_BITS_CHOICES = (WEIGHT_PACKED_BITS, WEIGHT_BITS)   # `weight_bits`: int4 (packed) or int8 experts
 FAMILIES = ("custom", "switch", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3")
 
 # TOML section of each field; also the order fields are written in.
@@ -120,7 +122,11 @@ class AccelConfig:
         the host divides each input channel by ``s_c = max|x_c|^alpha / max|W_c|^(1-alpha)``
         and folds ``s_c`` into the router and first-layer expert weights, so outlier
         channels no longer set the int8 input scale. Host side only; the device is unchanged.
-    weight_bits, act_bits : expert weights and activations (8).
+    weight_bits : expert weights (routed and shared), 8 (default) or 4. With 4 each weight
+        is int4 at a scale per output channel, two to an image byte in the weight image, the
+        backing memory and the cache (an expert image is about half the words); the engine
+        sign-extends them into its int8 lanes as it loads them (docs/arithmetic.md §4.1).
+    act_bits : activations (8).
     router_bits : router weight precision, 8 to 16 bits.
     hidden_rotation : block size of the Walsh-Hadamard rotation applied to each expert's
         hidden vector before it is quantised to int8 (spreads outliers; 1: none;
@@ -247,7 +253,8 @@ class AccelConfig:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
             raise ConfigError("input_smoothing", f"must be a number in [0, 1], not {alpha!r}")
         object.__setattr__(self, "input_smoothing", float(alpha))
-        _check_int("weight_bits", self.weight_bits, WEIGHT_BITS, WEIGHT_BITS)   # what the device does
+        if self.weight_bits not in WEIGHT_BITS_CHOICES or isinstance(self.weight_bits, bool):
+            raise ConfigError("weight_bits", f"must be one of {list(WEIGHT_BITS_CHOICES)}, not {self.weight_bits!r}")
         _check_int("act_bits", self.act_bits, X_BITS, X_BITS)
         _check_int("router_bits", self.router_bits, ROUTER_BITS_MIN, ROUTER_BITS_MAX)
         _check_int("hidden_rotation", self.hidden_rotation, 0, 64)

@@ -126,8 +126,7 @@ def _expert_cache(cfg: AccelConfig):
     from moeforge.spec.image import ExpertImageLayout
 
     from .memory.expert_cache import ExpertCache
-    words = ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff,
-                              rows=cfg.mac_rows, cols=cfg.mac_cols).words
+    words = ExpertImageLayout.from_config(cfg).words
     return ExpertCache.from_config(cfg, image_words=words, word_bits=8 * cfg.mac_cols)
 
 

@@ -214,8 +214,7 @@ def _expert_ffn_harness(cfg):
 
     from moeforge.rtl.expert.expert_ffn import ExpertFFN, ExpertImageLayout
     from moeforge.sim.weight_memory import WeightMemoryHarness
-    words = ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff,
-                              rows=cfg.mac_rows, cols=cfg.mac_cols).words
+    words = ExpertImageLayout.from_config(cfg).words
     eng = ExpertFFN.from_config(cfg, w_addr_width=max(1, ceil_log2(cfg.n_experts * words)))
     return eng, WeightMemoryHarness(eng, depth=cfg.n_experts * words)
 

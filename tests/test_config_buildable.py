@@ -71,6 +71,7 @@ def _fitting_fields(rng: random.Random) -> dict:
     if rng.random() < 0.3:
         kw.update(routing="sigmoid_topk", selection_bias=rng.random() < 0.5,
                   renormalize=rng.random() < 0.5)
+    kw["weight_bits"] = rng.choice([8, 4])          # drawn last: the draws above stay as they were
     return kw
 
 
@@ -126,8 +127,8 @@ def test_random_configs_are_refused_or_build_every_unit():
 
 def test_random_accepted_configs_elaborate_fully():
     # Amaranth's elaboration (the memories, the MAC array's depth check) of the first accepted
-    # configs; a wider sweep is in the slow test below
-    accepted, _ = _outcomes(range(40), full=True)
+    # configs (9 of the first 20 seeds); a wider sweep is in the slow test below
+    accepted, _ = _outcomes(range(20), full=True)
     assert accepted >= 5
 
 
@@ -169,7 +170,7 @@ BREAKS = [
     (dict(token_buffer_depth=2048), "token_buffer_depth", f"at most {BUFFER_ELEMENTS_MAX}"),
     (dict(n_experts=512, d_model=8, d_ff=8, token_buffer_depth=256), "token_buffer_depth",
      f"at most {DISPATCH_ENTRIES_MAX}"),
-    (dict(weight_bits=4), "weight_bits", "[8, 8]"),
+    (dict(weight_bits=6), "weight_bits", "[4, 8]"),
     (dict(act_bits=16), "act_bits", "[8, 8]"),
 ]
 

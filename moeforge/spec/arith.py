@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "X_BITS", "X_WIDE_BITS", "X_SHIFT_MIN", "X_SHIFT_MAX", "X_SHIFT_BITS",
-    "WEIGHT_BITS", "PROD_BITS", "ACC_BITS", "UP_BITS", "HIDDEN_BITS", "OUT_BITS", "Y_BITS",
+    "WEIGHT_BITS", "WEIGHT_PACKED_BITS", "PROD_BITS", "ACC_BITS", "UP_BITS", "HIDDEN_BITS", "OUT_BITS", "Y_BITS",
     "MULT_BITS", "SHIFT_BITS", "SHIFT_MIN", "SHIFT_MAX",
     "ROUTER_BITS_MIN", "ROUTER_BITS_MAX", "LOGIT_BITS", "LOGIT_FRAC", "GATE_FRAC", "GATE_ONE", "RSF_FRAC", "RSF_FACTOR_MAX", "RSF_MAX",
     "GATE_BITS", "SHARED_GATE_BITS", "SIG_BITS", "QUO_BITS", "BIAS_BITS",
@@ -26,7 +26,9 @@ X_WIDE_BITS = 16       # the wide input token x_in (`input_bits = 16`): the rout
 X_SHIFT_MIN = 1        # S_x, with a wide input: rshift needs s >= 1 ...
 X_SHIFT_MAX = 8        # ... and past 8 the int16 range would be narrower than the int8 one
 X_SHIFT_BITS = 4       # S_x as stored (SET_SCALE's third byte)
-WEIGHT_BITS = 8        # expert weights: int8 per output channel
+WEIGHT_BITS = 8        # expert weights as the MAC array takes them: int8 lanes, a scale per output channel
+WEIGHT_PACKED_BITS = 4 # `weight_bits = 4`: int4 weights, two to an image byte, sign-extended
+                       # into the int8 lanes as the engine loads them
 PROD_BITS = X_BITS + WEIGHT_BITS   # one int8 · int8 product fits signed 16 bits (-128 · -128 = 16384)
 ACC_BITS = 32          # GEMM accumulators: int32 (|acc| <= 127 · 128 · d_model < 2^31)
 UP_BITS = 16           # SwiGLU up projection u / ReLU activation: int16 at a per-expert scale

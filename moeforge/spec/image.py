@@ -28,18 +28,19 @@ address                      word
 Expert image (``C = mac_cols`` bytes a word, ``R = mac_rows``; the table of `ExpertFFN`'s
 docstring): hidden parameters (``(F + 1)·hpw`` words), down-projection parameters (``D·dpw``),
 gate/up weights (``2F·D/C`` SwiGLU, ``F·D/C`` ReLU, in groups of ``R`` rows), down weights
-(``D·F/C``).
+(``D·F/C``). With ``weight_bits = 4`` the two weight sections are one stream of int4 values,
+two buffer words to an image word (`ExpertImageLayout`): about half the words.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moeforge.config import ACTIVATIONS, AccelConfig
+from moeforge.config import ACTIVATIONS, WEIGHT_BITS_CHOICES, AccelConfig
 
 from moeforge.checks import check_int
 
-from .arith import BIAS_BITS, GATE_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS, SHIFT_MAX, SHIFT_MIN
+from .arith import BIAS_BITS, GATE_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS, SHIFT_MAX, SHIFT_MIN, WEIGHT_BITS
 
 __all__ = ["PARAM_BITS", "RouterAddressMap", "HiddenAddressMap", "ExpertImageLayout",
            "accumulator_width", "MAX_TERMS", "router_image", "hidden_image", "expert_image"]
@@ -282,16 +283,29 @@ def hidden_image(bank, e: int) -> list[tuple[int, int]]:
 class ExpertImageLayout:
     """Sizes and offsets of one expert's weight image (see the module docstring).
 
+    ``gu_words`` and ``dw_words`` count the MAC array's weight-buffer words (``C`` int8 lanes);
+    the image holds them ``pack`` to a word: 1 at ``weight_bits = 8``, 2 at 4 (the weight region,
+    gate/up then down, is one stream of int4 values, buffer word ``i`` in the low (even ``i``) or
+    high (odd) ``4·C`` bits of image word ``gu_base + i // 2``, lane ``c`` in bits ``4c .. 4c+3``
+    of that half). ``words`` is the image's size in words.
+
     Parameters
     ----------
     activation : str
     d_model, d_ff, rows, cols : int
+    weight_bits : int
+        8 or 4 (`WEIGHT_BITS_CHOICES`).
     """
 
-    def __init__(self, *, activation: str, d_model: int, d_ff: int, rows: int, cols: int):
+    def __init__(self, *, activation: str, d_model: int, d_ff: int, rows: int, cols: int,
+                 weight_bits: int = WEIGHT_BITS):
+        if weight_bits not in WEIGHT_BITS_CHOICES:
+            raise ValueError(f"weight_bits must be one of {list(WEIGHT_BITS_CHOICES)}, not {weight_bits!r}")
         self.activation = activation
         self.swiglu = activation == "swiglu"
         self.d_model, self.d_ff, self.rows, self.cols = d_model, d_ff, rows, cols
+        self.weight_bits = weight_bits
+        self.pack = WEIGHT_BITS // weight_bits
         word_bits = 8 * cols
         self.hp_bits = HiddenAddressMap(d_ff=d_ff, activation=activation).data_bits
         self.hpw = -(-self.hp_bits // word_bits)
@@ -308,8 +322,16 @@ class ExpertImageLayout:
         self.hp_base = 0
         self.dp_base = self.hp_words
         self.gu_base = self.dp_base + self.dp_words
-        self.dw_base = self.gu_base + self.gu_words
-        self.words = self.dw_base + self.dw_words
+        self.dw_base = self.gu_base + self.gu_words // self.pack   # (int4: the word holding DW's first)
+        self.weight_words = -(-(self.gu_words + self.dw_words) // self.pack)
+        self.words = self.gu_base + self.weight_words
+
+    @classmethod
+    def from_config(cls, cfg: AccelConfig, *, d_ff: int | None = None) -> "ExpertImageLayout":
+        """The layout of `cfg`'s routed experts (or, with `d_ff`, of an expert that wide: the
+        shared one)."""
+        return cls(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff if d_ff is None else d_ff,
+                   rows=cfg.mac_rows, cols=cfg.mac_cols, weight_bits=cfg.weight_bits)
 
     def gu_row(self, j: int, r: int) -> tuple[str, int]:
         """(``"gate"`` or ``"up"``, channel) of row ``r`` of GU group ``j``."""
@@ -318,21 +340,36 @@ class ExpertImageLayout:
             return ("gate", j * half + r) if r < half else ("up", j * half + r - half)
         return "up", j * self.rows + r
 
+    def weight_words_of(self, rows) -> list[int]:
+        """The image words of the weight region from its rows of int values (gate/up rows in
+        group order, then the down rows), ``C`` values a buffer word, packed as the layout says.
+
+        Raises
+        ------
+        ValueError
+            If a value is outside the signed ``weight_bits`` range.
+        """
+        bits, mask = self.weight_bits, (1 << self.weight_bits) - 1
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        buf = []
+        for row in rows:
+            for s in range(0, len(row), self.cols):
+                word = 0
+                for c, v in enumerate(row[s:s + self.cols]):
+                    v = int(v)
+                    if not lo <= v <= hi:
+                        raise ValueError(f"weight {v} is outside the int{bits} range [{lo}, {hi}]")
+                    word |= (v & mask) << (bits * c)
+                buf.append(word)
+        half = bits * self.cols
+        return [sum(w << (half * k) for k, w in enumerate(buf[i:i + self.pack]))
+                for i in range(0, len(buf), self.pack)]
+
 
 def _pack_value(value: int, bits: int, nwords: int, word_bits: int) -> list[int]:
     value &= (1 << bits) - 1
     mask = (1 << word_bits) - 1
     return [(value >> (word_bits * i)) & mask for i in range(nwords)]
-
-
-def _row_words(row, cols: int) -> list[int]:
-    out = []
-    for s in range(0, len(row), cols):
-        word = 0
-        for c, v in enumerate(row[s:s + cols]):
-            word |= (int(v) & 0xFF) << (8 * c)
-        out.append(word)
-    return out
 
 
 def expert_image(bank, e: int, cfg: AccelConfig) -> list[int]:
@@ -354,8 +391,7 @@ def expert_image(bank, e: int, cfg: AccelConfig) -> list[int]:
     F, D = int(bank.w_up.shape[1]), int(bank.w_up.shape[2])
     if D != cfg.d_model:
         raise ValueError(f"the bank's d_model {D} is not the config's {cfg.d_model}")
-    lay = ExpertImageLayout(activation=cfg.activation, d_model=D, d_ff=F,
-                            rows=cfg.mac_rows, cols=cfg.mac_cols)
+    lay = ExpertImageLayout.from_config(cfg, d_ff=F)
     wb = 8 * cfg.mac_cols
     words = []
     for addr, value in hidden_image(bank, e):
@@ -369,12 +405,9 @@ def expert_image(bank, e: int, cfg: AccelConfig) -> list[int]:
     mats = {"up": bank.w_up[e].tolist()}
     if lay.swiglu:
         mats["gate"] = bank.w_gate[e].tolist()
-    for j in range(lay.gu_groups):
-        for r in range(lay.rows):
-            which, c = lay.gu_row(j, r)
-            words += _row_words(mats[which][c], lay.cols)
-    for row in bank.w_down[e].tolist():
-        words += _row_words(row, lay.cols)
+    rows = [mats[which][c] for which, c in (lay.gu_row(j, r) for j in range(lay.gu_groups)
+                                            for r in range(lay.rows))]
+    words += lay.weight_words_of(rows + bank.w_down[e].tolist())
     assert len(words) == lay.words
     return words
 

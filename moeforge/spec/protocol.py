@@ -227,8 +227,7 @@ class CommandLayout:
         amap = RouterAddressMap.from_config(cfg, lanes=cfg.mac_cols)
 
         def img(d_ff: int) -> int:
-            return ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model, d_ff=d_ff,
-                                     rows=cfg.mac_rows, cols=cfg.mac_cols).words
+            return ExpertImageLayout.from_config(cfg, d_ff=d_ff).words
 
         terms = cfg.top_k + (1 if cfg.shared_d_ff else 0)
         return cls(d_model=cfg.d_model, cols=cfg.mac_cols, router_bytes=-(-amap.data_bits // 8),

@@ -124,7 +124,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from moeforge.config import MAX_DIM, AccelConfig
-from moeforge.spec.arith import ACC_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS
+from moeforge.spec.arith import ACC_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS, WEIGHT_BITS
 from moeforge.checks import check_int
 from moeforge.spec.image import PARAM_BITS, ExpertImageLayout, expert_image
 
@@ -157,6 +157,9 @@ class ExpertFFN(wiring.Component):
         Largest batch, in [1, 4096].
     rotation : int
         Walsh-Hadamard block (``cfg.rotation_block``), passed to the `HiddenUnit`.
+    weight_bits : int
+        8, or 4: the image's weight sections hold two int4 buffer words a word, and the loader
+        sign-extends them into the MAC array's int8 lanes (`ExpertImageLayout`).
     w_addr_width : int, optional
         Width of the weight port address; default enough for one image.
     src_loc_at : int
@@ -169,7 +172,8 @@ class ExpertFFN(wiring.Component):
     """
 
     def __init__(self, *, activation: str, d_model: int, d_ff: int, rows: int, cols: int,
-                 t_max: int, rotation: int, w_addr_width: int | None = None, src_loc_at: int = 0):
+                 t_max: int, rotation: int, weight_bits: int = WEIGHT_BITS, w_addr_width: int | None = None,
+                 src_loc_at: int = 0):
         if activation not in ("swiglu", "relu"):
             raise ValueError(f"activation must be swiglu or relu, not {activation!r}")
         check_int("rows", rows, 1, 64)
@@ -198,7 +202,7 @@ class ExpertFFN(wiring.Component):
         self.hidden = HiddenUnit(activation=activation, d_ff=d_ff, lanes=lanes, rotation=rotation,
                                  src_loc_at=1 + src_loc_at)
         self.image = ExpertImageLayout(activation=activation, d_model=d_model, d_ff=d_ff,
-                                       rows=rows, cols=cols)
+                                       rows=rows, cols=cols, weight_bits=weight_bits)
         lay = self.image
         if w_addr_width is None:
             w_addr_width = max(1, ceil_log2(lay.words))
@@ -230,7 +234,8 @@ class ExpertFFN(wiring.Component):
             raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
         return cls(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff,
                    rows=cfg.mac_rows, cols=cfg.mac_cols, t_max=cfg.token_buffer_depth,
-                   rotation=cfg.rotation_block, w_addr_width=w_addr_width, src_loc_at=1 + src_loc_at)
+                   rotation=cfg.rotation_block, weight_bits=cfg.weight_bits, w_addr_width=w_addr_width,
+                   src_loc_at=1 + src_loc_at)
 
     # ------------------------------------------------------------------ cycle model
     def busy(self, n_tokens: int) -> int:
@@ -372,6 +377,9 @@ class ExpertFFN(wiring.Component):
             return s
 
         ld_word = counter(lay.words + 1, "ld_word")
+        # int4 (pack 2): a weight-section word is read on the even buffer word and its high half
+        # held for the odd one (ld_half), so the buffer still fills one word per cycle
+        ld_half = counter(2, "ld_half") if lay.pack == 2 else None
         ld_sec = Signal(index_shape(5), name="ld_sec", init=4)   # 0 HP, 1 DP, 2 GU, 3 DW, 4 done
         ld_sub = counter(max(lay.hpw, lay.dpw), "ld_sub")
         ld_item = counter(max(lay.hp_items, lay.dp_items), "ld_item")
@@ -390,18 +398,27 @@ class ExpertFFN(wiring.Component):
         sec_free = Mux(ld_sec == 0, gu_issued & (tokens_h == n_tok_c),
                        Mux(ld_sec == 1, 1, Mux(ld_sec == 2, gu_issued, 0)))
         ld_go = Signal(name="ld_go")
+        ld_rd = Signal(name="ld_rd")              # a word is read this cycle
         m.d.comb += [ld_go.eq((ld_sec != 4) & (~ld_on_nxt | sec_free)),
-                     self.w_rd.addr.eq(base_l + ld_word), self.w_rd.en.eq(ld_go)]
+                     ld_rd.eq(ld_go if ld_half is None else ld_go & ~(ld_sec[1] & ld_half)),
+                     self.w_rd.addr.eq(base_l + ld_word), self.w_rd.en.eq(ld_rd)]
         # what the word read in this cycle is for (acted on in the next cycle, with its data)
         p_valid, p_sec = Signal(name="p_valid"), Signal(2, name="p_sec")
         p_item_last, p_row = Signal(name="p_item_last"), Signal(index_shape(R), name="p_row")
         p_addr = Signal(index_shape(self.buffer_depth), name="p_addr")
         p_item = Signal(index_shape(max(lay.hp_items, lay.dp_items)), name="p_item")
         p_gdone = Signal(name="p_gdone")
+        p_half = Signal(name="p_half")            # int4: the buffer word is the held high half
         m.d.sync += p_valid.eq(ld_go)
         with m.If(ld_go):
             m.d.sync += [p_sec.eq(ld_sec), p_row.eq(ld_r), p_addr.eq(ld_gbase + ld_s),
-                         p_item.eq(ld_item), ld_word.eq(ld_word + 1)]
+                         p_item.eq(ld_item)]
+            if ld_half is not None:
+                m.d.sync += p_half.eq(ld_sec[1] & ld_half)
+                with m.If(ld_sec[1]):
+                    m.d.sync += ld_half.eq(~ld_half)
+        with m.If(ld_rd):
+            m.d.sync += ld_word.eq(ld_word + 1)
         s_sec = Mux(ld_sec == 2, S_D - 1, S_F - 1)
         g_sec = Mux(ld_sec == 2, G_GU - 1, G_D - 1)
         sub_sec = Mux(ld_sec == 0, lay.hpw - 1, lay.dpw - 1)
@@ -464,7 +481,17 @@ class ExpertFFN(wiring.Component):
                 m.d.sync += dp_group.eq(dp_group + 1)
         # weights into the MAC array's buffer
         wgt = p_valid & p_sec[1]
-        m.d.comb += [mac.wr.row.eq(p_row), mac.wr.addr.eq(p_addr), mac.wr.data.eq(self.w_rd.data),
+        if lay.pack == 1:
+            wdata = word
+        else:                                         # int4: sign-extend the half's C nibbles
+            q = lay.weight_bits
+            held = Signal(q * C, name="ld_held")
+            with m.If(wgt & ~p_half):
+                m.d.sync += held.eq(word[q * C:])
+            half = Mux(p_half, held, word[:q * C])
+            wdata = Cat(*[Cat(half[q * c:q * (c + 1)], *[half[q * (c + 1) - 1]] * (WEIGHT_BITS - q))
+                          for c in range(C)])
+        m.d.comb += [mac.wr.row.eq(p_row), mac.wr.addr.eq(p_addr), mac.wr.data.eq(wdata),
                      mac.wr.en.eq(wgt)]
         with m.If(wgt & p_gdone):
             with m.If(p_sec[0]):

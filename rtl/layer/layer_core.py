@@ -167,8 +167,7 @@ class LayerCore(wiring.Component):
         check_int("slots", slots, 1, 1 << 16)
         self.cfg, self.slots = cfg, slots
         D, C, R, T_max = cfg.d_model, cfg.mac_cols, cfg.mac_rows, cfg.token_buffer_depth
-        self.image_words = ExpertImageLayout(activation=cfg.activation, d_model=D, d_ff=cfg.d_ff,
-                                             rows=R, cols=C).words
+        self.image_words = ExpertImageLayout.from_config(cfg).words
         self.w_addr_width = max(1, ceil_log2(slots * self.image_words))
         loc = 1 + src_loc_at
         # the units (created here so that their parameter checks run now)
@@ -179,7 +178,7 @@ class LayerCore(wiring.Component):
         if cfg.shared_d_ff:
             self.shared = ExpertFFN(activation=cfg.activation, d_model=D, d_ff=cfg.shared_d_ff,
                                     rows=R, cols=C, t_max=T_max, rotation=cfg.rotation_block,
-                                    src_loc_at=loc)
+                                    weight_bits=cfg.weight_bits, src_loc_at=loc)
             self.shared_image_words = self.shared.image.words
         # the combiner on L = cfg.combiner_lanes lanes (it keeps up with the engines' R-lane
         # outputs); gearboxes split their contributions into L-lane beats and join its y into

@@ -71,11 +71,10 @@ def port(dut, name):
 def engine_kwargs(cfg, experts: int) -> dict:
     """The `ExpertFFN` keyword arguments of `cfg` (the bench's ``engine``), with weight
     addresses for `experts` images."""
-    words = ExpertImageLayout(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff,
-                              rows=cfg.mac_rows, cols=cfg.mac_cols).words
+    words = ExpertImageLayout.from_config(cfg).words
     return dict(activation=cfg.activation, d_model=cfg.d_model, d_ff=cfg.d_ff, rows=cfg.mac_rows,
                 cols=cfg.mac_cols, t_max=cfg.token_buffer_depth, rotation=cfg.rotation_block,
-                w_addr_width=max(1, ceil_log2(experts * words)))
+                weight_bits=cfg.weight_bits, w_addr_width=max(1, ceil_log2(experts * words)))
 
 
 def expected_beats(o, rows: int) -> list[list[int]]:

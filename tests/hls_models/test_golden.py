@@ -11,17 +11,19 @@ from moeforge.hls_models import QuantizedMoELayer, family_configs, make_hf_block
 from moeforge.hls_models.expert_bank import int_gemm
 
 FAMILIES = family_configs()
-# each family with its example config's input (int16, smoothed), with the int8-only one, and
-# with expert skipping (every family with top_k > 1; 0.2 skips some experts in each)
-INPUTS = {"in16": {}, "in8": dict(input_bits=8, input_smoothing=0.0), "skip": dict(skip_threshold=0.2)}
-VARIANTS = [f"{f}-{i}" for f in sorted(FAMILIES) for i in INPUTS
+# each family with its example config's input (int16, smoothed), with the int8-only one, with
+# expert skipping (every family with top_k > 1; 0.2 skips some experts in each) and with int4
+# expert weights
+MODES = {"in16": {}, "in8": dict(input_bits=8, input_smoothing=0.0), "skip": dict(skip_threshold=0.2),
+         "w4": dict(weight_bits=4)}
+VARIANTS = [f"{f}-{i}" for f in sorted(FAMILIES) for i in MODES
             if i != "skip" or FAMILIES[f].top_k > 1]
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def layer(request):
     family, inp = request.param.rsplit("-", 1)
-    cfg = FAMILIES[family].replace(**INPUTS[inp])
+    cfg = FAMILIES[family].replace(**MODES[inp])
     block = make_hf_block(cfg, seed=3)
     return QuantizedMoELayer.from_hf(block, cfg, calib=make_hf_input(cfg, 256, seed=4))
 
@@ -49,6 +51,11 @@ def test_integer_dtypes_and_shape(layer):
     assert smooth.dtype == torch.float32 and (smooth > 0).all()
     for t in tensors.values():
         assert not torch.is_floating_point(t)
+    lo, hi = -(1 << (layer.cfg.weight_bits - 1)), (1 << (layer.cfg.weight_bits - 1)) - 1
+    for bank in filter(None, (layer.experts, layer.shared)):
+        for w in filter(lambda t: t is not None, (bank.w_up, bank.w_gate, bank.w_down)):
+            assert w.dtype == torch.int8 and lo <= int(w.min()) and int(w.max()) <= hi
+            assert int(w.min()) == lo or int(w.max()) == hi       # the range is used
 
 
 def test_deterministic(layer):

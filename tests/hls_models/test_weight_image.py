@@ -51,6 +51,40 @@ def test_round_trip_is_exact(layer, tmp_path):
     assert len(header["__metadata__"][DIGEST_KEY]) == 64
 
 
+def test_int4_layer_round_trips_packed(tmp_path):
+    """A ``weight_bits = 4`` layer: its matrices stored as uint8, two values a byte, half the
+    int8 bytes; loaded back, every tensor equal, int8-typed and within [-8, 7]; a flipped
+    packed byte is refused by the digest."""
+    cfg = AccelConfig.from_toml(TINY).replace(name="tiny-int4", weight_bits=4)
+    layer = QuantizedMoELayer.from_hf(make_hf_block(cfg, seed=1), cfg, calib=make_hf_input(cfg, 64, seed=1))
+    p = tmp_path / "layer.safetensors"
+    layer.save(p)
+    header, data = _split(p)
+    for name in ("experts.w_up", "experts.w_gate", "experts.w_down"):
+        n, rows, k = layer.tensors()[name].shape
+        assert header[name]["dtype"] == "U8" and header[name]["shape"] == [n, rows, (k + 1) // 2], name
+    back = QuantizedMoELayer.load(p, cfg)
+    for name, want in layer.tensors().items():
+        got = back.tensors()[name]
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+    assert -8 <= int(back.experts.w_down.min()) and int(back.experts.w_down.max()) <= 7
+    lo, _ = header["experts.w_down"]["data_offsets"]
+    data = bytearray(data)
+    data[lo + 5] ^= 0x80
+    _join(p, header, bytes(data))
+    with pytest.raises(WeightsError, match=DAMAGED):
+        QuantizedMoELayer.load(p, cfg)
+
+
+def test_pack_int4_refuses_a_value_out_of_range():
+    from moeforge.hls_models.weight_image import pack_int4, unpack_int4
+    t = torch.tensor([[-8, 7, 0], [1, -1, 3]])
+    assert torch.equal(unpack_int4(pack_int4(t), 3), t.to(torch.int8))
+    assert pack_int4(t)[0].tolist() == [0x78, 0x00]
+    with pytest.raises(ValueError, match=r"values in \[-9, 7\], outside \[-8, 7\]"):
+        pack_int4(torch.tensor([-9, 7]))
+
+
 @pytest.mark.parametrize("tensor", ["experts.w_up", "router.weight", "combiner.shift"])
 def test_one_flipped_byte_in_the_tensor_data_is_refused(layer, tmp_path, tensor):
     p = tmp_path / "layer.safetensors"

@@ -1,8 +1,9 @@
 """Every registered unit: Verilator -Wall lint and Yosys generic synth; the registry lists every
 component of `moeforge.rtl`.
 
-In `make test` every unit runs at tiny, the router at every example config, the datapath units
-(requantiser, combiner, hidden, expert FFN) at switch too; every other config under ``slow``
+In `make test` every unit runs at tiny (but the accelerator and the stream-phy SoC, which the
+UART SoC contains), the router at every example config, the datapath units (requantiser,
+combiner, hidden, expert FFN) at switch too; every other config under ``slow``
 (the heavy units among them: ``Unit.heavy``, the layer core, the accelerator, the SoC on either
 phy, whose Verilog alone takes tens of seconds at the larger configs, and the expert cache,
 whose Yosys synthesis at mixtral takes over ten minutes). A unit the same for every config
@@ -42,6 +43,9 @@ _DEFECTS = {}
 EVERY_CONFIG = {"router"}
 DATAPATH = {"requantiser", "combiner", "hidden", "expert_ffn"}
 DATAPATH_CONFIGS = {TINY, "configs/switch.toml"}
+# At tiny too the accelerator and the stream-phy SoC are under `slow`: the UART SoC, which holds
+# the same accelerator, is linted and synthesised in `make test` (each took over a minute).
+TINY_SLOW = {"accelerator", "soc"}
 
 
 def _cases():
@@ -50,7 +54,7 @@ def _cases():
         for name, unit in sorted(UNITS.items()):
             if not unit.per_config and config != TINY:
                 continue
-            fast = (config == TINY or name in EVERY_CONFIG
+            fast = ((config == TINY and name not in TINY_SLOW) or name in EVERY_CONFIG
                     or (name in DATAPATH and config in DATAPATH_CONFIGS)) and not (unit.heavy and config != TINY)
             marks = [] if fast else [pytest.mark.slow]
             defect = _DEFECTS.get(name, lambda cfg: None)(cfg)

@@ -16,6 +16,8 @@ Two builds:
                  hidden buffer writes), rotation block 64 (16 hidden-unit beats).
 ``relu-r8c4``    Switch ReLU, 8×4 array: hidden unit lanes 8 > cols 4 (each ``h`` beat written
                  as two words), rotation block 64, parameter words of 32 bits.
+``swiglu-r8c8-int4``  the SwiGLU build with int4 weights (``weight_bits = 4``): two weight-buffer
+                 words to an image word, unpacked by the loader.
 
 Lanes equal to cols (ReLU 4×4) runs in Amaranth's simulator (`test_expert_ffn_amaranth_sim`).
 """
@@ -45,6 +47,7 @@ BUILDS = {
         name="mixtral-ffn", d_model=32, d_ff=64, mac_rows=8, mac_cols=8, token_buffer_depth=16),
     "relu-r8c4": lambda: family_configs()["switch"].replace(
         name="switch-ffn", d_model=32, d_ff=64, mac_rows=8, mac_cols=4, token_buffer_depth=16),
+    "swiglu-r8c8-int4": lambda: BUILDS["swiglu-r8c8"]().replace(name="mixtral-ffn-int4", weight_bits=4),
 }
 
 
@@ -159,14 +162,21 @@ def test_expert_ffn_scoreboard_failure_is_reported(sim_build, tmp_path):
     assert_one_off(results, "expert_ffn", index, lane)
 
 
-def test_expert_ffn_wrong_weight_word_is_caught(sim_build, tmp_path):
+# (build, image word, bit): W_down[0, 24:32] at int8 (lane 7: output channel 0); at int4 the
+# high half of the word holding W_down[0, 16:24] and W_down[0, 24:32] (its lane 7, bit 3: the sign)
+FLIPS = {"swiglu-r8c8": (3, 62), "swiglu-r8c8-int4": (1, 63)}
+
+
+@pytest.mark.parametrize("build", FLIPS)
+def test_expert_ffn_wrong_weight_word_is_caught(sim_build, tmp_path, build):
     """One flipped bit in a down-projection weight of expert 0 must make its output differ."""
-    cfg = BUILDS["swiglu-r8c8"]()
+    cfg = BUILDS[build]()
     eng, harness = make_dut(cfg)
     handle = sim_build(harness, "expert_ffn")
-    addr = eng.image.dw_base + 3                    # W_down[0, 24:32]: output channel 0
+    offset, bit = FLIPS[build]
+    addr = eng.image.dw_base + offset
     results = run_cocotb(handle, COCOTB_MODULE, test_dir=tmp_path, testcase="expert_ffn_jobs",
-                         check=False, extra_env=params_env(tmp_path, cfg, image_change=(addr, 1 << 62),
+                         check=False, extra_env=params_env(tmp_path, cfg, image_change=(addr, 1 << bit),
                                                            jobs=[4]))
     assert not results.ok
     message = results.failures[0].message
@@ -188,29 +198,85 @@ def run_amaranth(cfg, jobs, image):
     return run.outs, run.counters, run.spans
 
 
-def test_expert_ffn_amaranth_sim():
-    """ReLU on a 4×4 array (hidden unit lanes = cols: whole-word hidden buffer writes), three
-    jobs back to back in Amaranth's simulator (the second and third prefetched): bit-exact,
-    exact MAC ops, each job's span as `ExpertFFN.schedule` has it (within 1 %)."""
-    cfg = family_configs()["switch"].replace(name="switch-4x4", d_model=16, d_ff=32, mac_rows=4,
-                                             mac_cols=4, token_buffer_depth=4)
-    eng, harness = make_dut(cfg)
+def three_jobs_checked(cfg):
+    """Experts 1, 2 and 5 (at bases 0, words, 2·words) on 4, 1 and 3 tokens, back to back in
+    Amaranth's simulator (the second and third prefetched): bit-exact, exact MAC ops, each
+    job's span as `ExpertFFN.schedule` has it (within 1 %). Returns the engine and the run's
+    total cycles and spans."""
+    eng = make_dut(cfg)[0]
     q = hf_layer(cfg)
     x = q.expert_input(q.quantize_input(make_hf_input(cfg, 8, 3)))
     words = eng.image.words
-    # experts 1, 2 and 5 at bases 0, words, 2·words
     image = [[slot * words + i, w] for slot, e in enumerate((1, 2, 5))
              for i, w in enumerate(expert_image(q.experts, e, cfg))]
     parts = [(0, 1, x[:4]), (1, 2, x[4:5]), (2, 5, x[5:])]
     jobs = [dict(w_base=slot * words, x=xs.tolist(), expected=job_beats(q, e, xs))
             for slot, e, xs in parts]
     outs, (busy, total), spans = run_amaranth(cfg, jobs, image)
+    assert len(outs) == 8 * cfg.d_model // cfg.mac_rows
     assert outs == [beat for job in jobs for beat in job["expected"]]
     counts = [len(job["x"]) for job in jobs]
     assert busy == sum(eng.busy(T) for T in counts)
-    assert total == spans[-1][1] < sum(eng.cycles(T) for T in counts)
     for (a, e), (ma, me) in zip(spans, eng.schedule(counts)):
         assert abs(a - ma) <= 0.01 * ma + 4 and abs(e - me) <= 0.01 * me + 4, (spans, eng.schedule(counts))
+    return eng, total, spans
+
+
+def test_expert_ffn_amaranth_sim():
+    """ReLU on a 4×4 array (hidden unit lanes = cols: whole-word hidden buffer writes): three
+    jobs back to back (`three_jobs_checked`), shorter than one at a time."""
+    cfg = family_configs()["switch"].replace(name="switch-4x4", d_model=16, d_ff=32, mac_rows=4,
+                                             mac_cols=4, token_buffer_depth=4)
+    eng, total, spans = three_jobs_checked(cfg)
+    assert total == spans[-1][1] < sum(eng.cycles(T) for T in (4, 1, 3))
+
+
+def test_expert_ffn_int4_amaranth_sim():
+    """int4 weights on a 3×3 ReLU array, d_model = d_ff = 9: the gate/up section is 27 buffer
+    words, so one image word holds its last word and the down section's first (the loader
+    holds the high half across the section change, while a prefetched job waits for the down
+    region); three jobs back to back (`three_jobs_checked`), and the weight region half the
+    int8 one."""
+    cfg = family_configs()["switch"].replace(name="switch-3x3-int4", d_model=9, d_ff=9, mac_rows=3,
+                                             mac_cols=3, token_buffer_depth=4, hidden_rotation=1,
+                                             weight_bits=4)
+    lay = make_dut(cfg)[0].image
+    assert lay.gu_words % 2 == 1 and lay.words == lay.gu_base + (lay.gu_words + lay.dw_words + 1) // 2
+    assert lay.weight_words == (make_dut(cfg.replace(weight_bits=8))[0].image.weight_words + 1) // 2
+    three_jobs_checked(cfg)
+
+
+def test_expert_image_layout_int4():
+    """An int4 image: the parameter sections as at int8, then the weight region two buffer
+    words to an image word, each nibble sign-extended back to the bank's value."""
+    cfg = BUILDS["swiglu-r8c8-int4"]()
+    q = hf_layer(cfg)
+    bank, e = q.experts, 2
+    img = expert_image(bank, e, cfg)
+    lay = ExpertImageLayout.from_config(cfg)
+    wide = ExpertImageLayout.from_config(cfg.replace(weight_bits=8))
+    assert (lay.pack, lay.gu_base) == (2, wide.gu_base)
+    assert lay.words == wide.gu_base + (wide.words - wide.gu_base) // 2
+    assert img[:lay.gu_base] == expert_image(bank, e, cfg.replace(weight_bits=8))[:lay.gu_base]
+    C = cfg.mac_cols
+    buf = []
+    for w in img[lay.gu_base:]:
+        for half in range(2):
+            buf.append([((w >> (4 * (half * C + c))) & 0xF) - (16 if (w >> (4 * (half * C + c))) & 8 else 0)
+                        for c in range(C)])
+    S_D, S_F = lay.s_d, lay.s_f
+    for j in (0, lay.gu_groups - 1):
+        for r in range(cfg.mac_rows):
+            which, ch = lay.gu_row(j, r)
+            mat = bank.w_gate if which == "gate" else bank.w_up
+            start = (j * cfg.mac_rows + r) * S_D
+            assert sum(buf[start:start + S_D], []) == mat[e, ch].tolist()
+    for n in (0, cfg.d_model - 1):
+        start = lay.gu_words + n * S_F
+        assert sum(buf[start:start + S_F], []) == bank.w_down[e, n].tolist()
+    assert int(bank.w_up.min()) >= -8 and int(bank.w_up.max()) <= 7
+    with pytest.raises(ValueError, match=r"weight 8 is outside the int4 range \[-8, 7\]"):
+        lay.weight_words_of([[8] + [0] * (C - 1)])
 
 
 def test_expert_image_layout():

@@ -49,8 +49,10 @@ CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 # input (router and engines on the same int8 token), which a config may still ask for.
 # "<config>-skip" is the config with expert skipping (tiny's threshold 0.4 skips a second choice
 # often enough that a batch has an expert in some token's top-k that no token keeps).
-VARIANTS = {"-int8": dict(input_bits=8, input_smoothing=0.0), "-skip": dict(skip_threshold=0.4)}
-EXTRA = ["tiny-int8", "qwen2_moe-int8", "tiny-skip"]
+# "<config>-int4" is the config with int4 expert weights (packed images in the cache).
+VARIANTS = {"-int8": dict(input_bits=8, input_smoothing=0.0), "-skip": dict(skip_threshold=0.4),
+            "-int4": dict(weight_bits=4)}
+EXTRA = ["tiny-int8", "qwen2_moe-int8", "tiny-skip", "tiny-int4", "switch-int4"]
 
 
 def config(name):
@@ -138,7 +140,7 @@ def params_env(tmp_path, harness, name, *, perturb=None, summary=None, batches=N
 # the whole layer runs on every config in bench/layer_cycles.py.
 # qwen2_moe-int8 too (its 12.7k-word shared image again): tiny-int8 keeps the int8-only input
 # in `make test`.
-SLOW = {"mixtral", "olmoe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "qwen2_moe-int8"}
+SLOW = {"mixtral", "olmoe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "qwen2_moe-int8", "switch-int4"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
@@ -163,7 +165,7 @@ def test_layer_core_matches_golden(sim_build, tmp_path, name):
               f"MAC busy {s['mac_busy']} of {s['mac_total']}, {s['experts_run']} experts")
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-int8", "tiny-skip"])
+@pytest.mark.parametrize("name", ["tiny", "tiny-int8", "tiny-skip", "tiny-int4"])
 def test_layer_core_wrong_expectation_fails(sim_build, tmp_path, name):
     """One expected y value off by one must fail the run and name the token and element."""
     cfg = config(name)

@@ -159,8 +159,8 @@ def test_cli_sim_layer_bad_input_exit_2(argv, message, capsys):
 
 
 def _random_config(seed: int) -> AccelConfig:
-    """A small random accelerator of a random family: array, cache slots and policy, and the
-    input width (16-bit or int8-only) vary."""
+    """A small random accelerator of a random family: array, cache slots and policy, the input
+    width (16-bit or int8-only) and the expert weights (int8 or int4) vary."""
     import random
 
     from moeforge.hls_models.hf_random import family_configs
@@ -177,18 +177,19 @@ def _random_config(seed: int) -> AccelConfig:
                        cache_slots=slots, cache_policy=policy, pinned_experts=pinned,
                        token_buffer_depth=rng.choice([8, 16]))
     bits = rng.choice([8, 16])                     # drawn last: the draws above stay as they were
-    return cfg.replace(input_bits=bits, input_smoothing=0.5 if bits == 16 else 0.0)
+    weight_bits = rng.choice([8, 4])               # (and after the input width, likewise)
+    return cfg.replace(input_bits=bits, input_smoothing=0.5 if bits == 16 else 0.0, weight_bits=weight_bits)
 
 
-# make test: switch ReLU 4×8 LFU, one slot; DeepSeek-V2 shared 2×8 pinned. make test-slow: eight
-# more (switch 1×8: a one-row array).
+# make test: switch ReLU 4×8 LFU, one slot; DeepSeek-V2 shared 2×8 pinned, int4 experts. make
+# test-slow: eight more (switch 1×8: a one-row array).
 SLOW_SEEDS = (1, 2, 3, 4, 5, 7, 8, 9)
 
 
 def test_random_configs_cover_what_the_array_allows():
     """The sweep's seeds draw both activations, SwiGLU with even rows only, ReLU with one row too,
-    both input widths (in `make test`'s seeds too), and each config is one the accelerator
-    elaborates (which also marks each design used)."""
+    both input widths and both weight widths (in `make test`'s seeds too), and each config is one
+    the accelerator elaborates (which also marks each design used)."""
     from amaranth.hdl import Fragment
 
     from moeforge.sim.tops import AcceleratorWithMemory
@@ -197,6 +198,7 @@ def test_random_configs_cover_what_the_array_allows():
     assert ("relu", 1) in shapes and {a for a, _ in shapes} == {"relu", "swiglu"}, shapes
     assert all(r % 2 == 0 for a, r in shapes if a == "swiglu"), shapes
     assert {c.input_bits for c in cfgs[:2]} == {8, 16}, [c.input_bits for c in cfgs]
+    assert {c.weight_bits for c in cfgs[:2]} == {4, 8}, [c.weight_bits for c in cfgs]
     for c in cfgs:
         Fragment.get(AcceleratorWithMemory(c), None)
 
