@@ -3,11 +3,13 @@
 Prints the README's accuracy table (markdown): median and worst over the seeds, for the
 float block fed the device's input and fed the raw float tokens. `--input-bits` and
 `--smoothing` override the configs' precision knobs (int8 without smoothing is the int8-only
-input; 16 and 0.5 the float-faithful routing). `--outliers N` scales N channels of every token
-by `--outlier-gain` (30): hidden states shaped like a real LLM's (`make_hf_input`).
+input; 16 and 0.5 the float-faithful routing), `--weight-bits` the expert weights (8 or 4) and
+`--skip-threshold` expert skipping; the knobs column shows what was in force. `--outliers N`
+scales N channels of every token by `--outlier-gain` (30): hidden states shaped like a real
+LLM's (`make_hf_input`).
 
     .venv/bin/python bench/accuracy.py [--seeds 4] [--tokens 4096] [--input-bits 16 --smoothing 0.5]
-        [--outliers 3 --outlier-gain 30]
+        [--weight-bits 4] [--skip-threshold 0.2] [--outliers 3 --outlier-gain 30]
 """
 
 import argparse
@@ -25,6 +27,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--input-bits", type=int, choices=(8, 16))
     ap.add_argument("--smoothing", type=float)
+    ap.add_argument("--weight-bits", type=int, choices=(4, 8))
+    ap.add_argument("--skip-threshold", type=float)
     ap.add_argument("--outliers", type=int, default=0)
     ap.add_argument("--outlier-gain", type=float, default=30.0)
     ap.add_argument("configs", nargs="*", default=sorted(glob.glob("configs/*.toml")))
@@ -40,6 +44,10 @@ def main(argv=None) -> int:
             cfg = cfg.replace(input_bits=args.input_bits)
         if args.smoothing is not None:
             cfg = cfg.replace(input_smoothing=args.smoothing)
+        if args.weight_bits is not None:
+            cfg = cfg.replace(weight_bits=args.weight_bits)
+        if args.skip_threshold is not None and cfg.top_k > 1:    # top-1 has nothing to skip
+            cfg = cfg.replace(skip_threshold=args.skip_threshold)
         rs = [measure_accuracy(cfg, seed=s, eval_tokens=args.tokens, outliers=args.outliers,
                                outlier_gain=args.outlier_gain) for s in range(args.seeds)]
 

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["accuracy.py", "cosim_speed.py", "mac_util.py", "layer_cycles.py", "device_throughput.py"]
+SCRIPTS = ["accuracy.py", "int4_tradeoff.py", "cosim_speed.py", "mac_util.py", "layer_cycles.py",
+           "device_throughput.py"]
 
 
 def main() -> int:

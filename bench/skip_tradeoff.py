@@ -18,12 +18,10 @@ import glob
 import statistics
 import sys
 
+from layer_run import median_worst, verified_layer_run
+
 from moeforge import AccelConfig
 from moeforge.hls_models.accuracy import measure_accuracy
-
-
-def _cell(values, worst) -> str:
-    return f"{statistics.median(values) * 100:.2f}% ({worst(values) * 100:.2f}%)"
 
 
 def main(argv=None) -> int:
@@ -51,13 +49,11 @@ def main(argv=None) -> int:
             cfg = base.replace(name=f"{base.name}-skip{tau:g}", skip_threshold=tau)
             rs = [measure_accuracy(cfg, seed=s, eval_tokens=args.tokens) for s in range(args.seeds)]
             row = (f"| `{path}` | {tau:g} | {statistics.median(r.experts_per_token for r in rs):.2f} "
-                   f"| {_cell([r.rel_l2_float_input for r in rs], max)} "
-                   f"| {_cell([r.route_match_float_input for r in rs], min)} |")
+                   f"| {median_worst([r.rel_l2_float_input for r in rs], max)} "
+                   f"| {median_worst([r.route_match_float_input for r in rs], min)} |")
             if args.cycles:
-                from moeforge.sim.layer_sim import run_layer
-                run = run_layer(cfg, tokens=args.cycles, seed=0, stall=0.0)
-                if not run["passed"]:
-                    print(f"{path} at {tau:g}: the layer run did not pass: {run['problems']}")
+                run = verified_layer_run(cfg, args.cycles)
+                if run is None:
                     return 1
                 cycles0 = cycles0 or run["cycles"]
                 row += f" {run['cycles']:,} | {run['cycles'] / cycles0:.3f} |"

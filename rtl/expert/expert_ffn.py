@@ -110,6 +110,14 @@ weights             rows of channels ``j·R/2 + r`` for ``r < R/2``, then up row
 weights             words a row
 ==================  =============================================================================
 
+With ``weight_bits = 4`` the ``GU`` and ``DW`` sections are one stream of int4 values, two
+buffer words to an image word (buffer word ``i`` in the low half for even ``i``, the high half
+for odd; lane ``c`` in bits ``4c .. 4c+3`` of the half): about half the image. The loader reads
+such a word on the even buffer word, writes its low half sign-extended into the MAC array's
+int8 lanes and holds the high half for the next cycle (also across the ``GU``/``DW`` boundary,
+where one word can hold both), so the buffer still fills one word per cycle and the schedule
+is the same at both widths; the MAC array and the arithmetic do not change.
+
 The loader reads the image once per job, in this order, one word per cycle: parameters first
 (the hidden unit's through its write port, the down requantiser's into a bank of a
 ``2·D/R × R`` memory), so they are in place before the first result needs them.

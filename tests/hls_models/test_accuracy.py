@@ -12,6 +12,12 @@ The float-faithful input (``input_bits = 16``, ``input_smoothing = 0.5``, the de
 the int16 token, the experts an int8 derived on the device) meets the routing target on the
 float input for every family; its relative L2 error there is 2.6–3.8% over seeds 0 and 1
 (the int8 experts' own error): asserted is 4%, and that it beats the int8 input.
+
+int4 expert weights (``weight_bits = 4``, a scale per output row) cost error: 14.8-18.2% on the
+float input (seed 0, 512 tokens), against 2.5-3.3% at int8; routing is unchanged (the router's
+weights are not the experts'). Asserted: at most 22%, above int8, the routing target held.
+
+Seed 1 of the two bound sweeps runs under ``slow``.
 """
 
 import pytest
@@ -25,8 +31,11 @@ INT8 = dict(input_bits=8, input_smoothing=0.0)     # the int8-only input
 WIDE = dict(input_bits=16, input_smoothing=0.5)
 
 
+SEEDS = [0, pytest.param(1, marks=pytest.mark.slow)]
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", SEEDS)
 def test_int8_input_accuracy_bounds(family, seed):
     r = measure_accuracy(FAMILIES[family].replace(**INT8), seed=seed, eval_tokens=2048)
     assert r.route_match >= 0.995, f"{family}: same expert set for {r.route_match:.4f} of tokens"
@@ -45,11 +54,11 @@ def test_router_precision_knob_matters():
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", SEEDS)
 def test_float_faithful_input_bounds(family, seed):
     int8 = measure_accuracy(FAMILIES[family].replace(**INT8), seed=seed, eval_tokens=2048)
     wide = measure_accuracy(FAMILIES[family].replace(**WIDE), seed=seed, eval_tokens=2048)
-    assert wide.knobs == "int16 input, smoothing 0.5"
+    assert wide.knobs == "int16 input, int8 weights, smoothing 0.5"
     assert wide.route_match_float_input >= 0.995, \
         f"{family}: same expert set for {wide.route_match_float_input:.4f} of float tokens"
     assert wide.rel_l2_float_input <= 0.04, \
@@ -98,3 +107,15 @@ def test_expert_skipping_trades_experts_for_error(family):
     assert large.experts_per_token < small.experts_per_token
     assert large.experts_per_token < base.top_k
     assert large.rel_l2_float_input > off.rel_l2_float_input
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_int4_weights_cost_error_but_not_routing(family):
+    """int4 experts: error above int8's and at most 22% on the float input, the same routing
+    agreement target (the module docstring has the figures)."""
+    base = FAMILIES[family]
+    w8, w4 = (measure_accuracy(base.replace(weight_bits=b), seed=0, eval_tokens=1024) for b in (8, 4))
+    assert "int4 weights" in w4.knobs and "int8 weights" in w8.knobs
+    assert w8.rel_l2_float_input < w4.rel_l2_float_input <= 0.22, \
+        f"{family}: int4 {w4.rel_l2_float_input:.4f}, int8 {w8.rel_l2_float_input:.4f}"
+    assert w4.route_match_float_input >= 0.995
