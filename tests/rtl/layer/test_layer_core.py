@@ -49,10 +49,12 @@ CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 # input (router and engines on the same int8 token), which a config may still ask for.
 # "<config>-skip" is the config with expert skipping (tiny's threshold 0.4 skips a second choice
 # often enough that a batch has an expert in some token's top-k that no token keeps).
-# "<config>-int4" is the config with int4 expert weights (packed images in the cache).
+# "<config>-int4" is the config with int4 expert weights (packed images in the cache);
+# "<config>-small" halves d_model and the shared expert and the token buffer (qwen2_moe's sigmoid
+# shared gate in `make test` without its 12.7k-word shared image).
 VARIANTS = {"-int8": dict(input_bits=8, input_smoothing=0.0), "-skip": dict(skip_threshold=0.4),
-            "-int4": dict(weight_bits=4)}
-EXTRA = ["tiny-int8", "qwen2_moe-int8", "tiny-skip", "tiny-int4", "switch-int4"]
+            "-int4": dict(weight_bits=4), "-small": dict(d_model=64, shared_d_ff=128, token_buffer_depth=32)}
+EXTRA = ["tiny-int8", "qwen2_moe-int8", "tiny-skip", "tiny-int4", "switch-int4", "qwen2_moe-small"]
 
 
 def config(name):
@@ -134,13 +136,13 @@ def params_env(tmp_path, harness, name, *, perturb=None, summary=None, batches=N
     return {"MOEFORGE_TEST_PARAMS": str(path)}
 
 
-# In `make test`: tiny (Mixtral routing), switch (ReLU, top-1) and qwen2_moe (sigmoid shared gate);
-# the router tests cover sigmoid and group-limited routing. The others repeat those paths at
-# larger sizes (mixtral's 12.7k-word images take 30 s to elaborate) and run with `make test-slow`;
-# the whole layer runs on every config in bench/layer_cycles.py.
-# qwen2_moe-int8 too (its 12.7k-word shared image again): tiny-int8 keeps the int8-only input
-# in `make test`.
-SLOW = {"mixtral", "olmoe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "qwen2_moe-int8", "switch-int4"}
+# In `make test`: tiny (Mixtral routing), switch (ReLU, top-1) and qwen2_moe-small (sigmoid shared
+# gate); the router tests cover sigmoid and group-limited routing. The others repeat those paths
+# at larger sizes (mixtral's 12.7k-word images take 30 s to elaborate, qwen2_moe's shared image is
+# as large) and run with `make test-slow`; the whole layer runs on every config in
+# bench/layer_cycles.py. qwen2_moe-int8 too: tiny-int8 keeps the int8-only input in `make test`.
+SLOW = {"mixtral", "olmoe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "qwen2_moe", "qwen2_moe-int8",
+        "switch-int4"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
@@ -188,7 +190,7 @@ def test_layer_core_wrong_expectation_fails(sim_build, tmp_path, name):
     assert int(expected) == int(actual) + 1, message
 
 
-@pytest.mark.parametrize("name", ["tiny", "switch", "qwen2_moe"])
+@pytest.mark.parametrize("name", ["tiny", "switch", "qwen2_moe-small"])
 def test_layer_core_verilog_lints_clean(name):
     """Verilator -Wall: nothing but generator artefacts (`lint_problems`: the hierarchy's file
     name, alias wires); without a shared expert there is no unused ``shared_wr`` input."""
