@@ -125,7 +125,7 @@ class AccelConfig:
     weight_bits : expert weights (routed and shared), 8 (default) or 4. With 4 each weight
         is int4 at a scale per output channel, two to an image byte in the weight image, the
         backing memory and the cache (an expert image is about half the words); the engine
-        sign-extends them into its int8 lanes as it loads them (docs/arithmetic.md §4.1).
+        sign-extends them into its int8 lanes as it loads them (docs/arithmetic.md §2).
     act_bits : activations (8).
     router_bits : router weight precision, 8 to 16 bits.
     hidden_rotation : block size of the Walsh-Hadamard rotation applied to each expert's

@@ -79,8 +79,9 @@ each (element ``s·C + c`` in lane ``c`` of beat ``s``), ``last`` on each token'
 job's tokens are taken from its acceptance, or for a prefetched job once the running job's
 gate/up ops are issued (``ready`` is low in between).
 
-``w_rd`` (out ``addr``, ``en``; in ``data``): the weight read port, ``C`` int8 a word, latency 1
-(see `GemmEngine`); the expert cache sits behind it. Each image word is read once per job.
+``w_rd`` (out ``addr``, ``en``; in ``data``): the weight read port, ``C`` int8 a word (int4
+weights: the weight sections' words hold ``2C``, see below), latency 1 (see `GemmEngine`); the
+expert cache sits behind it. Each image word is read once per job.
 
 ``o_y`` (out stream): ``{data: R × int16, token, last}``: ``o[token, g·R + r]`` in lane ``r`` of
 the token's beat ``g``, ``D/R`` beats per token, tokens in order (``token`` counts from 0 in
