@@ -29,7 +29,7 @@ from moeforge.outputs import atomic_write
 from .boards import Board
 from .report import ReportError, format_table, parse_nextpnr_report, unit_usage
 from .resources import check_fits, estimate_component
-from .toolchain import NEXTPNR_PACKAGES, ROUTERS, run_tool
+from .toolchain import NEXTPNR_PACKAGES, PLACERS, ROUTERS, run_tool
 
 __all__ = ["build", "check_build_dir", "TimingMissed", "prepare_top", "BuildTimeouts", "make_report"]
 
@@ -106,11 +106,11 @@ def prepare_top(board: Board, cfg: AccelConfig, *, out=None):
 SCRIPT_AFTER_READ = "rename -hide w:*[*"
 
 
-def _nextpnr_args(board: Board, platform, router: str, seed: int) -> list[str]:
+def _nextpnr_args(board: Board, platform, router: str, seed: int, placer: str) -> list[str]:
     f = board.fpga
     pkg = NEXTPNR_PACKAGES[platform.package]
     args = [f.nextpnr_device, "--package", pkg, "--json", "top.json", "--report", "report.json",
-            "--timing-allow-fail", "--seed", str(seed), "--router", router]
+            "--timing-allow-fail", "--seed", str(seed), "--router", router, "--placer", placer]
     if f.family == "ecp5":
         return args + ["--speed", str(platform.speed), "--lpf", "top.lpf", "--textcfg", "top.config"]
     return args + ["--pcf", "top.pcf", "--asc", "top.asc"]
@@ -119,11 +119,12 @@ def _nextpnr_args(board: Board, platform, router: str, seed: int) -> list[str]:
 def build(board: Board, cfg: AccelConfig, out_dir: str | os.PathLike, *, config_name: str,
           allow_timing_fail: bool = False, out=None,
           progress_every: float = 30.0, prepared=None, router: str = "router1",
-          seed: int = 1) -> dict:
+          seed: int = 1, placer: str = "heap") -> dict:
     """Build `cfg` for `board` into `out_dir`; return the report (also written there).
 
     `router` is nextpnr's router, one of `ROUTERS`; `seed` its placer's seed (placement, and with
-    it congestion and the clock reached, changes with the seed).
+    it congestion and the clock reached, changes with the seed); `placer` its placer, one of
+    `PLACERS`.
 
     Raises
     ------
@@ -138,6 +139,8 @@ def build(board: Board, cfg: AccelConfig, out_dir: str | os.PathLike, *, config_
     out = sys.stderr if out is None else out
     if router not in ROUTERS:
         raise MoeforgeError(f"router {router!r}: not one of {', '.join(ROUTERS)}")
+    if placer not in PLACERS:
+        raise MoeforgeError(f"placer {placer!r}: not one of {', '.join(PLACERS)}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 1:
         raise MoeforgeError(f"seed {seed!r}: must be a positive integer")
     out_dir = check_build_dir(out_dir)
@@ -164,7 +167,7 @@ def build(board: Board, cfg: AccelConfig, out_dir: str | os.PathLike, *, config_
                                   step="synthesis (yosys)", timeout=BuildTimeouts.synthesis,
                                   progress_every=progress_every, out=out)
     pnr = "nextpnr-ecp5" if board.fpga.family == "ecp5" else "nextpnr-ice40"
-    steps["place_and_route"] = run_tool(pnr, _nextpnr_args(board, platform, router, seed), cwd=work,
+    steps["place_and_route"] = run_tool(pnr, _nextpnr_args(board, platform, router, seed, placer), cwd=work,
                                         log=logs / "nextpnr.log",
                                         step=f"place and route ({pnr})",
                                         timeout=BuildTimeouts.place_and_route,
@@ -173,6 +176,7 @@ def build(board: Board, cfg: AccelConfig, out_dir: str | os.PathLike, *, config_
     report["steps"] = {k: round(v, 1) for k, v in steps.items()}
     report["router"] = router
     report["seed"] = seed
+    report["placer"] = placer
     t = report["timing"]
     if t["met"] or allow_timing_fail:
         suffix = board.bitstream_suffix

@@ -21,7 +21,7 @@ from pathlib import Path
 from moeforge import child_process
 from moeforge.errors import MoeforgeError
 
-__all__ = ["ToolError", "tool_path", "run_tool", "NEXTPNR_PACKAGES", "ROUTERS"]
+__all__ = ["ToolError", "tool_path", "run_tool", "NEXTPNR_PACKAGES", "ROUTERS", "PLACERS"]
 
 # amaranth-boards' package names → nextpnr's.
 NEXTPNR_PACKAGES = {"BG256": "CABGA256", "MG285": "CSFBGA285", "BG381": "CABGA381",
@@ -33,6 +33,10 @@ NEXTPNR_PACKAGES = {"BG256": "CABGA256", "MG285": "CSFBGA285", "BG381": "CABGA38
 # EXP register stage left router1 at about 110,000 unrouted arcs after 70 minutes, and router2's
 # overuse grew again after its seventh iteration (21,000 -> 37,000 overused wires by the 22nd).
 ROUTERS = ("router1", "router2")
+
+# nextpnr's placers: heap (analytical, its default) and static (electrostatic). "sa" (annealing
+# alone) is left out: it takes hours on a layer.
+PLACERS = ("heap", "static")
 
 
 class ToolError(MoeforgeError):

@@ -42,7 +42,7 @@ def cmd_build(args) -> int:
         report = build(board, cfg, out_dir, config_name=args.config,
                        allow_timing_fail=args.allow_timing_fail,
                        progress_every=args.progress_every, prepared=prepared,
-                       router=args.router, seed=args.seed)
+                       router=args.router, seed=args.seed, placer=args.placer)
     sys.stdout.write(format_table(report))
     t = report["timing"]
     if not t["met"]:
@@ -99,7 +99,7 @@ def _seed(text: str) -> int:
 
 
 def add_board_commands(sub) -> None:
-    from moeforge.fpga_boards.toolchain import ROUTERS
+    from moeforge.fpga_boards.toolchain import PLACERS, ROUTERS
     names = board_names()
     b = sub.add_parser(
         "build", help="build a bitstream of a config for a board (Yosys, nextpnr, packer)",
@@ -118,6 +118,9 @@ def add_board_commands(sub) -> None:
     b.add_argument("--router", choices=ROUTERS, default="router1",
                    help="nextpnr's router (default router1; router2 is the other to try "
                         "where router1 stalls)")
+    b.add_argument("--placer", choices=PLACERS, default="heap",
+                   help="nextpnr's placer (default heap; static, the electrostatic one, "
+                        "spreads a crowded design better)")
     b.add_argument("--seed", type=_seed, default=1, metavar="N",
                    help="nextpnr's placer seed (default 1); placement, and with it routing "
                         "congestion and the clock reached, changes with it")

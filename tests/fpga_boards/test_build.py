@@ -95,7 +95,8 @@ def test_a_probe_build_writes_a_bitstream_and_a_report(tmp_path, capsys):
     assert saved == json.loads(json.dumps(r))
     assert saved["timing"]["met"] and saved["resources"]["multipliers"]["used"] == 7
     assert set(saved["steps"]) == {"elaborate", "synthesis", "place_and_route", "bitstream"}
-    assert saved["router"] == "router1" and saved["seed"] == 1
+    assert saved["router"] == "router1" and saved["seed"] == 1 and saved["placer"] == "heap"
+    assert "Running main analytical placer" in (tmp_path / "logs" / "nextpnr.log").read_text()
     assert (tmp_path / "report.txt").read_text().startswith("moeforge build: probe on ulx3s-85f")
     for log in ("synthesis.log", "nextpnr.log"):
         assert (tmp_path / "logs" / log).stat().st_size > 0
@@ -110,6 +111,21 @@ def test_an_unknown_router_is_refused_before_anything(tmp_path):
     with pytest.raises(MoeforgeError, match="router 'router3': not one of router1, router2"):
         build(BOARDS["ulx3s-85f"], cfg, tmp_path / "out", config_name="tiny", router="router3")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_placer_is_refused_before_anything(tmp_path):
+    cfg = AccelConfig.from_toml(TINY)
+    with pytest.raises(MoeforgeError, match="placer 'sa': not one of heap, static"):
+        build(BOARDS["ulx3s-85f"], cfg, tmp_path / "out", config_name="tiny", placer="sa")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_placer_is_a_usage_error(tmp_path):
+    r = _moeforge("build", "--board", "ulx3s-85f", "--config", str(TINY), "--placer", "sa",
+                  "-o", str(tmp_path / "o"))
+    assert r.returncode == 2
+    assert "--placer: invalid choice: 'sa'" in _one_error_line(r)
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("seed", [0, -3, 1.5, True])
@@ -132,5 +148,9 @@ def test_a_timing_miss_fails_and_keeps_the_earlier_bitstream_unless_allowed(tmp_
     assert earlier.read_bytes() == b"an earlier build"
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["timing"]["met"] is False and report["bitstream"] is None
-    r = _probe_build("ulx3s-85f", 200.0, tmp_path, allow_timing_fail=True, progress_every=60)
+    # The second build also takes the other placer: its report and nextpnr's log say so.
+    r = _probe_build("ulx3s-85f", 200.0, tmp_path, allow_timing_fail=True, progress_every=60,
+                     placer="static")
     assert r["timing"]["met"] is False and earlier.stat().st_size > 100_000
+    assert r["placer"] == "static"
+    assert "Running Static placer" in (tmp_path / "logs" / "nextpnr.log").read_text()
