@@ -114,7 +114,7 @@ from .combiner import Combiner, contrib_layout, y_layout
 from ..routing.dispatch import Dispatch, pick
 from ..expert.expert_ffn import ExpertFFN, ExpertImageLayout
 from moeforge.checks import check_int
-from ..datapath.arith import round_shift, saturate
+from ..datapath.arith import round_shift, saturate, times_table
 from ..datapath.gearbox import Gearbox
 from ..datapath.skid import SkidBuffer
 from ..datapath.mac_array import COUNTER_BITS, index_shape, weight_word
@@ -361,7 +361,8 @@ class LayerCore(wiring.Component):
             g.ready.eq(ji.ready & g_ok),
             ji.valid.eq(g.valid & g_ok),
             ji.payload.n_tokens.eq(g_count),
-            ji.payload.w_base.eq((g.payload.slot * self.image_words)[:self.w_addr_width]),
+            ji.payload.w_base.eq(times_table(g.payload.slot, self.slots, self.image_words,
+                                             self.w_addr_width)),
         ]
         granted = Signal(name="granted")
         m.d.comb += granted.eq(g.valid & g.ready)

@@ -95,6 +95,7 @@ from moeforge.hls_models.expert_cache import COUNT_BITS, check_policy
 from moeforge.spec.protocol import CACHE_COUNTERS
 
 from moeforge.checks import check_int
+from ..datapath.arith import times_table
 from ..datapath.mac_array import index_shape
 
 __all__ = ["ExpertCache", "COUNTER_BITS", "pick", "write_at"]
@@ -279,8 +280,9 @@ class ExpertCache(wiring.Component):
         done = Signal(range(Q + 1))                      # fetches complete, miss not granted
 
         # fetch jobs (one per miss): a ring of Q entries, walked by the issuer and the writer
-        fq_s = [Signal(sb, name=f"fq_s{q}") for q in range(Q)]
-        fq_e = [Signal(eb, name=f"fq_e{q}") for q in range(Q)]
+        # (each job holds its slot's cache address and its expert's backing-memory address)
+        fq_s = [Signal(self.rd_addr_width, name=f"fq_sbase{q}") for q in range(Q)]
+        fq_e = [Signal(self.mem_addr_width, name=f"fq_ebase{q}") for q in range(Q)]
         ftail = Signal(range(max(2, Q)))
         fiss = Signal(range(max(2, Q)))
         fhead = Signal(range(max(2, Q)))
@@ -395,8 +397,8 @@ class ExpertCache(wiring.Component):
             if lfu:
                 m.d.comb += [c_wr.addr.eq(cur_e), c_wr.data.eq(d_count), c_wr.en.eq(1)]
         with m.If(commit_miss):
-            write_at(m, fq_s, ftail, d_slot)
-            write_at(m, fq_e, ftail, cur_e)
+            write_at(m, fq_s, ftail, times_table(d_slot, S, W, self.rd_addr_width))
+            write_at(m, fq_e, ftail, times_table(cur_e, E, W, self.mem_addr_width))
             m.d.sync += ftail.eq(_wrap_inc(ftail, Q))
         for s in range(S):
             inc = commit & (d_slot == s)
@@ -408,7 +410,7 @@ class ExpertCache(wiring.Component):
         remaining = W - iss_off
         last_burst = remaining <= self.burst
         m.d.comb += [self.mem_req.valid.eq(n_iss != 0),
-                     self.mem_req.payload.addr.eq(pick(fq_e, fiss) * W + iss_off),
+                     self.mem_req.payload.addr.eq(pick(fq_e, fiss) + iss_off),
                      self.mem_req.payload.length.eq(Mux(last_burst, remaining, self.burst))]
         req_fire = self.mem_req.valid & self.mem_req.ready
         iss_done = req_fire & last_burst
@@ -423,7 +425,7 @@ class ExpertCache(wiring.Component):
         m.d.comb += self.mem_resp.ready.eq(1)
         w_fire = self.mem_resp.valid & (n_fq != 0)
         job_done = w_fire & (wr_off == W - 1)
-        m.d.comb += [st_wr.addr.eq(pick(fq_s, fhead) * W + wr_off),
+        m.d.comb += [st_wr.addr.eq(pick(fq_s, fhead) + wr_off),
                      st_wr.data.eq(self.mem_resp.payload.data), st_wr.en.eq(w_fire)]
         with m.If(w_fire):
             with m.If(job_done):
