@@ -29,14 +29,18 @@ NEXTPNR_PACKAGES = {"BG256": "CABGA256", "MG285": "CSFBGA285", "BG381": "CABGA38
 
 # nextpnr's routers. router1 (its default) gave the better clock where both finished (the probe
 # design: 50 MHz met with router1, 48.03 MHz with router2); router2 is the other to try where
-# router1 stalls. Neither is sure to finish on a crowded device: the 85F config with the router's
-# EXP register stage left router1 at about 110,000 unrouted arcs after 70 minutes, and router2's
-# overuse grew again after its seventh iteration (21,000 -> 37,000 overused wires by the 22nd).
+# router1 stalls. Neither is sure to finish on a crowded device: with heap's placement, the 85F
+# config with the router's EXP register stage left router1 at about 110,000 unrouted arcs after
+# 70 minutes, and router2's overuse grew again after its seventh iteration (21,000 -> 37,000
+# overused wires by the 22nd). With the static placer router1 routed it in under ten minutes.
 ROUTERS = ("router1", "router2")
 
-# nextpnr's placers: heap (analytical, its default) and static (electrostatic). "sa" (annealing
-# alone) is left out: it takes hours on a layer.
-PLACERS = ("heap", "static")
+# nextpnr's placers: static (electrostatic), moeforge's default, and heap (analytical, nextpnr's
+# own default). Measured with router1: on the 85F config static's placement had 36% less wire
+# (425k against 665k at the start of refinement) and routed where heap's stalled; on the 25F
+# config, same RTL, static reached 76.62 MHz and heap 72.10 MHz. "sa" (annealing alone) is left
+# out: it takes hours on a layer.
+PLACERS = ("static", "heap")
 
 
 class ToolError(MoeforgeError):

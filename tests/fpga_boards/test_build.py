@@ -95,8 +95,8 @@ def test_a_probe_build_writes_a_bitstream_and_a_report(tmp_path, capsys):
     assert saved == json.loads(json.dumps(r))
     assert saved["timing"]["met"] and saved["resources"]["multipliers"]["used"] == 7
     assert set(saved["steps"]) == {"elaborate", "synthesis", "place_and_route", "bitstream"}
-    assert saved["router"] == "router1" and saved["seed"] == 1 and saved["placer"] == "heap"
-    assert "Running main analytical placer" in (tmp_path / "logs" / "nextpnr.log").read_text()
+    assert saved["router"] == "router1" and saved["seed"] == 1 and saved["placer"] == "static"
+    assert "Running Static placer" in (tmp_path / "logs" / "nextpnr.log").read_text()
     assert (tmp_path / "report.txt").read_text().startswith("moeforge build: probe on ulx3s-85f")
     for log in ("synthesis.log", "nextpnr.log"):
         assert (tmp_path / "logs" / log).stat().st_size > 0
@@ -115,7 +115,7 @@ def test_an_unknown_router_is_refused_before_anything(tmp_path):
 
 def test_an_unknown_placer_is_refused_before_anything(tmp_path):
     cfg = AccelConfig.from_toml(TINY)
-    with pytest.raises(MoeforgeError, match="placer 'sa': not one of heap, static"):
+    with pytest.raises(MoeforgeError, match="placer 'sa': not one of static, heap"):
         build(BOARDS["ulx3s-85f"], cfg, tmp_path / "out", config_name="tiny", placer="sa")
     assert not (tmp_path / "out").exists()
 
@@ -150,7 +150,7 @@ def test_a_timing_miss_fails_and_keeps_the_earlier_bitstream_unless_allowed(tmp_
     assert report["timing"]["met"] is False and report["bitstream"] is None
     # The second build also takes the other placer: its report and nextpnr's log say so.
     r = _probe_build("ulx3s-85f", 200.0, tmp_path, allow_timing_fail=True, progress_every=60,
-                     placer="static")
+                     placer="heap")
     assert r["timing"]["met"] is False and earlier.stat().st_size > 100_000
-    assert r["placer"] == "static"
-    assert "Running Static placer" in (tmp_path / "logs" / "nextpnr.log").read_text()
+    assert r["placer"] == "heap"
+    assert "Running main analytical placer" in (tmp_path / "logs" / "nextpnr.log").read_text()
