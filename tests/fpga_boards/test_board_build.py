@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 @pytest.mark.synthesis
 def test_the_25f_config_builds_for_the_ulx3s_25f_and_meets_its_clock(tmp_path):
-    """configs/boards/ecp5-25f.toml on the ULX3S-25F (4.4 minutes here on 2026-12-04: synthesis
-    51 s, place and route 200 s). The 85F config is not built here: its place and route (with
-    --router router2) takes the better part of an hour (README, On a board)."""
+    """configs/boards/ecp5-25f.toml on the ULX3S-25F (about 4 minutes here on 2026-12-08:
+    synthesis 36 s, place and route 183 s). The 85F config is not built here: its place and
+    route takes 25 minutes (README, On a board)."""
     out = tmp_path / "out"
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "moeforge.cli", "build", "--board", "ulx3s-25f",
