@@ -118,8 +118,8 @@ def _nextpnr_args(board: Board, platform, router: str, seed: int, placer: str) -
 
 def build(board: Board, cfg: AccelConfig, out_dir: str | os.PathLike, *, config_name: str,
           allow_timing_fail: bool = False, out=None,
-          progress_every: float = 30.0, prepared=None, router: str = "router1",
-          seed: int = 1, placer: str = "static") -> dict:
+          progress_every: float = 30.0, prepared=None, router: str = ROUTERS[0],
+          seed: int = 1, placer: str = PLACERS[0]) -> dict:
     """Build `cfg` for `board` into `out_dir`; return the report (also written there).
 
     `router` is nextpnr's router, one of `ROUTERS`; `seed` its placer's seed (placement, and with

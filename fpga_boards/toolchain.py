@@ -33,7 +33,7 @@ NEXTPNR_PACKAGES = {"BG256": "CABGA256", "MG285": "CSFBGA285", "BG381": "CABGA38
 # config with the router's EXP register stage left router1 at about 110,000 unrouted arcs after
 # 70 minutes, and router2's overuse grew again after its seventh iteration (21,000 -> 37,000
 # overused wires by the 22nd). With the static placer router1 routed it in under ten minutes.
-ROUTERS = ("router1", "router2")
+ROUTERS = ("router1", "router2")           # the first of each is the default
 
 # nextpnr's placers: static (electrostatic), moeforge's default, and heap (analytical, nextpnr's
 # own default). Measured with router1: on the 85F config static's placement had 36% less wire

@@ -115,10 +115,10 @@ def add_board_commands(sub) -> None:
                    help="output folder (default: build/BOARD)")
     b.add_argument("--allow-timing-fail", action="store_true",
                    help="write the bitstream even if the achieved clock is below the config's")
-    b.add_argument("--router", choices=ROUTERS, default="router1",
+    b.add_argument("--router", choices=ROUTERS, default=ROUTERS[0],
                    help="nextpnr's router (default router1; router2 is the other to try "
                         "where router1 stalls)")
-    b.add_argument("--placer", choices=PLACERS, default="static",
+    b.add_argument("--placer", choices=PLACERS, default=PLACERS[0],
                    help="nextpnr's placer (default static, the electrostatic one: it routed "
                         "the 85F config where heap, nextpnr's own default, did not)")
     b.add_argument("--seed", type=_seed, default=1, metavar="N",

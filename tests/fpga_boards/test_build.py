@@ -49,11 +49,15 @@ def test_output_in_a_missing_folder_is_refused(tmp_path):
     assert "does not exist" in _one_error_line(r)
 
 
-def test_a_seed_below_one_is_a_usage_error(tmp_path):
-    r = _moeforge("build", "--board", "ulx3s-85f", "--config", str(TINY), "--seed", "0",
+@pytest.mark.parametrize("option, message", [
+    (("--seed", "0"), "--seed: must be in [1, 2147483647], not 0"),
+    (("--placer", "sa"), "--placer: invalid choice: 'sa'"),
+])
+def test_a_bad_build_option_is_a_usage_error(tmp_path, option, message):
+    r = _moeforge("build", "--board", "ulx3s-85f", "--config", str(TINY), *option,
                   "-o", str(tmp_path / "o"))
     assert r.returncode == 2
-    assert "--seed: must be in [1, 2147483647], not 0" in _one_error_line(r)
+    assert message in _one_error_line(r)
     assert not (tmp_path / "o").exists()
 
 
@@ -106,26 +110,15 @@ def test_a_probe_build_writes_a_bitstream_and_a_report(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a temporary file was left"
 
 
-def test_an_unknown_router_is_refused_before_anything(tmp_path):
+@pytest.mark.parametrize("kw, message", [
+    ({"router": "router3"}, "router 'router3': not one of router1, router2"),
+    ({"placer": "sa"}, "placer 'sa': not one of static, heap"),
+])
+def test_an_unknown_router_or_placer_is_refused_before_anything(tmp_path, kw, message):
     cfg = AccelConfig.from_toml(TINY)
-    with pytest.raises(MoeforgeError, match="router 'router3': not one of router1, router2"):
-        build(BOARDS["ulx3s-85f"], cfg, tmp_path / "out", config_name="tiny", router="router3")
+    with pytest.raises(MoeforgeError, match=message):
+        build(BOARDS["ulx3s-85f"], cfg, tmp_path / "out", config_name="tiny", **kw)
     assert not (tmp_path / "out").exists()
-
-
-def test_an_unknown_placer_is_refused_before_anything(tmp_path):
-    cfg = AccelConfig.from_toml(TINY)
-    with pytest.raises(MoeforgeError, match="placer 'sa': not one of static, heap"):
-        build(BOARDS["ulx3s-85f"], cfg, tmp_path / "out", config_name="tiny", placer="sa")
-    assert not (tmp_path / "out").exists()
-
-
-def test_an_unknown_placer_is_a_usage_error(tmp_path):
-    r = _moeforge("build", "--board", "ulx3s-85f", "--config", str(TINY), "--placer", "sa",
-                  "-o", str(tmp_path / "o"))
-    assert r.returncode == 2
-    assert "--placer: invalid choice: 'sa'" in _one_error_line(r)
-    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("seed", [0, -3, 1.5, True])
