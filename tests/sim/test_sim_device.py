@@ -359,6 +359,11 @@ def test_idle_client_is_dropped_after_the_idle_timeout(echo_exe):
         with dev.connect() as sock:              # the next client is served
             sock.sendall(b"\x00")
             assert recv_exactly(sock, 1) == b"\x04"
+        # the server's stderr is read by a thread: on a loaded machine its line comes later
+        deadline = time.monotonic() + 10
+        while ("dropped a client idle for 1 s" not in "\n".join(dev.stderr_tail())
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
         assert "dropped a client idle for 1 s" in "\n".join(dev.stderr_tail())
     with pytest.raises(ValueError, match="idle_timeout"):
         SimDeviceProcess.from_executable(echo_exe, idle_timeout=-1)
